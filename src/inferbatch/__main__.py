@@ -1,0 +1,3 @@
+from inferbatch.cli import main
+
+main()

@@ -1,0 +1,100 @@
+"""The exception tree of inferbatch, with each run-ending error's exit code as data.
+
+    InferbatchError                 exit_code
+    ├── UsageError                  2   bad configuration, missing URL/key/model, bad option value
+    ├── InputError                  2   the input file cannot be read at all
+    ├── CheckpointError             2   checkpoint belongs to another input/options, or another run holds it
+    ├── SafetyStop                  3   the run stopped itself; resumable, needs a person
+    │   ├── AuthFailed              3   401, or a JSON 403 authorization_error
+    │   ├── TooManyFailures         3   --abort-after consecutive failed rows
+    │   └── BudgetExceeded          3   --max-total-tokens / --max-cost
+    ├── DeadlineReached             75  --deadline: stopped early, the next run continues
+    └── Interrupted                 130 / 143  SIGINT / SIGTERM, checkpointed
+
+Per-request failures never end the run by themselves; the client raises them and the
+retry loop consumes them:
+
+    RequestFailed                   one attempt failed
+    ├── Retryable                   connection error, timeout, 408/409/425/429/5xx, malformed 200
+    └── Fatal                       400, 404, 422, other 4xx: the row ends as `error`
+
+Only ``cli.py`` turns an ``InferbatchError`` into an exit code.
+"""
+
+from __future__ import annotations
+
+
+class InferbatchError(Exception):
+    """Base of every error that ends a run; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class UsageError(InferbatchError):
+    exit_code = 2
+
+
+class InputError(InferbatchError):
+    exit_code = 2
+
+
+class CheckpointError(InferbatchError):
+    exit_code = 2
+
+
+class SafetyStop(InferbatchError):
+    exit_code = 3
+
+
+class AuthFailed(SafetyStop):
+    pass
+
+
+class TooManyFailures(SafetyStop):
+    pass
+
+
+class BudgetExceeded(SafetyStop):
+    pass
+
+
+class DeadlineReached(InferbatchError):
+    exit_code = 75
+
+
+class Interrupted(InferbatchError):
+    def __init__(self, signal_name: str, exit_code: int) -> None:
+        super().__init__(f"interrupted by {signal_name}; finished rows are checkpointed, rerun to continue")
+        self.exit_code = exit_code
+
+
+class RequestFailed(Exception):
+    """One attempt failed. ``status`` is the HTTP status, or None when no response arrived."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+        body: object = None,
+        headers: object = None,
+        latency_ms: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.retry_after = retry_after
+        self.body = body
+        self.headers = headers
+        self.latency_ms = latency_ms
+
+
+class Retryable(RequestFailed):
+    pass
+
+
+class Fatal(RequestFailed):
+    pass
