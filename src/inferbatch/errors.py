@@ -17,6 +17,7 @@ retry loop consumes them:
     RequestFailed                   one attempt failed
     ├── Retryable                   connection error, timeout, 408/409/425/429/5xx, malformed 200
     └── Fatal                       400, 404, 422, other 4xx: the row ends as `error`
+        └── AuthRejected            401, or a JSON 403: the key may not do this; stops the run
 
 Only ``cli.py`` turns an ``InferbatchError`` into an exit code.
 """
@@ -97,4 +98,8 @@ class Retryable(RequestFailed):
 
 
 class Fatal(RequestFailed):
+    pass
+
+
+class AuthRejected(Fatal):
     pass

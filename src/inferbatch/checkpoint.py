@@ -1,0 +1,303 @@
+"""``OUTPUT.checkpoint/``: every finished row, durably, so a rerun sends only what is left.
+
+Layout:
+
+    manifest.json   what the checkpoint belongs to: input identity + request-shaping fingerprint
+    results.jsonl   one result line per finished row, appended as it finishes (last line wins per index)
+    sent.log        one row index per line, appended before a row's first attempt (the in-doubt ledger)
+    lock            flock()ed by the live run; the kernel drops it when the process dies
+
+Each result line is handed to the operating system with one ``write()`` as
+soon as the row finishes, so ``kill -9`` loses only in-flight rows; ``sync()``
+fsyncs, and the runner calls it every second. Which rows are finished is kept
+as bitmaps over row positions (a bit a row), not as a set of ids.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+import tempfile
+from array import array
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from inferbatch.errors import CheckpointError
+
+FORMAT_VERSION = 1
+IDENTITY_BLOCK = 1 << 16
+
+
+class Bits:
+    """A growable bitmap over row positions."""
+
+    __slots__ = ("_bytes",)
+
+    def __init__(self) -> None:
+        self._bytes = bytearray()
+
+    def set(self, index: int) -> None:
+        byte = index >> 3
+        if byte >= len(self._bytes):
+            self._bytes.extend(bytes(max(byte + 1 - len(self._bytes), len(self._bytes))))
+        self._bytes[byte] |= 1 << (index & 7)
+
+    def clear(self, index: int) -> None:
+        byte = index >> 3
+        if byte < len(self._bytes):
+            self._bytes[byte] &= ~(1 << (index & 7)) & 0xFF
+
+    def __contains__(self, index: int) -> bool:
+        byte = index >> 3
+        return byte < len(self._bytes) and bool(self._bytes[byte] & (1 << (index & 7)))
+
+    def count(self) -> int:
+        return sum(bin(b).count("1") for b in self._bytes if b)
+
+    def count_and_not(self, other: Bits) -> int:
+        """How many positions are set here but not in ``other``."""
+        total = 0
+        theirs = other._bytes
+        for i, b in enumerate(self._bytes):
+            if b:
+                total += bin(b & ~(theirs[i] if i < len(theirs) else 0) & 0xFF).count("1")
+        return total
+
+
+def input_identity(path: str) -> dict[str, Any]:
+    """Size plus a hash of the first and last 64 KiB: cheap, and changes when the rows change."""
+    stat = os.stat(path)
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        digest.update(handle.read(IDENTITY_BLOCK))
+        if stat.st_size > IDENTITY_BLOCK:
+            handle.seek(max(IDENTITY_BLOCK, stat.st_size - IDENTITY_BLOCK))
+            digest.update(handle.read(IDENTITY_BLOCK))
+    return {"path": os.path.abspath(path), "size": stat.st_size, "hash": digest.hexdigest()}
+
+
+@dataclass(slots=True)
+class Resumed:
+    """What an earlier run left: counts for the log and the summary."""
+
+    finished: int = 0
+    errors: int = 0
+    in_doubt: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class Checkpoint:
+    """A run's finished rows. ``open_for_run`` locks it and checks it belongs to this input and these options."""
+
+    def __init__(self, directory: Path, *, ephemeral: bool = False) -> None:
+        self.dir = directory
+        self.ephemeral = ephemeral
+        self.finished = Bits()
+        self.errored = Bits()
+        self.sent = Bits()
+        self.resumed = Resumed()
+        self._results_fd = -1
+        self._sent_fd = -1
+        self._lock_fd = -1
+        self._dirty = False
+
+    # ---- opening ---------------------------------------------------------
+    @classmethod
+    def open_for_run(cls, output: str, manifest: dict[str, Any], *, restart: bool) -> Checkpoint:
+        directory = Path(output + ".checkpoint")
+        checkpoint = cls(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        checkpoint._lock(output)
+        try:
+            existing = checkpoint._read_manifest()
+            if existing is not None and not restart:
+                problem = _mismatch(existing, manifest)
+                if problem:
+                    raise CheckpointError(
+                        f"{directory} belongs to another run ({problem}); "
+                        "rerun with --restart to discard it and start over, or use another --output"
+                    )
+            if existing is None or restart:
+                for name in ("results.jsonl", "sent.log"):
+                    (directory / name).unlink(missing_ok=True)
+                _write_json_atomic(directory / "manifest.json", {"version": FORMAT_VERSION, **manifest})
+            checkpoint._load()
+            checkpoint._open_logs()
+        except BaseException:
+            checkpoint.close()
+            raise
+        return checkpoint
+
+    @classmethod
+    def temporary(cls) -> Checkpoint:
+        """For stdin input, which cannot be re-read: the same machinery in a temp dir, removed at the end."""
+        checkpoint = cls(Path(tempfile.mkdtemp(prefix="inferbatch-")), ephemeral=True)
+        checkpoint._open_logs()
+        return checkpoint
+
+    def _lock(self, output: str) -> None:
+        path = self.dir / "lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise CheckpointError(
+                    f"another inferbatch run (pid {holder}) is writing {output}; "
+                    "wait for it to finish, or stop it, before running again"
+                ) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _read_manifest(self) -> dict[str, Any] | None:
+        try:
+            return orjson.loads((self.dir / "manifest.json").read_bytes())  # type: ignore[no-any-return]
+        except FileNotFoundError:
+            return None
+        except orjson.JSONDecodeError:
+            raise CheckpointError(f"{self.dir}/manifest.json is damaged; rerun with --restart") from None
+
+    def _load(self) -> None:
+        """Rebuild the bitmaps from the logs, cutting a torn last line left by a crash."""
+        results = self.dir / "results.jsonl"
+        if results.exists():
+            good_end = 0
+            with open(results, "rb") as handle:
+                for line in handle:
+                    if not line.endswith(b"\n"):
+                        break
+                    try:
+                        record = orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        break
+                    good_end += len(line)
+                    self._note(record)
+            if good_end != results.stat().st_size:
+                os.truncate(results, good_end)
+        sent = self.dir / "sent.log"
+        if sent.exists():
+            with open(sent, "rb") as handle:
+                for line in handle:
+                    if line.endswith(b"\n") and line[:-1].isdigit():
+                        self.sent.set(int(line))
+        self.resumed.finished = self.finished.count()
+        self.resumed.errors = self.errored.count()
+        self.resumed.in_doubt = self.sent.count_and_not(self.finished)
+
+    def _note(self, record: dict[str, Any]) -> None:
+        index = record["index"]
+        self.finished.set(index)
+        if record["status"] == "error":
+            self.errored.set(index)
+        else:
+            self.errored.clear(index)
+        self.resumed.prompt_tokens += record.get("prompt_tokens") or 0
+        self.resumed.completion_tokens += record.get("completion_tokens") or 0
+
+    def _open_logs(self) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        self._results_fd = os.open(self.dir / "results.jsonl", flags, 0o644)
+        self._sent_fd = os.open(self.dir / "sent.log", flags, 0o644)
+
+    # ---- during the run --------------------------------------------------
+    def needs_sending(self, index: int, retry_errors: bool) -> bool:
+        if index not in self.finished:
+            return True
+        return retry_errors and index in self.errored
+
+    def mark_sent(self, index: int) -> None:
+        os.write(self._sent_fd, b"%d\n" % index)
+
+    def record(self, index: int, line: bytes, status: str) -> None:
+        """One finished row: to the OS now (survives kill -9), to disk at the next ``sync()``."""
+        os.write(self._results_fd, line)
+        self.finished.set(index)
+        if status == "error":
+            self.errored.set(index)
+        else:
+            self.errored.clear(index)
+        self._dirty = True
+
+    def sync(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            os.fsync(self._results_fd)
+            os.fsync(self._sent_fd)
+
+    # ---- after the run ---------------------------------------------------
+    def lines_in_order(self) -> Iterator[bytes]:
+        """Every row's last result line, by row position, without holding the lines in memory."""
+        path = self.dir / "results.jsonl"
+        offsets = array("q")
+        with open(path, "rb") as handle:
+            position = 0
+            for line in handle:
+                index = _index_of(line)
+                if index >= len(offsets):
+                    offsets.extend([-1] * (index + 1 - len(offsets)))
+                offsets[index] = position
+                position += len(line)
+            for offset in offsets:
+                if offset >= 0:
+                    handle.seek(offset)
+                    yield handle.readline()
+
+    def close(self) -> None:
+        for name in ("_results_fd", "_sent_fd", "_lock_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                if name == "_results_fd":
+                    try:
+                        self.sync()
+                    except OSError:
+                        pass
+                os.close(fd)
+                setattr(self, name, -1)
+
+    def remove(self) -> None:
+        self.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _index_of(line: bytes) -> int:
+    # Result lines start {"id":...,"index":N — find N without parsing the whole line.
+    start = line.find(b'"index":')
+    if start < 0:
+        return int(orjson.loads(line)["index"])
+    start += 8
+    end = start
+    while line[end : end + 1].isdigit():
+        end += 1
+    return int(line[start:end])
+
+
+def _mismatch(existing: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    old_input, new_input = existing.get("input") or {}, wanted.get("input") or {}
+    if old_input.get("size") != new_input.get("size") or old_input.get("hash") != new_input.get("hash"):
+        return f"input was {old_input.get('path')} ({old_input.get('size')} bytes), now it differs"
+    old_shape, new_shape = existing.get("shaping") or {}, wanted.get("shaping") or {}
+    changed = sorted(k for k in set(old_shape) | set(new_shape) if old_shape.get(k) != new_shape.get(k))
+    if changed:
+        return "changed option(s): " + ", ".join(changed)
+    return None
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(orjson.dumps(data, option=orjson.OPT_INDENT_2))
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

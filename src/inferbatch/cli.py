@@ -1,0 +1,267 @@
+"""The command line: parse flags, resolve a RunConfig, call the library, map errors to exit codes.
+
+The only module that imports click. Heavy imports (aiohttp, pyarrow) happen
+inside the commands so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import click
+
+from inferbatch.errors import InferbatchError
+
+_PROCESS_START = time.monotonic()
+
+
+@contextlib.contextmanager
+def error_boundary() -> Iterator[None]:
+    """The one place an InferbatchError becomes a message on stderr and an exit code."""
+    try:
+        yield
+    except InferbatchError as exc:
+        click.echo(f"inferbatch: {exc}", err=True)
+        raise click.exceptions.Exit(exc.exit_code) from None
+
+
+def _setup_logging(quiet: bool, verbose: int) -> None:
+    level = logging.WARNING if quiet else logging.INFO
+    logger = logging.getLogger("inferbatch")
+    logger.setLevel(level)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+
+
+def shaping_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Options that decide what is sent for a row: shared by `run` and `validate`."""
+    decorators = [
+        click.option("--job", type=click.Path(dir_okay=False), help="Job file (TOML) with settings; flags win."),
+        click.option("--model", help="Model id [env: INFERENCE_MODEL_ID]; a row's own `model` wins."),
+        click.option("--system", help="System message prepended to rows without one."),
+        click.option("--template", help="User message built from row columns, with {column} placeholders."),
+        click.option("--template-file", type=click.Path(dir_okay=False), help="Read --template from a file."),
+        click.option("--id-column", help="Column holding the row id [default: custom_id, else id, else position]."),
+        click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
+                     help="Request body parameter (JSON value), e.g. temperature=0. Repeatable."),  # fmt: skip
+        click.option("--limit", type=int, help="Only the first N rows."),
+        click.option("--shard", help="Only rows whose id hashes to shard I of N, as I/N."),
+        click.option("--keep-columns", help="Comma-separated input columns to copy into the output."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="inferbatch", prog_name="inferbatch")
+def cli() -> None:
+    """Run large batches of chat-completion requests against an OpenAI-compatible API
+    (Heroku Managed Inference first of all), safely and fast: one result row per input row."""
+
+
+@cli.command()
+@click.argument("input", required=False)
+@click.option("-o", "--output", help="Output file: .jsonl or .parquet.")
+@shaping_options
+@click.option("--url", help="API base URL [env: INFERENCE_URL]; /v1/chat/completions is appended.")
+@click.option("--api-key-env", help="Read the key from this variable instead of INFERENCE_KEY.")
+@click.option("--simulate", is_flag=True, default=None, help="Run against the built-in simulator (no key needed).")
+@click.option("-c", "--concurrency", type=int, help="Most requests in flight at once. [default: 16]")
+@click.option("--rpm", type=int, help="Requests-per-minute ceiling.")
+@click.option("--tpm", type=int, help="Tokens-per-minute ceiling.")
+@click.option("--max-attempts", type=int, help="Attempts per row, the first included. [default: 6]")
+@click.option("--timeout", type=float, help="Seconds per attempt. [default: 300]")
+@click.option("--retry-errors", is_flag=True, default=None, help="On resume, send rows that ended as error again.")
+@click.option("--restart", is_flag=True, default=None, help="Discard an existing checkpoint and start over.")
+@click.option("--abort-after", type=int, help="Stop after N consecutive failed rows (0: never). [default: 25]")
+@click.option("--output-format", type=click.Choice(["jsonl", "parquet", "openai-batch"]),
+              help="Output format [default: by the output's extension].")  # fmt: skip
+@click.option("--summary-json", type=click.Path(dir_okay=False), help="Also write the end-of-run summary as JSON.")
+@click.option("--drain-timeout", type=float, help="On SIGTERM/SIGINT, seconds in-flight requests may take. [default: 20]")
+@click.option("--deadline", help="Stop admitting so in-flight work ends before this (9m, 23h); exit 75.")
+@click.option("--progress-interval", type=float, help="Seconds between logfmt progress lines off a terminal. [default: 10]")
+@click.option("-q", "--quiet", is_flag=True, help="No progress, only warnings and the result.")
+@click.option("-v", "--verbose", count=True, help="One logfmt line per retry.")
+def run(input: str | None, quiet: bool, verbose: int, **flags: Any) -> None:
+    """Send every row of INPUT (.jsonl, .ndjson, .jsonl.gz, .parquet, .csv, or - for stdin) and write
+    one result row per input row, in input order, to OUTPUT.
+
+    Interrupted or crashed runs resume: run the same command again."""
+    import asyncio
+
+    from inferbatch.config import resolve
+    from inferbatch.progress import Progress
+    from inferbatch.runner import run_batch
+    from inferbatch.sources import count_rows
+
+    _setup_logging(quiet, verbose)
+    with error_boundary():
+        cfg = resolve({**flags, "input": input, "verbosity": verbose}, os.environ)
+        total = None if cfg.shard.count > 1 else count_rows(cfg.input)
+        if total is not None and cfg.limit is not None:
+            total = min(total, cfg.limit)
+        progress = Progress(total=total, interval=cfg.progress_interval, quiet=quiet)
+        report = asyncio.run(run_batch(cfg, progress=progress, started_at=_PROCESS_START))
+        for line in report.summary.lines():
+            click.echo(line, err=True)
+        if cfg.summary_json:
+            _write_summary_json(cfg.summary_json, report.summary.as_dict())
+        if report.stop is not None:
+            click.echo(f"inferbatch: {report.stop}", err=True)
+        click.echo(f"wrote {report.output} rows={report.summary.rows}", err=True)
+    raise click.exceptions.Exit(report.exit_code)
+
+
+def _write_summary_json(path: str, data: dict[str, Any]) -> None:
+    import json
+
+    try:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2)
+            handle.write("\n")
+    except OSError as exc:
+        click.echo(f"inferbatch: cannot write --summary-json {path}: {exc.strerror}", err=True)
+
+
+@cli.command()
+@click.argument("input", required=False)
+@shaping_options
+@click.option("--show", type=int, default=10, show_default=True, help="How many problems to print.")
+def validate(input: str | None, show: int, **flags: Any) -> None:
+    """Read and shape every row of INPUT as `run` would, and report problems; sends nothing."""
+    from inferbatch.config import resolve
+    from inferbatch.runner import make_shaper, shaped_rows
+    from inferbatch.shaping import Invalid, estimate_prompt_tokens
+    from inferbatch.sources import read_rows
+
+    _setup_logging(False, 0)
+    with error_boundary():
+        cfg = resolve({**flags, "input": input}, os.environ, need_connection=False)
+        no_model = cfg.model is None
+        shaper = make_shaper(cfg)
+        if no_model:
+            shaper.model = "<model>"
+        valid = invalid = prompt_tokens = completion_tokens = 0
+        for item in shaped_rows(cfg, read_rows(cfg.input), shaper):
+            if isinstance(item, Invalid):
+                invalid += 1
+                if invalid <= show:
+                    click.echo(f"invalid {item.reason}")
+                continue
+            valid += 1
+            prompt_tokens += estimate_prompt_tokens(item.body)
+            completion_tokens += item.body.get("max_tokens") or item.body.get("max_completion_tokens") or 0
+        if invalid > show:
+            click.echo(f"... and {invalid - show} more invalid rows")
+        click.echo(f"rows={valid + invalid} valid={valid} invalid={invalid}")
+        click.echo(f"estimate rows={valid} prompt_tokens={prompt_tokens} max_completion_tokens={completion_tokens}")
+        if no_model:
+            click.echo("note: no model set (INFERENCE_MODEL_ID or --model); rows without `model` need one to run",
+                       err=True)  # fmt: skip
+    raise click.exceptions.Exit(0 if invalid == 0 else 1)
+
+
+@cli.command()
+@click.argument("output", type=click.Path(exists=True, dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def report(output: str, as_json: bool) -> None:
+    """Print the summary of a result file (JSONL or Parquet)."""
+    import json
+
+    from inferbatch.progress import Summary
+    from inferbatch.results import read_output
+
+    summary = Summary()
+    try:
+        for record in read_output(output):
+            summary.add(record)
+    except (ValueError, OSError) as exc:
+        click.echo(f"inferbatch: {output} is not a readable result file ({str(exc)[:200]})", err=True)
+        raise click.exceptions.Exit(2) from None
+    data = summary.as_dict()
+    for key in ("wall_s", "requests_per_s", "sent_this_run", "unfinished", "in_doubt_resumed", "rate_limited",
+                "paused_s"):  # fmt: skip
+        data.pop(key, None)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        for line in summary.lines()[:1] + summary.lines()[2:]:
+            click.echo(line)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port (0: any free port).")
+@click.option("--latency-ms", type=float, default=0.0, show_default=True, help="Latency added to every response.")
+@click.option("--jitter-ms", type=float, default=0.0, show_default=True, help="Random extra latency, up to this.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for random latency and faults.")
+@click.option("--rate-429", type=float, default=0.0, help="Share of requests answered 429.")
+@click.option("--rate-500", type=float, default=0.0, help="Share of requests answered 500.")
+@click.option("--rate-503", type=float, default=0.0, help="Share of requests answered 503.")
+@click.option("--rate-hang", type=float, default=0.0, help="Share of requests never answered.")
+@click.option("--rate-drop", type=float, default=0.0, help="Share of connections dropped without an answer.")
+@click.option("--rate-malformed", type=float, default=0.0, help="Share of 200s with a broken body.")
+@click.option("--retry-after", type=float, default=1.0, show_default=True, help="Retry-After seconds on 429s.")
+@click.option("--no-retry-after", is_flag=True, help="Send 429s without Retry-After (as Heroku may).")
+@click.option("--rpm", type=int, help="Enforce requests per minute (sliding window), 429 beyond.")
+@click.option("--tpm", type=int, help="Enforce tokens per minute (sliding window), 429 beyond.")
+@click.option("--window-s", type=float, default=60.0, show_default=True, help="Length of the rate-limit window.")
+@click.option("--require-key-env", help="Require `Authorization: Bearer $VAR`; names the variable holding the key.")
+def simulate(host: str, port: int, latency_ms: float, jitter_ms: float, seed: int, rate_429: float, rate_500: float,
+             rate_503: float, rate_hang: float, rate_drop: float, rate_malformed: float, retry_after: float,
+             no_retry_after: bool, rpm: int | None, tpm: int | None, window_s: float,
+             require_key_env: str | None) -> None:  # fmt: skip
+    """Serve an OpenAI-compatible chat-completions API on loopback, with deterministic replies,
+    latency, fault injection and rate limits. Put [[sim:500x2]]-style directives in a prompt
+    to script one row's answers (see README)."""
+    from inferbatch.simulator import SimOptions, serve
+
+    require_key = None
+    if require_key_env:
+        require_key = os.environ.get(require_key_env)
+        if not require_key:
+            click.echo(f"inferbatch: --require-key-env {require_key_env}: that variable is not set", err=True)
+            raise click.exceptions.Exit(2)
+    opts = SimOptions(
+        latency_ms=latency_ms, latency_jitter_ms=jitter_ms, seed=seed, rate_429=rate_429, rate_500=rate_500,
+        rate_503=rate_503, rate_hang=rate_hang, rate_drop=rate_drop, rate_malformed=rate_malformed,
+        retry_after=None if no_retry_after else retry_after, rpm=rpm, tpm=tpm, window_s=window_s,
+        require_key=require_key,
+    )  # fmt: skip
+
+    def ready(url: str) -> None:
+        click.echo(f"simulator listening on {url}", err=True)
+        click.echo(url)
+        sys.stdout.flush()
+
+    serve(opts, host=host, port=port, ready=ready)
+
+
+def main() -> None:
+    """Console entry point: bugs still show a traceback, but never the key."""
+    try:
+        cli.main(prog_name="inferbatch")
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception:  # noqa: BLE001 - a bug: show it, redacted
+        text = traceback.format_exc()
+        for name in ("INFERENCE_KEY", os.environ.get("INFERBATCH_KEY_ENV", "")):
+            secret = os.environ.get(name) if name else None
+            if secret:
+                text = text.replace(secret, "[REDACTED]")
+        sys.stderr.write(text)
+        sys.exit(1)

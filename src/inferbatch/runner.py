@@ -1,0 +1,435 @@
+"""``run_batch``: read, shape, send with bounded concurrency, record, write the output.
+
+    rows ─shape─▶ queue (bounded) ─▶ workers ─limiter─▶ retry loop ─▶ client.send
+                                                                        │
+    output file ◀─ finalize (input order) ◀─ checkpoint ◀─ result ◀─────┘
+
+Nothing is held per row beyond the bounded queue: results go to the
+checkpoint as they finish and the output is rebuilt from it in input order.
+A stop (signal, safety stop, deadline) closes the limiter so nothing new is
+sent, lets in-flight requests finish for ``--drain-timeout`` seconds, and
+still writes the output; rows it cut off have no result and a rerun sends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from inferbatch import results, retry
+from inferbatch.checkpoint import Checkpoint, input_identity
+from inferbatch.client import Client
+from inferbatch.config import RunConfig
+from inferbatch.errors import (
+    AuthFailed, AuthRejected, DeadlineReached, InferbatchError, InputError, Interrupted, RequestFailed,
+    TooManyFailures, UsageError,
+)  # fmt: skip
+from inferbatch.limits import Limiter, Stopped
+from inferbatch.progress import Progress, Summary
+from inferbatch.shaping import Invalid, Request, Shaper, estimate_prompt_tokens, shard_of
+from inferbatch.sources import Row, count_rows, read_rows
+
+log = logging.getLogger("inferbatch")
+
+FEED_BATCH = 256
+TICK_S = 1.0
+
+
+@dataclass
+class RunReport:
+    """What a run did: the summary of the output, and the stop that ended it early, if any."""
+
+    summary: Summary
+    output: str | None
+    stop: InferbatchError | None = None
+    complete: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        if self.stop is not None:
+            return self.stop.exit_code
+        return 0 if self.summary.error == 0 and self.summary.invalid == 0 else 1
+
+
+def make_shaper(cfg: RunConfig) -> Shaper:
+    return Shaper(
+        model=cfg.model, params=cfg.params, system=cfg.system, template=cfg.template,
+        id_column=cfg.id_column, keep_columns=cfg.keep_columns,
+    )  # fmt: skip
+
+
+def shaped_rows(cfg: RunConfig, rows: Iterator[Row], shaper: Shaper) -> Iterator[Request | Invalid]:
+    """Shape rows in order, applying ``--limit`` and ``--shard``."""
+    for row in rows:
+        if cfg.limit is not None and row.index >= cfg.limit:
+            return
+        if cfg.shard.count > 1 and shard_of(shaper.row_id(row.data, row.index), cfg.shard.count) != cfg.shard.index:
+            continue
+        yield shaper.shape(row.index, row.line, row.data, row.error)
+
+
+def _check_model(cfg: RunConfig, items: Iterator[Request | Invalid]) -> Iterator[Request | Invalid]:
+    """SPEC §8.7: without a configured model, the first valid row must name one (else exit 2, nothing sent)."""
+    if cfg.model:
+        return items
+    head: list[Request | Invalid] = []
+    for item in items:
+        head.append(item)
+        if isinstance(item, Request):
+            break
+        if item.reason.endswith("give the row a `model`"):
+            raise UsageError(
+                "no model: set INFERENCE_MODEL_ID (e.g. export INFERENCE_MODEL_ID=$(heroku config:get -a APP "
+                "INFERENCE_MODEL_ID)) or pass --model"
+            )
+    return itertools.chain(head, items)
+
+
+async def run_batch(
+    cfg: RunConfig,
+    *,
+    progress: Progress | None = None,
+    handle_signals: bool = True,
+    started_at: float | None = None,
+) -> RunReport:
+    """Run ``cfg`` to the end or to a stop; always writes the output of every row finished so far."""
+    if cfg.output is None:
+        raise UsageError("no output: give -o OUTPUT or `output = ...` in the job file")
+    started = time.monotonic() if started_at is None else started_at
+    shaper = make_shaper(cfg)
+    items = _check_model(cfg, shaped_rows(cfg, read_rows(cfg.input), shaper))
+    checkpoint = _open_checkpoint(cfg)
+    try:
+        if progress is None:
+            progress = Progress(total=None, quiet=True)
+        if cfg.simulate:
+            from inferbatch.simulator import SimOptions, running
+
+            async with running(SimOptions()) as server:
+                from inferbatch.config import endpoint_url
+
+                url = endpoint_url(server.url)
+                run = _Run(cfg, url, checkpoint, progress, started)
+                await run.execute(items, handle_signals)
+        else:
+            assert cfg.url is not None
+            run = _Run(cfg, cfg.url, checkpoint, progress, started)
+            await run.execute(items, handle_signals)
+        return await asyncio.to_thread(_finish, cfg, run, checkpoint)
+    finally:
+        checkpoint.close()
+
+
+def _open_checkpoint(cfg: RunConfig) -> Checkpoint:
+    if cfg.input == "-":
+        log.warning("input is stdin, which cannot be re-read: this run has no checkpoint and cannot be resumed")
+        return Checkpoint.temporary()
+    assert cfg.output is not None
+    if cfg.input.startswith("s3://") or cfg.output.startswith("s3://"):
+        raise UsageError("s3:// paths are not supported yet")
+    try:
+        identity = input_identity(cfg.input)
+    except OSError as exc:
+        raise InputError(f"{cfg.input}: cannot read ({exc.strerror})") from None
+    manifest = {"input": identity, "shaping": cfg.shaping_fingerprint()}
+    checkpoint = Checkpoint.open_for_run(cfg.output, manifest, restart=cfg.restart)
+    resumed = checkpoint.resumed
+    if resumed.finished:
+        log.info(
+            "resume finished=%d errors=%d in_doubt=%d%s", resumed.finished, resumed.errors, resumed.in_doubt,
+            " retry_errors=true" if cfg.retry_errors else "",
+        )  # fmt: skip
+    if resumed.in_doubt:
+        log.warning(
+            "resume: %d row(s) were sent before the last run stopped but have no result "
+            "(possibly billed); they are sent again", resumed.in_doubt,
+        )  # fmt: skip
+    return checkpoint
+
+
+def _finish(cfg: RunConfig, run: _Run, checkpoint: Checkpoint) -> RunReport:
+    """Write the output in input order, count it, and drop the checkpoint if every row is ok."""
+    assert cfg.output is not None
+    summary = run.summary
+    kept_types = None
+    if cfg.output_format == "parquet" and cfg.keep_columns:
+        kept_types = results.kept_column_types((orjson.loads(x) for x in checkpoint.lines_in_order()), cfg.keep_columns)
+    writer = results.OutputWriter(cfg.output, cfg.output_format, kept_types)
+    try:
+        for line in checkpoint.lines_in_order():
+            record = orjson.loads(line)
+            summary.add(record)
+            writer.write_line(line, record)
+        writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    summary.wall_s = time.monotonic() - run.started
+    summary.sent_this_run = run.limiter.admitted
+    summary.rate_limited = run.limiter.rate_limited
+    summary.paused_s = run.limiter.paused_s
+    summary.effective_concurrency = run.limiter.effective_concurrency
+    summary.in_doubt_resumed = checkpoint.resumed.in_doubt
+    complete = run.stop is None and run.fed_all and run.unfinished == 0
+    summary.unfinished = run.unfinished
+    if complete and summary.error == 0 and summary.invalid == 0 or checkpoint.ephemeral:
+        checkpoint.remove()
+    return RunReport(summary, cfg.output, run.stop, complete)
+
+
+class _Run:
+    """The state of one run between reading the input and writing the output."""
+
+    def __init__(self, cfg: RunConfig, url: str, checkpoint: Checkpoint, progress: Progress, started: float) -> None:
+        self.cfg = cfg
+        self.url = url
+        self.checkpoint = checkpoint
+        self.progress = progress
+        self.started = started
+        self.summary = Summary()
+        self.limiter = Limiter(cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm)
+        self.stop: InferbatchError | None = None
+        self.stopping = asyncio.Event()
+        self.queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=cfg.concurrency * 2)
+        self.workers = cfg.concurrency * 2 + 4  # more rows than slots, so rows waiting to retry don't idle the slots
+        self.busy: set[asyncio.Task[Any]] = set()
+        self.fed_all = False
+        self.fed = 0
+        self.finished_now = 0
+        self.consecutive_errors = 0
+        self.max_latency_ms = 0.0
+        self.keep_body = cfg.output_format == "openai-batch"
+        self.client: Client | None = None
+        self._signals = 0
+
+    @property
+    def unfinished(self) -> int:
+        return self.fed - self.finished_now
+
+    # ---- orchestration ---------------------------------------------------
+    async def execute(self, items: Iterator[Request | Invalid], handle_signals: bool) -> None:
+        api_key = self.cfg.api_key.reveal() if self.cfg.api_key is not None else None
+        async with Client(self.url, api_key, timeout=self.cfg.timeout, concurrency=self.cfg.concurrency) as client:
+            self.client = client
+            async with self._signal_handlers(handle_signals), self._ticker():
+                feeder = asyncio.create_task(self._feed(items))
+                workers = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
+                everything = asyncio.gather(feeder, *workers)
+                stop_wait = asyncio.create_task(self.stopping.wait())
+                await asyncio.wait({everything, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                if everything.done():
+                    stop_wait.cancel()
+                    everything.result()  # a bug in a worker surfaces here
+                    return
+                await self._drain(feeder, workers)
+                everything.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await everything
+
+    async def _drain(self, feeder: asyncio.Task[Any], workers: list[asyncio.Task[Any]]) -> None:
+        feeder.cancel()
+        self.limiter.close()
+        for task in workers:
+            if task not in self.busy:
+                task.cancel()
+        busy = [t for t in workers if not t.done() and t in self.busy]
+        if busy:
+            log.info("draining in_flight=%d timeout_s=%g", self.limiter.in_flight, self.cfg.drain_timeout)
+            _, pending = await asyncio.wait(busy, timeout=self.cfg.drain_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("drain timeout: %d request(s) cut off; a rerun sends them", len(pending))
+
+    def request_stop(self, reason: InferbatchError) -> None:
+        if self.stop is None:
+            self.stop = reason
+            log.warning("stopping: %s", reason)
+        self.limiter.close()
+        self.stopping.set()
+
+    @contextlib.asynccontextmanager
+    async def _signal_handlers(self, enabled: bool) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        installed = []
+        if enabled:
+            for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+                try:
+                    loop.add_signal_handler(sig, self._on_signal, sig, code)
+                    installed.append(sig)
+                except (NotImplementedError, RuntimeError, ValueError):
+                    pass
+        try:
+            yield
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals, code: int) -> None:
+        self._signals += 1
+        if self._signals > 1 and sig == signal.SIGINT:
+            # A second Ctrl-C: leave now. Every finished row is already in the checkpoint.
+            with contextlib.suppress(OSError):
+                self.checkpoint.sync()
+            os._exit(130)
+        self.request_stop(Interrupted(sig.name, code))
+
+    @contextlib.asynccontextmanager
+    async def _ticker(self) -> AsyncIterator[None]:
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(TICK_S)
+                await asyncio.to_thread(self.checkpoint.sync)
+                self.progress.tick()
+                self._check_deadline()
+
+        task = asyncio.create_task(tick())
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            self.checkpoint.sync()
+            self.progress.tick(force=True)
+            self.progress.finish()
+
+    def _check_deadline(self) -> None:
+        if self.cfg.deadline is None or self.stop is not None:
+            return
+        left = self.cfg.deadline - (time.monotonic() - self.started)
+        # Stop admitting early enough for in-flight requests and the output to finish in time.
+        margin = max(3.0, min(self.cfg.timeout, self.max_latency_ms / 1000 * 1.5))
+        if left <= margin:
+            self.request_stop(DeadlineReached("--deadline reached; rerun to continue"))
+
+    # ---- reading ---------------------------------------------------------
+    async def _feed(self, items: Iterator[Request | Invalid]) -> None:
+        def take() -> list[Request | Invalid]:
+            return list(itertools.islice(items, FEED_BATCH))
+
+        try:
+            while True:
+                batch = await asyncio.to_thread(take)
+                if not batch:
+                    break
+                for item in batch:
+                    if not self.checkpoint.needs_sending(item.index, self.cfg.retry_errors):
+                        self.progress.skipped += 1
+                        continue
+                    self.fed += 1
+                    if isinstance(item, Invalid):
+                        self._record(results.invalid_record(item.id, item.index, item.reason, item.keep))
+                    else:
+                        await self.queue.put(item)
+        except InferbatchError as exc:
+            self.request_stop(exc)
+            return
+        self.fed_all = True
+        for _ in range(self.workers):
+            await self.queue.put(None)
+
+    # ---- sending ---------------------------------------------------------
+    async def _worker(self) -> None:
+        me = asyncio.current_task()
+        assert me is not None
+        while True:
+            request = await self.queue.get()
+            if request is None or self.stopping.is_set():
+                return
+            self.busy.add(me)
+            try:
+                await self._process(request)
+            finally:
+                self.busy.discard(me)
+
+    async def _process(self, request: Request) -> None:
+        assert self.client is not None
+        body = orjson.dumps(request.body)
+        max_tokens = request.body.get("max_tokens") or request.body.get("max_completion_tokens")
+        cost = self.limiter.estimate(estimate_prompt_tokens(request.body), max_tokens)
+        attempts = 0
+        response = None
+        try:
+            async for attempt in retry.make_retrying(self.cfg.max_attempts, sleep=self._sleep,
+                                                     before_sleep=self._log_retry):  # fmt: skip
+                with attempt:
+                    ticket = await self.limiter.acquire(cost)
+                    if attempts == 0:
+                        self.checkpoint.mark_sent(request.index)
+                    attempts += 1
+                    try:
+                        response = await self.client.send(body)
+                    except RequestFailed as exc:
+                        self.limiter.release(ticket, status=exc.status, headers=exc.headers,
+                                             retry_after=exc.retry_after)  # fmt: skip
+                        raise
+                    usage = response.data.get("usage") or {}
+                    self.limiter.release(ticket, status=200, headers=response.headers,
+                                         total_tokens=usage.get("total_tokens"),
+                                         completion_tokens=usage.get("completion_tokens"))  # fmt: skip
+        except Stopped:
+            return  # cut off by a stop: no result, a rerun sends it
+        except AuthRejected as exc:
+            what = "the key was rejected (401)" if exc.status == 401 else "the key may not use this model (403)"
+            self.request_stop(AuthFailed(f"{what}: {exc.message}; check INFERENCE_KEY and INFERENCE_MODEL_ID"))
+            return
+        except RequestFailed as exc:
+            record = results.error_record(request.id, request.index, exc, attempts=attempts, keep=request.keep,
+                                          keep_body=self.keep_body)  # fmt: skip
+            self._record(record)
+            return
+        assert response is not None
+        request_id = response.headers.get("x-request-id")
+        record = results.ok_record(
+            request.id, request.index, response.data, status_code=response.status, attempts=attempts,
+            latency_ms=response.latency_ms, request_id=request_id, keep=request.keep, keep_body=self.keep_body,
+        )  # fmt: skip
+        self._record(record)
+
+    async def _sleep(self, seconds: float) -> None:
+        """Wait before a retry, unless the run is stopping (then the row is cut off, not failed)."""
+        seconds *= retry.wait_scale()
+        if self.stopping.is_set():
+            raise Stopped
+        if seconds > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), seconds)
+        if self.stopping.is_set():
+            raise Stopped
+
+    def _log_retry(self, state: Any) -> None:
+        if self.cfg.verbosity > 0 and state.outcome is not None:
+            exc = state.outcome.exception()
+            from inferbatch.progress import logfmt
+
+            log.info(logfmt("retry", attempt=state.attempt_number, status=getattr(exc, "status", None),
+                            wait_s=round(state.upcoming_sleep, 2), error=str(exc)[:200]))  # fmt: skip
+
+    # ---- recording -------------------------------------------------------
+    def _record(self, record: dict[str, Any]) -> None:
+        status = record["status"]
+        self.checkpoint.record(record["index"], results.dumps_line(record), status)
+        self.finished_now += 1
+        if record["latency_ms"] is not None and record["latency_ms"] > self.max_latency_ms:
+            self.max_latency_ms = record["latency_ms"]
+        self.progress.row(status, record.get("total_tokens") or 0)
+        if status == "error":
+            self.consecutive_errors += 1
+            if self.cfg.abort_after and self.consecutive_errors >= self.cfg.abort_after:
+                self.request_stop(TooManyFailures(
+                    f"{self.consecutive_errors} rows in a row failed (last: {record['error']}); "
+                    "fix the cause and rerun (--retry-errors re-sends them), or raise --abort-after"
+                ))  # fmt: skip
+        elif status == "ok":
+            self.consecutive_errors = 0

@@ -1,0 +1,287 @@
+"""Turn an input ``Row`` into the request body to send, or an ``Invalid`` naming what is wrong.
+
+Row shapes, detected per row (SPEC §2):
+
+1. OpenAI Batch line ``{"custom_id", "method", "url", "body": {...}}``: body as is.
+2. Chat row ``{"messages": [...], <body params>}``.
+3. Prompt row ``{"prompt": "...", "system"?: "..."}``.
+4. Any columns with ``--template``: the user message is the filled template.
+
+Body precedence: row > ``--param`` > job ``[params]`` > defaults; ``stream`` is
+always false. Pure: no I/O, so ``validate`` and ``run`` shape identically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from array import array
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Top-level chat-row keys that belong in the request body.
+BODY_PARAMS = frozenset(
+    {
+        "model", "temperature", "max_tokens", "max_completion_tokens", "top_p", "top_k", "stop", "tools",
+        "tool_choice", "response_format", "n", "seed", "presence_penalty", "frequency_penalty", "logit_bias",
+        "logprobs", "top_logprobs", "user", "parallel_tool_calls", "extended_thinking", "reasoning_effort",
+        "metadata", "service_tier", "modalities", "prediction", "audio", "store",
+    }
+)  # fmt: skip
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+
+
+@dataclass(slots=True)
+class Request:
+    id: str
+    index: int
+    line: int
+    body: dict[str, Any]
+    keep: dict[str, Any]
+
+
+@dataclass(slots=True)
+class Invalid:
+    id: str
+    index: int
+    line: int
+    reason: str
+    keep: dict[str, Any]
+
+
+class IdSet:
+    """A compact set of 64-bit id hashes: 16 bytes a row instead of a Python string per row.
+
+    Open addressing with linear probing in an ``array('Q')``; the chance of two
+    different ids colliding is about n²/2⁶⁵ (3e-8 for a million rows).
+    """
+
+    def __init__(self) -> None:
+        self._slots = array("Q", bytes(8 * 1024))
+        self._used = 0
+
+    def add(self, key: str) -> bool:
+        """Add ``key``; False if it was already there."""
+        digest = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") or 1
+        if self._used * 2 >= len(self._slots):
+            self._grow()
+        return self._insert(digest)
+
+    def _insert(self, digest: int) -> bool:
+        slots = self._slots
+        mask = len(slots) - 1
+        pos = digest & mask
+        while True:
+            current = slots[pos]
+            if current == 0:
+                slots[pos] = digest
+                self._used += 1
+                return True
+            if current == digest:
+                return False
+            pos = (pos + 1) & mask
+
+    def _grow(self) -> None:
+        old = self._slots
+        self._slots = array("Q", bytes(16 * len(old)))
+        self._used = 0
+        for digest in old:
+            if digest:
+                self._insert(digest)
+
+
+def shard_of(row_id: str, count: int) -> int:
+    """Stable across runs, machines and Python versions (unlike ``hash()``)."""
+    digest = hashlib.blake2b(row_id.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % count
+
+
+class Shaper:
+    """Shapes rows in input order; remembers ids to refuse duplicates."""
+
+    def __init__(
+        self,
+        *,
+        model: str | None,
+        params: Mapping[str, Any],
+        system: str | None = None,
+        template: str | None = None,
+        id_column: str | None = None,
+        keep_columns: tuple[str, ...] = (),
+    ) -> None:
+        self.model = model
+        self.params = dict(params)
+        self.system = system
+        self.template = template
+        self.template_fields = _template_fields(template) if template else ()
+        self.id_column = id_column
+        self.keep_columns = keep_columns
+        self._seen = IdSet()
+
+    def row_id(self, data: dict[str, Any] | None, index: int) -> str:
+        if data is not None:
+            for column in (self.id_column,) if self.id_column else ("custom_id", "id"):
+                value = data.get(column)
+                if value is not None and value != "":
+                    return str(value)
+        return str(index)
+
+    def shape(self, index: int, line: int, data: dict[str, Any] | None, error: str | None = None) -> Request | Invalid:
+        row_id = self.row_id(data, index)
+        keep = {c: data.get(c) for c in self.keep_columns} if data is not None else dict.fromkeys(self.keep_columns)
+        if error is not None or data is None:
+            self._seen.add(row_id)
+            return Invalid(row_id, index, line, error or f"line {line}: empty row", keep)
+        if self.id_column and data.get(self.id_column) in (None, ""):
+            self._seen.add(row_id)
+            return Invalid(row_id, index, line, f"line {line}: no value in id column {self.id_column!r}", keep)
+        if not self._seen.add(row_id):
+            return Invalid(row_id, index, line, f"line {line}: duplicate id {_clip(row_id)!r}", keep)
+        try:
+            body = self._body(data)
+        except RowProblem as problem:
+            return Invalid(row_id, index, line, f"line {line}: {problem}", keep)
+        return Request(row_id, index, line, body, keep)
+
+    def _body(self, data: dict[str, Any]) -> dict[str, Any]:
+        if "body" in data and ("custom_id" in data or "method" in data or "url" in data):
+            body = data["body"]
+            if not isinstance(body, dict):
+                raise RowProblem("`body` must be a JSON object")
+            body = {**self.params, **body}
+            messages = body.get("messages")
+        elif "messages" in data:
+            body = {**self.params, **{k: v for k, v in data.items() if k in BODY_PARAMS}}
+            messages = data["messages"]
+            if isinstance(messages, str):
+                messages = _messages_from_json_text(messages)
+        elif self.template is not None:
+            body = dict(self.params)
+            messages = [{"role": "user", "content": self._fill(data)}]
+            if isinstance(data.get("system"), str):
+                messages.insert(0, {"role": "system", "content": data["system"]})
+        elif "prompt" in data:
+            prompt = data["prompt"]
+            if not isinstance(prompt, str):
+                raise RowProblem(f"`prompt` must be a string, got {_type(prompt)}")
+            if not prompt.strip():
+                raise RowProblem("`prompt` is empty")
+            body = {**self.params, **{k: v for k, v in data.items() if k in BODY_PARAMS}}
+            messages = [{"role": "user", "content": prompt}]
+            system = data.get("system")
+            if system is not None:
+                if not isinstance(system, str):
+                    raise RowProblem(f"`system` must be a string, got {_type(system)}")
+                messages.insert(0, {"role": "system", "content": system})
+        else:
+            columns = ", ".join(list(data)[:8]) or "none"
+            raise RowProblem(f"no `messages`, `prompt` or `body`, and no --template (columns: {_clip(columns)})")
+
+        _check_messages(messages)
+        if self.system is not None and not any(m.get("role") in ("system", "developer") for m in messages):
+            messages = [{"role": "system", "content": self.system}, *messages]
+        body["messages"] = messages
+        if not body.get("model"):
+            if not self.model:
+                raise RowProblem("no model: set --model or INFERENCE_MODEL_ID, or give the row a `model`")
+            body["model"] = self.model
+        elif not isinstance(body["model"], str):
+            raise RowProblem(f"`model` must be a string, got {_type(body['model'])}")
+        for key in ("max_tokens", "max_completion_tokens"):
+            if key in body and body[key] is not None and (type(body[key]) is not int or body[key] < 1):
+                raise RowProblem(f"`{key}` must be a positive whole number, got {_clip(repr(body[key]))}")
+        body["stream"] = False
+        body.pop("stream_options", None)
+        return body
+
+    def _fill(self, data: dict[str, Any]) -> str:
+        missing = [f for f in self.template_fields if f not in data]
+        if missing:
+            raise RowProblem(f"template needs column(s) {', '.join(missing)} which the row lacks")
+        try:
+            return self.template.format_map(_TemplateValues(data))  # type: ignore[union-attr]
+        except (KeyError, IndexError, AttributeError, ValueError) as exc:
+            raise RowProblem(f"template could not be filled ({exc})") from None
+
+
+class RowProblem(ValueError):
+    pass
+
+
+class _TemplateValues(dict):  # type: ignore[type-arg]
+    """Row values for str.format_map: None shows as an empty string, not 'None'."""
+
+    def __getitem__(self, key: str) -> Any:
+        value = super().__getitem__(key)
+        return "" if value is None else value
+
+
+def _template_fields(template: str) -> tuple[str, ...]:
+    names = []
+    try:
+        for _, name, _, _ in string.Formatter().parse(template):
+            if name:
+                base = name.split(".")[0].split("[")[0]
+                if base and base not in names:
+                    names.append(base)
+    except ValueError as exc:
+        from inferbatch.errors import UsageError
+
+        raise UsageError(f"--template is not a valid template: {exc} (write literal braces as {{{{ and }}}})") from None
+    return tuple(names)
+
+
+def _messages_from_json_text(text: str) -> Any:
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise RowProblem("`messages` is a string but not JSON") from None
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list):
+        raise RowProblem(f"`messages` must be a list, got {_type(messages)}")
+    if not messages:
+        raise RowProblem("`messages` is empty")
+    for number, message in enumerate(messages, 1):
+        if not isinstance(message, dict):
+            raise RowProblem(f"message {number} must be an object, got {_type(message)}")
+        role = message.get("role")
+        if not isinstance(role, str) or role not in ROLES:
+            raise RowProblem(f"message {number} has no valid `role` (got {_clip(repr(role))})")
+        content = message.get("content")
+        if content is None:
+            if role != "assistant" or not message.get("tool_calls"):
+                raise RowProblem(f"message {number} ({role}) has no `content`")
+        elif not isinstance(content, (str, list)):
+            raise RowProblem(f"message {number} `content` must be a string or a list of parts, got {_type(content)}")
+
+
+def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:
+    """About four characters a token, over every message's text (and tool definitions)."""
+    chars = 0
+    for message in body.get("messages") or ():
+        content = message.get("content")
+        if isinstance(content, str):
+            chars += len(content)
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    chars += len(part["text"])
+        chars += 16  # role and framing
+    if body.get("tools"):
+        chars += len(str(body["tools"]))
+    return max(1, chars // 4)
+
+
+def _type(value: Any) -> str:
+    return {dict: "object", list: "list", str: "string", int: "number", float: "number", bool: "boolean"}.get(
+        type(value), "null" if value is None else type(value).__name__
+    )
+
+
+def _clip(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
