@@ -105,7 +105,7 @@ async def run_batch(
     """Run ``cfg`` to the end or to a stop; always writes the output of every row finished so far."""
     if cfg.output is None:
         raise UsageError("no output: give -o OUTPUT or `output = ...` in the job file")
-    started = time.monotonic() if started_at is None else started_at
+    deadline_origin = time.monotonic() if started_at is None else started_at
     shaper = make_shaper(cfg)
     items = _check_model(cfg, shaped_rows(cfg, read_rows(cfg.input), shaper))
     checkpoint = _open_checkpoint(cfg)
@@ -119,11 +119,11 @@ async def run_batch(
                 from inferbatch.config import endpoint_url
 
                 url = endpoint_url(server.url)
-                run = _Run(cfg, url, checkpoint, progress, started)
+                run = _Run(cfg, url, checkpoint, progress, deadline_origin)
                 await run.execute(items, handle_signals)
         else:
             assert cfg.url is not None
-            run = _Run(cfg, cfg.url, checkpoint, progress, started)
+            run = _Run(cfg, cfg.url, checkpoint, progress, deadline_origin)
             await run.execute(items, handle_signals)
         return await asyncio.to_thread(_finish, cfg, run, checkpoint)
     finally:
@@ -190,12 +190,14 @@ def _finish(cfg: RunConfig, run: _Run, checkpoint: Checkpoint) -> RunReport:
 class _Run:
     """The state of one run between reading the input and writing the output."""
 
-    def __init__(self, cfg: RunConfig, url: str, checkpoint: Checkpoint, progress: Progress, started: float) -> None:
+    def __init__(self, cfg: RunConfig, url: str, checkpoint: Checkpoint, progress: Progress,
+                 deadline_origin: float) -> None:  # fmt: skip
         self.cfg = cfg
         self.url = url
         self.checkpoint = checkpoint
         self.progress = progress
-        self.started = started
+        self.started = time.monotonic()
+        self.deadline_origin = deadline_origin
         self.summary = Summary()
         self.limiter = Limiter(cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm)
         self.stop: InferbatchError | None = None
@@ -307,7 +309,7 @@ class _Run:
     def _check_deadline(self) -> None:
         if self.cfg.deadline is None or self.stop is not None:
             return
-        left = self.cfg.deadline - (time.monotonic() - self.started)
+        left = self.cfg.deadline - (time.monotonic() - self.deadline_origin)
         # Stop admitting early enough for in-flight requests and the output to finish in time.
         margin = max(3.0, min(self.cfg.timeout, self.max_latency_ms / 1000 * 1.5))
         if left <= margin:

@@ -1,0 +1,74 @@
+"""Shared fixtures: a real simulator on loopback, a clean environment, fast retries, input builders."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from inferbatch import retry
+from inferbatch.cli import cli
+from inferbatch.simulator import SimOptions, SimServer, in_thread
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test sees the developer's real INFERENCE_* variables."""
+    for name in ("INFERENCE_URL", "INFERENCE_KEY", "INFERENCE_MODEL_ID", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture(autouse=True)
+def fast_retries() -> Iterator[None]:
+    retry.set_testing(True)
+    yield
+    retry.set_testing(False)
+
+
+@pytest.fixture
+def sim() -> Iterator[Callable[..., SimServer]]:
+    """``sim(rpm=5, require_key="k")`` starts a real simulator on 127.0.0.1 in a thread; stopped after the test."""
+    stack: list[Any] = []
+
+    def start(**options: Any) -> SimServer:
+        manager = in_thread(SimOptions(**options))
+        server = manager.__enter__()
+        stack.append(manager)
+        return server
+
+    yield start
+    for manager in reversed(stack):
+        manager.__exit__(None, None, None)
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def write_jsonl(path: Path, rows: list[Any]) -> Path:
+    with open(path, "w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write((row if isinstance(row, str) else json.dumps(row)) + "\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def chat_rows(n: int, prefix: str = "row") -> list[dict[str, Any]]:
+    return [{"id": f"{prefix}{i}", "messages": [{"role": "user", "content": f"question {i}"}]} for i in range(n)]
+
+
+def invoke(runner: CliRunner, args: list[str], env: dict[str, str] | None = None) -> Result:
+    """Run the CLI in-process; bugs raise (catch_exceptions=False) instead of hiding in result.exception."""
+    return runner.invoke(cli, args, env=env, catch_exceptions=False)
+
+
+def connection_env(server: SimServer, key: str = "test-key", model: str = "sim-model") -> dict[str, str]:
+    return {"INFERENCE_URL": server.url, "INFERENCE_KEY": key, "INFERENCE_MODEL_ID": model}
