@@ -15,6 +15,7 @@ Environment variables read here:
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -214,7 +215,7 @@ def load_job(path: str) -> dict[str, Any]:
     for key in PATH_KEYS:
         value = data.get(key)
         if isinstance(value, str) and value != "-" and "://" not in value:
-            data[key] = str((job_path.parent / value))
+            data[key] = os.path.normpath(job_path.parent / value)
     if "params" in data and not isinstance(data["params"], dict):
         raise UsageError(f"job file {path}: [params] must be a table")
     return data
