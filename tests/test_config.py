@@ -1,0 +1,477 @@
+"""Resolving settings (SPEC §1, §6, §8.5, §8.8, §8.16, §8.18): precedence, env, job files, validation, secrets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from inferbatch.config import (
+    RunConfig,
+    Secret,
+    endpoint_url,
+    parse_duration,
+    parse_param,
+    resolve,
+)
+from inferbatch.errors import UsageError
+
+ENV = {"INFERENCE_URL": "https://env.example.com", "INFERENCE_KEY": "env-secret-key", "INFERENCE_MODEL_ID": "env-model"}
+
+
+def flags(**given: Any) -> dict[str, Any]:
+    """What the CLI passes: every option present, None when not given."""
+    base: dict[str, Any] = {
+        "input": "in.jsonl", "output": "out.jsonl", "job": None, "model": None, "system": None, "template": None,
+        "template_file": None, "id_column": None, "params": (), "limit": None, "shard": None, "keep_columns": None,
+        "url": None, "api_key_env": None, "simulate": None, "concurrency": None, "rpm": None, "tpm": None,
+        "max_attempts": None, "timeout": None, "retry_errors": None, "restart": None, "abort_after": None,
+        "output_format": None, "summary_json": None, "drain_timeout": None, "deadline": None,
+        "progress_interval": None, "verbosity": 0,
+    }  # fmt: skip
+    base.update(given)
+    return base
+
+
+def job_file(tmp_path: Path, text: str, name: str = "jobs/job.toml") -> str:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def usage_error(flag_values: dict[str, Any], env: dict[str, str] | None = None, **kwargs: Any) -> UsageError:
+    with pytest.raises(UsageError) as info:
+        resolve(flag_values, ENV if env is None else env, **kwargs)
+    assert info.value.exit_code == 2
+    return info.value
+
+
+# --- Defaults and precedence ---------------------------------------------------------------------------------------
+
+
+def test_defaults() -> None:
+    cfg = resolve(flags(), ENV)
+    assert cfg.concurrency == 16
+    assert cfg.max_attempts == 6
+    assert cfg.timeout == 300
+    assert cfg.abort_after == 25
+    assert cfg.drain_timeout == 20
+    assert cfg.progress_interval == 10
+    assert (cfg.shard.index, cfg.shard.count) == (0, 1)
+    assert cfg.params == {}
+    assert cfg.keep_columns == ()
+    assert cfg.url == "https://env.example.com/v1/chat/completions"
+    assert cfg.model == "env-model"
+    assert cfg.api_key is not None and cfg.api_key.reveal() == "env-secret-key"
+
+
+JOB = """
+url = "https://job.example.com"
+model = "job-model"
+concurrency = 4
+max_attempts = 3
+system = "job system"
+
+[params]
+temperature = 0.5
+max_tokens = 100
+"""
+
+
+@pytest.mark.parametrize(
+    ("given", "env", "expected"),
+    [
+        ({"model": "flag-model"}, ENV, "flag-model"),
+        ({}, ENV, "env-model"),
+        ({}, {k: v for k, v in ENV.items() if k != "INFERENCE_MODEL_ID"}, "job-model"),
+    ],
+)
+def test_model_precedence(tmp_path: Path, given: dict[str, Any], env: dict[str, str], expected: str) -> None:
+    cfg = resolve(flags(job=job_file(tmp_path, JOB), **given), env)
+    assert cfg.model == expected
+
+
+@pytest.mark.parametrize(
+    ("given", "env", "expected"),
+    [
+        ({"url": "https://flag.example.com"}, ENV, "https://flag.example.com/v1/chat/completions"),
+        ({}, ENV, "https://env.example.com/v1/chat/completions"),
+        ({}, {"INFERENCE_KEY": "k"}, "https://job.example.com/v1/chat/completions"),
+    ],
+)
+def test_url_precedence(tmp_path: Path, given: dict[str, Any], env: dict[str, str], expected: str) -> None:
+    cfg = resolve(flags(job=job_file(tmp_path, JOB), **given), env)
+    assert cfg.url == expected
+
+
+def test_job_file_values_apply_and_flags_win(tmp_path: Path) -> None:
+    job = job_file(tmp_path, JOB)
+    from_job = resolve(flags(job=job), ENV)
+    assert from_job.concurrency == 4
+    assert from_job.max_attempts == 3
+    assert from_job.system == "job system"
+    assert from_job.params == {"temperature": 0.5, "max_tokens": 100}
+    from_flags = resolve(flags(job=job, concurrency=32, system="flag system", params=("temperature=0",)), ENV)
+    assert from_flags.concurrency == 32
+    assert from_flags.max_attempts == 3
+    assert from_flags.system == "flag system"
+    assert from_flags.params == {"temperature": 0, "max_tokens": 100}
+
+
+def test_job_file_relative_paths_resolve_against_the_job_file(tmp_path: Path) -> None:
+    job = job_file(
+        tmp_path,
+        'input = "../data/in.jsonl"\noutput = "out/results.parquet"\nsummary_json = "sum.json"\n',
+        name="project/jobs/nightly.toml",
+    )
+    cfg = resolve(flags(job=job, input=None, output=None), ENV)
+    jobs_dir = tmp_path / "project" / "jobs"
+    assert Path(cfg.input).resolve() == (tmp_path / "project" / "data" / "in.jsonl").resolve()
+    assert cfg.output is not None and Path(cfg.output).resolve() == (jobs_dir / "out" / "results.parquet").resolve()
+    assert cfg.summary_json is not None and Path(cfg.summary_json).resolve() == (jobs_dir / "sum.json").resolve()
+    assert cfg.output_format == "parquet"
+
+
+def test_job_file_paths_leave_absolute_s3_and_stdin_alone(tmp_path: Path) -> None:
+    absolute = str(tmp_path / "abs.jsonl")
+    job = job_file(tmp_path, f'input = "{absolute}"\noutput = "s3://bucket/out.jsonl"\n')
+    cfg = resolve(flags(job=job, input=None, output=None), ENV)
+    assert Path(cfg.input) == Path(absolute)
+    assert cfg.output == "s3://bucket/out.jsonl"
+    stdin_job = job_file(tmp_path, 'input = "-"\n', name="stdin.toml")
+    assert resolve(flags(job=stdin_job, input=None), ENV).input == "-"
+
+
+def test_flag_input_wins_over_job_input_and_is_not_rewritten(tmp_path: Path) -> None:
+    job = job_file(tmp_path, 'input = "job.jsonl"\n')
+    assert resolve(flags(job=job, input="mine.jsonl"), ENV).input == "mine.jsonl"
+
+
+def test_job_file_template_file_and_keep_columns(tmp_path: Path) -> None:
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "prompt.txt").write_text("Q: {question}", encoding="utf-8")
+    job = job_file(tmp_path, 'template_file = "prompt.txt"\nkeep_columns = ["expected", "topic"]\n')
+    cfg = resolve(flags(job=job), ENV)
+    assert cfg.template == "Q: {question}"
+    assert cfg.keep_columns == ("expected", "topic")
+
+
+def test_keep_columns_flag_is_comma_separated() -> None:
+    assert resolve(flags(keep_columns="a, b,,c"), ENV).keep_columns == ("a", "b", "c")
+
+
+def test_params_flags_parse_json_and_never_keep_stream() -> None:
+    cfg = resolve(flags(params=("temperature=0", "max_tokens=200", "stop=[\"END\"]", "user=alice", "stream=true")), ENV)
+    assert cfg.params == {"temperature": 0, "max_tokens": 200, "stop": ["END"], "user": "alice"}
+
+
+def test_no_input_is_a_usage_error() -> None:
+    usage_error(flags(input=None))
+
+
+# --- Connection: URL, key, simulate --------------------------------------------------------------------------------
+
+
+def test_missing_url_names_the_variable_and_heroku() -> None:
+    error = usage_error(flags(), {"INFERENCE_KEY": "k", "INFERENCE_MODEL_ID": "m"})
+    assert "INFERENCE_URL" in str(error)
+    assert "heroku config:get" in str(error)
+
+
+def test_missing_key_names_the_variable_and_heroku() -> None:
+    error = usage_error(flags(), {"INFERENCE_URL": "https://x", "INFERENCE_MODEL_ID": "m"})
+    assert "INFERENCE_KEY" in str(error)
+    assert "heroku config:get" in str(error)
+
+
+def test_empty_key_counts_as_missing() -> None:
+    usage_error(flags(), {**ENV, "INFERENCE_KEY": ""})
+
+
+def test_api_key_env_reads_another_variable() -> None:
+    env = {"INFERENCE_URL": "https://x", "OTHER_KEY": "other-secret"}
+    cfg = resolve(flags(api_key_env="OTHER_KEY"), env)
+    assert cfg.api_key is not None and cfg.api_key.reveal() == "other-secret"
+    error = usage_error(flags(api_key_env="OTHER_KEY"), {"INFERENCE_URL": "https://x", "INFERENCE_KEY": "k"})
+    assert "OTHER_KEY" in str(error)
+
+
+def test_missing_model_is_left_to_the_rows() -> None:
+    """SPEC §8.7: a missing model is decided by the first valid row, not here."""
+    cfg = resolve(flags(), {"INFERENCE_URL": "https://x", "INFERENCE_KEY": "k"})
+    assert cfg.model is None
+
+
+def test_no_connection_needed_for_validate() -> None:
+    cfg = resolve(flags(), {}, need_connection=False)
+    assert cfg.url is None and cfg.api_key is None
+
+
+def test_simulate_needs_no_url_key_or_model() -> None:
+    cfg = resolve(flags(simulate=True), {})
+    assert cfg.simulate is True
+    assert cfg.api_key is None
+    assert cfg.model
+
+
+def test_simulate_ignores_inference_url_and_key() -> None:
+    cfg = resolve(flags(simulate=True), ENV)
+    assert cfg.url is None
+    assert cfg.api_key is None
+    assert "env-secret-key" not in repr(cfg)
+
+
+def test_simulate_keeps_model_precedence(tmp_path: Path) -> None:
+    """Precedence flag > env > job file > default holds under --simulate too."""
+    job = job_file(tmp_path, 'model = "job-model"\n')
+    assert resolve(flags(simulate=True, job=job, model="flag-model"), ENV).model == "flag-model"
+    assert resolve(flags(simulate=True, job=job), {"INFERENCE_MODEL_ID": "env-model"}).model == "env-model"
+    assert resolve(flags(simulate=True, job=job), {}).model == "job-model"
+
+
+@pytest.mark.parametrize(
+    ("base", "expected"),
+    [
+        ("https://x", "https://x/v1/chat/completions"),
+        ("https://x/", "https://x/v1/chat/completions"),
+        ("https://x/v1", "https://x/v1/chat/completions"),
+        ("https://x/v1/", "https://x/v1/chat/completions"),
+        ("http://127.0.0.1:8000", "http://127.0.0.1:8000/v1/chat/completions"),
+        ("https://x/v1/chat/completions", "https://x/v1/chat/completions"),
+        ("https://us.inference.heroku.com", "https://us.inference.heroku.com/v1/chat/completions"),
+    ],
+)
+def test_endpoint_url(base: str, expected: str) -> None:
+    assert endpoint_url(base) == expected
+
+
+@pytest.mark.parametrize("base", ["ftp://x", "x.example.com", "", "https://", "file:///etc/passwd"])
+def test_endpoint_url_rejects_non_http(base: str) -> None:
+    with pytest.raises(UsageError):
+        endpoint_url(base)
+
+
+def test_bad_url_from_env_is_a_usage_error() -> None:
+    usage_error(flags(), {**ENV, "INFERENCE_URL": "inference.example.com"})
+
+
+# --- Secrets -------------------------------------------------------------------------------------------------------
+
+
+def test_secret_never_shows_the_key() -> None:
+    secret = Secret("sk-very-secret")
+    for shown in (repr(secret), str(secret), f"{secret}", f"{secret!r}", "%s" % secret, str([secret])):
+        assert "sk-very-secret" not in shown
+    assert secret.reveal() == "sk-very-secret"
+
+
+def test_resolved_config_never_shows_the_key() -> None:
+    cfg = resolve(flags(), ENV)
+    assert "env-secret-key" not in repr(cfg)
+    assert "env-secret-key" not in str(cfg)
+    assert "env-secret-key" not in str(cfg.shaping_fingerprint())
+
+
+# --- parse_param ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("temperature=0", ("temperature", 0)),
+        ("temperature=0.7", ("temperature", 0.7)),
+        ("max_tokens=200", ("max_tokens", 200)),
+        ("logprobs=true", ("logprobs", True)),
+        ("seed=null", ("seed", None)),
+        ('stop=["\\n", "END"]', ("stop", ["\n", "END"])),
+        ('response_format={"type": "json_object"}', ("response_format", {"type": "json_object"})),
+        ("user=alice", ("user", "alice")),
+        ("user=alice=bob", ("user", "alice=bob")),
+        ('user="quoted"', ("user", "quoted")),
+        ("reasoning_effort=", ("reasoning_effort", "")),
+    ],
+)
+def test_parse_param(text: str, expected: tuple[str, Any]) -> None:
+    assert parse_param(text) == expected
+
+
+@pytest.mark.parametrize("text", ["temperature", "", "=5"])
+def test_parse_param_without_key_or_equals_is_a_usage_error(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_param(text)
+
+
+# --- Bad option values are usage errors (SPEC §8.16) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"concurrency": 0},
+        {"concurrency": -1},
+        {"max_attempts": 0},
+        {"shard": "3/3"},
+        {"shard": "4/3"},
+        {"shard": "0/0"},
+        {"shard": "garbage"},
+        {"shard": "1"},
+        {"shard": "-1/3"},
+        {"params": ("temperature",)},
+        {"timeout": 0},
+        {"rpm": 0},
+        {"abort_after": -1},
+        {"deadline": "soon"},
+        {"deadline": "0s"},
+    ],
+)
+def test_bad_option_values_are_usage_errors(given: dict[str, Any]) -> None:
+    usage_error(flags(**given))
+
+
+@pytest.mark.parametrize(("text", "index", "count"), [("0/1", 0, 1), ("2/3", 2, 3), (" 1 / 4 ", 1, 4)])
+def test_shard_values(text: str, index: int, count: int) -> None:
+    shard = resolve(flags(shard=text), ENV).shard
+    assert (shard.index, shard.count) == (index, count)
+
+
+def test_abort_after_zero_means_never_and_limit_zero_is_allowed() -> None:
+    cfg = resolve(flags(abort_after=0, limit=0), ENV)
+    assert cfg.abort_after == 0
+    assert cfg.limit == 0
+
+
+# --- parse_duration ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("9m", 540.0),
+        ("23h", 82_800.0),
+        ("1h30m", 5_400.0),
+        ("90s", 90.0),
+        ("20ms", 0.02),
+        ("6m0s", 360.0),
+        ("1.5s", 1.5),
+        ("45", 45.0),
+        ("2.5", 2.5),
+        (30, 30.0),
+    ],
+)
+def test_parse_duration(text: str | int, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "soon", "9 minutes", "m", "9x", "1h30", "h1", "9m junk"])
+def test_parse_duration_rejects_garbage(text: str) -> None:
+    with pytest.raises(UsageError):
+        parse_duration(text)
+
+
+def test_deadline_flag_is_parsed() -> None:
+    assert resolve(flags(deadline="9m"), ENV).deadline == pytest.approx(540.0)
+
+
+# --- Shaping fingerprint (SPEC §8.8) -------------------------------------------------------------------------------
+
+
+def fingerprint(**given: Any) -> dict[str, Any]:
+    return resolve(flags(**given), ENV).shaping_fingerprint()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"template": "Q: {question}"},
+        {"system": "Be terse."},
+        {"params": ("temperature=0",)},
+        {"model": "other-model"},
+        {"url": "https://elsewhere.example.com"},
+        {"id_column": "key"},
+        {"shard": "1/2"},
+        {"output_format": "openai-batch"},
+    ],
+)
+def test_fingerprint_changes_with_shaping_options(change: dict[str, Any]) -> None:
+    assert fingerprint(**change) != fingerprint()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"concurrency": 3},
+        {"rpm": 100},
+        {"tpm": 10_000},
+        {"timeout": 5},
+        {"max_attempts": 2},
+        {"limit": 10},
+        {"abort_after": 0},
+        {"retry_errors": True},
+        {"restart": True},
+        {"drain_timeout": 1},
+        {"progress_interval": 1},
+    ],
+)
+def test_fingerprint_ignores_non_shaping_options(change: dict[str, Any]) -> None:
+    assert fingerprint(**change) == fingerprint()
+
+
+def test_fingerprint_ignores_param_order() -> None:
+    assert fingerprint(params=("a=1", "b=2")) == fingerprint(params=("b=2", "a=1"))
+    assert fingerprint(params=("a=1",)) != fingerprint(params=("a=2",))
+
+
+# --- Output format -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("output", "requested", "expected"),
+    [
+        ("out.jsonl", None, "jsonl"),
+        ("out.parquet", None, "parquet"),
+        ("OUT.PARQUET", None, "parquet"),
+        ("s3://bucket/out.parquet", None, "parquet"),
+        ("out.ndjson", None, "jsonl"),
+        ("out.jsonl", "openai-batch", "openai-batch"),
+        ("out.parquet", "jsonl", "jsonl"),
+    ],
+)
+def test_output_format(output: str, requested: str | None, expected: str) -> None:
+    assert resolve(flags(output=output, output_format=requested), ENV).output_format == expected
+
+
+def test_unknown_output_format_is_a_usage_error() -> None:
+    usage_error(flags(output_format="csv"))
+
+
+# --- Job file problems ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", ["concurency", "api_key"])
+def test_unknown_job_file_key_is_a_usage_error(tmp_path: Path, key: str) -> None:
+    error = usage_error(flags(job=job_file(tmp_path, f'{key} = "x"\n')))
+    assert key in str(error)
+
+
+def test_job_file_allows_evaluation_tables(tmp_path: Path) -> None:
+    text = '[[variants]]\nname = "terse"\ntemplate = "{q}"\n\n[[assert]]\ntype = "contains"\nvalue = "x"\n'
+    assert isinstance(resolve(flags(job=job_file(tmp_path, text)), ENV), RunConfig)
+
+
+@pytest.mark.parametrize("text", ["concurrency = \n", "[params\n", "model = 'unterminated\n", "a = 1\na = 2\n"])
+def test_invalid_toml_is_a_usage_error(tmp_path: Path, text: str) -> None:
+    usage_error(flags(job=job_file(tmp_path, text)))
+
+
+def test_missing_job_file_is_a_usage_error(tmp_path: Path) -> None:
+    usage_error(flags(job=str(tmp_path / "nope.toml")))
+
+
+def test_params_must_be_a_table(tmp_path: Path) -> None:
+    usage_error(flags(job=job_file(tmp_path, 'params = "temperature=0"\n')))
+
+
+def test_bad_job_file_value_is_a_usage_error(tmp_path: Path) -> None:
+    usage_error(flags(job=job_file(tmp_path, "concurrency = 0\n")))
