@@ -299,7 +299,7 @@ def test_transient_errors_are_retried_to_ok(runner: CliRunner, sim: Any, tmp_pat
 def test_retry_after_is_respected(runner: CliRunner, sim: Any, tmp_path: Path) -> None:
     # 1.5 s, more than the first backoff could ever be (full jitter, 1 s), so only Retry-After explains the wait.
     retry.set_testing(False)
-    server = sim(retry_after=1.5)
+    server = sim(retry_after=1.5, ratelimit_headers=False)  # only Retry-After says how long
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": "r", "messages": msg("slow down [[sim:429x1]]")}])
     out = tmp_path / "out.jsonl"
 

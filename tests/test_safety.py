@@ -1,0 +1,146 @@
+"""Safety stops, checkpoint identity, --restart / --retry-errors, and the key staying secret."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import chat_rows, connection_env, invoke, read_jsonl, write_jsonl
+
+SECRET = "sk-live-SECRET-7f3a9"
+
+
+def rows_with(n: int, directive: str) -> list[dict[str, object]]:
+    return [{"id": f"r{i}", "prompt": f"q {i} {directive}"} for i in range(n)]
+
+
+def test_401_stops_the_run_with_exit_3_after_at_most_concurrency_requests(sim, runner, tmp_path: Path) -> None:
+    server = sim(require_key="the-right-key")
+    source = write_jsonl(tmp_path / "in.jsonl", chat_rows(500))
+    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "4"],
+                    env=connection_env(server, key="a-wrong-key"))  # fmt: skip
+    assert result.exit_code == 3
+    assert server.stats.requests <= 4
+    assert "INFERENCE_KEY" in result.stderr and "401" in result.stderr
+    assert "Traceback" not in result.stderr
+    # Rows cut off by a safety stop are not final: nothing is recorded as error for them.
+    assert read_jsonl(tmp_path / "out.jsonl") == []
+
+
+def test_json_403_authorization_error_is_a_safety_stop(sim, runner, tmp_path: Path) -> None:
+    server = sim()
+    source = write_jsonl(tmp_path / "in.jsonl", rows_with(100, "[[sim:403auth]]"))
+    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "2"],
+                    env=connection_env(server))  # fmt: skip
+    assert result.exit_code == 3
+    assert server.stats.requests <= 2
+    assert "403" in result.stderr
+
+
+def test_consecutive_404s_abort_after_25(sim, runner, tmp_path: Path) -> None:
+    server = sim(models=("real-model",))
+    source = write_jsonl(tmp_path / "in.jsonl", chat_rows(1000))
+    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "4"],
+                    env=connection_env(server, model="no-such-model"))  # fmt: skip
+    assert result.exit_code == 3
+    assert "25" in result.stderr
+    output = read_jsonl(tmp_path / "out.jsonl")
+    assert 25 <= len(output) <= 25 + 4
+    assert all(r["status"] == "error" and r["status_code"] == 404 for r in output)
+    assert server.stats.requests <= 25 + 4
+
+
+def test_abort_after_0_never_stops(sim, runner, tmp_path: Path) -> None:
+    server = sim(models=("real-model",))
+    source = write_jsonl(tmp_path / "in.jsonl", chat_rows(40))
+    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--abort-after", "0"],
+                    env=connection_env(server, model="no-such-model"))  # fmt: skip
+    assert result.exit_code == 1
+    assert len(read_jsonl(tmp_path / "out.jsonl")) == 40
+
+
+def test_html_403_is_a_row_error_and_the_run_continues(sim, runner, tmp_path: Path) -> None:
+    server = sim()
+    rows = chat_rows(10)
+    rows[4] = {"id": "blocked", "prompt": "something a WAF dislikes [[sim:403html]]"}
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--max-attempts", "3"],
+                    env=connection_env(server))  # fmt: skip
+    assert result.exit_code == 1
+    output = read_jsonl(tmp_path / "out.jsonl")
+    blocked = output[4]
+    assert blocked["status"] == "error" and blocked["status_code"] == 403 and blocked["attempts"] == 3
+    assert "<" not in blocked["error"] and "\n" not in blocked["error"]
+    assert sum(r["status"] == "ok" for r in output) == 9
+
+
+def test_changed_input_or_template_is_refused_and_restart_starts_over(sim, runner, tmp_path: Path) -> None:
+    server = sim()
+    env = connection_env(server)
+    source = write_jsonl(tmp_path / "in.jsonl", [*chat_rows(5), {"id": "bad", "prompt": "x [[sim:400]]"}])
+    output = tmp_path / "out.jsonl"
+    first = invoke(runner, ["run", str(source), "-o", str(output)], env=env)
+    assert first.exit_code == 1  # one error row keeps the checkpoint
+    assert (tmp_path / "out.jsonl.checkpoint").exists()
+
+    changed = invoke(runner, ["run", str(source), "-o", str(output), "--system", "Be brief."], env=env)
+    assert changed.exit_code == 2
+    assert "--restart" in changed.stderr and "system" in changed.stderr
+
+    write_jsonl(source, [*chat_rows(6), {"id": "bad", "prompt": "x [[sim:400]]"}])
+    other_input = invoke(runner, ["run", str(source), "-o", str(output)], env=env)
+    assert other_input.exit_code == 2 and "input" in other_input.stderr
+
+    before = server.stats.requests
+    restarted = invoke(runner, ["run", str(source), "-o", str(output), "--restart"], env=env)
+    assert restarted.exit_code == 1
+    assert server.stats.requests - before == 7
+    assert len(read_jsonl(output)) == 7
+
+
+def test_plain_rerun_sends_nothing_and_retry_errors_resends_only_errors(sim, runner, tmp_path: Path) -> None:
+    server = sim()
+    env = connection_env(server)
+    rows = [*chat_rows(8), {"id": "flaky", "prompt": "x [[sim:500x3]]"}]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    output = tmp_path / "out.jsonl"
+    first = invoke(runner, ["run", str(source), "-o", str(output), "--max-attempts", "2"], env=env)
+    assert first.exit_code == 1
+    assert read_jsonl(output)[8]["status"] == "error"
+
+    before = server.stats.requests
+    plain = invoke(runner, ["run", str(source), "-o", str(output), "--max-attempts", "2"], env=env)
+    assert plain.exit_code == 1
+    assert server.stats.requests == before  # nothing left to send
+
+    retried = invoke(runner, ["run", str(source), "-o", str(output), "--retry-errors"], env=env)
+    assert retried.exit_code == 0
+    assert server.stats.requests - before == 2  # the third 500, then the success: only the error row
+    final = read_jsonl(output)
+    assert len(final) == 9 and {r["status"] for r in final} == {"ok"}
+    assert not (tmp_path / "out.jsonl.checkpoint").exists()
+
+
+def test_key_echoed_in_401_body_never_reaches_any_output(sim, runner, tmp_path: Path) -> None:
+    server = sim(require_key="the-right-key", echo_key_in_error=True)
+    source = write_jsonl(tmp_path / "in.jsonl", chat_rows(20))
+    output = tmp_path / "out.jsonl"
+    summary = tmp_path / "summary.json"
+    result = invoke(runner, ["run", str(source), "-o", str(output), "-v", "--summary-json", str(summary)],
+                    env=connection_env(server, key=SECRET))  # fmt: skip
+    assert result.exit_code == 3
+    assert SECRET not in result.output and SECRET not in result.stderr and SECRET not in result.stdout
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert SECRET not in path.read_text(errors="replace"), path
+
+
+def test_redirect_to_another_host_never_sees_authorization(sim, runner, tmp_path: Path) -> None:
+    elsewhere = sim()
+    server = sim(redirect_to=elsewhere.url + "/v1/chat/completions")
+    source = write_jsonl(tmp_path / "in.jsonl", chat_rows(3))
+    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl")],
+                    env=connection_env(server, key=SECRET))  # fmt: skip
+    assert elsewhere.stats.requests == 0 and elsewhere.stats.auth_headers_seen == 0
+    output = read_jsonl(tmp_path / "out.jsonl")
+    assert all(r["status"] == "error" and r["status_code"] == 307 for r in output)
+    assert result.exit_code == 1
