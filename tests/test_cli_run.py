@@ -400,6 +400,38 @@ def test_unreadable_input_exits_2(runner: CliRunner, sim: Any, tmp_path: Path, k
     assert src.name in result.stderr
 
 
+def test_rerun_after_fixing_an_unreadable_input(runner: CliRunner, sim: Any, tmp_path: Path) -> None:
+    # Exit 2 means the run never started: it must not leave a checkpoint that refuses the corrected input.
+    server = sim()
+    src, out = tmp_path / "in.parquet", tmp_path / "out.jsonl"
+    src.write_text("this is not parquet\n", encoding="utf-8")
+    env = connection_env(server)
+
+    first = run(runner, [str(src), "-o", str(out)], env=env)
+    assert first.exit_code == 2, first.stderr
+
+    pq.write_table(pa.table({"id": ["a", "b"], "prompt": ["one", "two"]}), src)
+    second = run(runner, [str(src), "-o", str(out)], env=env)
+
+    assert second.exit_code == 0, second.stderr
+    assert [r["status"] for r in read_jsonl(out)] == ["ok", "ok"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_input_without_a_usable_column_exits_2(runner: CliRunner, sim: Any, tmp_path: Path, fmt: str) -> None:
+    # SPEC §2: "no usable column" (no messages/prompt/body, no --template) is unreadable input, not N invalid rows.
+    server = sim()
+    src = tmp_path / f"in.{fmt}"
+    if fmt == "parquet":
+        pq.write_table(pa.table({"id": ["a", "b"], "text": ["one", "two"]}), src)
+    else:
+        src.write_text("id,text\na,one\nb,two\n", encoding="utf-8")
+
+    result = run(runner, [str(src), "-o", str(tmp_path / "out.jsonl")], env=connection_env(server))
+
+    assert_usage_error(result, server)
+
+
 @pytest.mark.parametrize("flag", ["--key", "--api-key", "--inference-key"])
 def test_the_key_is_never_a_flag(runner: CliRunner, sim: Any, tmp_path: Path, flag: str) -> None:
     server = sim()
@@ -609,8 +641,12 @@ SUMMARY_KEYS = {"rows", "ok", "error", "invalid", "status_codes", "attempts", "r
 
 def test_summary_json_counts_equal_the_output(runner: CliRunner, sim: Any, tmp_path: Path) -> None:
     server = sim()
-    rows = [*chat_rows(3), {"id": "retried", "messages": msg("x [[sim:500x1]]")},
-            {"id": "bad", "messages": msg("no [[sim:400]]")}, {"id": "slow", "messages": msg("w [[sim:hang]]")}]  # fmt: skip
+    rows = [
+        *chat_rows(3),
+        {"id": "retried", "messages": msg("x [[sim:500x1]]")},
+        {"id": "bad", "messages": msg("no [[sim:400]]")},
+        {"id": "slow", "messages": msg("w [[sim:hang]]")},
+    ]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     out, summary_path = tmp_path / "out.jsonl", tmp_path / "summary.json"
 

@@ -181,7 +181,8 @@ def _finish(cfg: RunConfig, run: _Run, checkpoint: Checkpoint) -> RunReport:
     summary.effective_concurrency = run.limiter.effective_concurrency
     summary.in_doubt_resumed = checkpoint.resumed.in_doubt
     complete = run.stop is None and run.fed_all and run.unfinished == 0
-    summary.unfinished = run.unfinished
+    total = run.progress.total
+    summary.unfinished = max(0, total - summary.rows) if total is not None else run.unfinished
     if complete and summary.error == 0 and summary.invalid == 0 or checkpoint.ephemeral:
         checkpoint.remove()
     return RunReport(summary, cfg.output, run.stop, complete)
