@@ -146,7 +146,11 @@ async def test_gateway_errors_carry_the_servers_message(sim: Sim) -> None:
 async def test_401_and_json_403_are_auth_rejected(sim: Sim) -> None:
     server = sim()
     found = await failures(server.url + CHAT, {d: body(f"hello [[sim:{d}]]") for d in ("401", "403auth", "403")})
-    assert classes(found) == {"401": ("AuthRejected", 401), "403auth": ("AuthRejected", 403), "403": ("AuthRejected", 403)}
+    assert classes(found) == {
+        "401": ("AuthRejected", 401),
+        "403auth": ("AuthRejected", 403),
+        "403": ("AuthRejected", 403),
+    }
     for exc in found.values():
         assert isinstance(exc, Fatal)  # never retried
         assert_one_short_line(exc.message)
@@ -370,7 +374,13 @@ async def test_long_html_page_becomes_a_short_excerpt(canned: Canned) -> None:
 
 
 async def test_odd_error_bodies_are_handled(canned: Canned) -> None:
-    raws = {"empty": b"", "array": b"[1, 2, 3]", "null": b"null", "error null": b'{"error": null}', "binary": b"\xff\xfe"}
+    raws = {
+        "empty": b"",
+        "array": b"[1, 2, 3]",
+        "null": b"null",
+        "error null": b'{"error": null}',
+        "binary": b"\xff\xfe",
+    }
     found = await canned_failures(canned, {name: Answer(500, raw) for name, raw in raws.items()})
     assert classes(found) == {name: ("Retryable", 500) for name in raws}
     for exc in found.values():
@@ -396,7 +406,9 @@ async def test_retry_after_headers_on_other_servers(canned: Canned) -> None:
         canned,
         {
             "503 seconds": Answer(503, {"error": {"message": "busy"}}, headers={"Retry-After": "3"}),
-            "429 ms": Answer(429, {"error": {"message": "slow"}}, headers={"Retry-After-Ms": "1200", "Retry-After": "9"}),
+            "429 ms": Answer(
+                429, {"error": {"message": "slow"}}, headers={"Retry-After-Ms": "1200", "Retry-After": "9"}
+            ),
             "429 none": Answer(429, {"error": {"message": "slow"}}),
         },
     )

@@ -142,13 +142,14 @@ def _write_summary_json(path: str, data: dict[str, Any]) -> None:
 def validate(input: str | None, show: int, **flags: Any) -> None:
     """Read and shape every row of INPUT as `run` would, and report problems; sends nothing."""
     from inferbatch.config import resolve
-    from inferbatch.runner import make_shaper, shaped_rows
+    from inferbatch.runner import check_columns, make_shaper, shaped_rows
     from inferbatch.shaping import Invalid, estimate_prompt_tokens
     from inferbatch.sources import read_rows
 
     _setup_logging(False, 0)
     with error_boundary():
         cfg = resolve({**flags, "input": input}, os.environ, need_connection=False)
+        check_columns(cfg)
         no_model = cfg.model is None
         shaper = make_shaper(cfg)
         if no_model:
@@ -186,18 +187,20 @@ def report(output: str, as_json: bool) -> None:
     summary = Summary()
     try:
         for record in read_output(output):
+            if not isinstance(record, dict) or "status" not in record or "index" not in record:
+                raise ValueError("rows have no `status`/`index`: not an inferbatch result file")
             summary.add(record)
     except (ValueError, OSError) as exc:
         click.echo(f"inferbatch: {output} is not a readable result file ({str(exc)[:200]})", err=True)
         raise click.exceptions.Exit(2) from None
-    data = summary.as_dict()
-    for key in ("wall_s", "requests_per_s", "sent_this_run", "unfinished", "in_doubt_resumed", "rate_limited",
-                "paused_s"):  # fmt: skip
-        data.pop(key, None)
     if as_json:
+        data = summary.as_dict()
+        for key in ("wall_s", "requests_per_s", "sent_this_run", "unfinished", "in_doubt_resumed", "rate_limited",
+                    "paused_s"):  # fmt: skip
+            data.pop(key, None)
         click.echo(json.dumps(data, indent=2))
     else:
-        for line in summary.lines()[:1] + summary.lines()[2:]:
+        for line in summary.lines(run_figures=False):
             click.echo(line)
 
 

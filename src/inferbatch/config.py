@@ -305,7 +305,7 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
             )
         api_key = Secret(key)
     elif simulate:
-        model = flags.get("model") or job.get("model") or model or "sim-model"
+        model = model or "sim-model"
 
     if merged["abort_after"] is not None:
         abort_after = _positive_int("abort_after", merged["abort_after"], minimum=0)

@@ -132,23 +132,32 @@ class Summary:
             data["stop_reason"] = self.stop_reason
         return data
 
-    def lines(self) -> list[str]:
-        """The end-of-run summary as logfmt lines (one event a line, Logplex-friendly)."""
+    def lines(self, *, run_figures: bool = True) -> list[str]:
+        """The summary as logfmt lines (one event a line, Logplex-friendly).
+
+        ``run_figures=False`` leaves out what only a live run knows (wall time, 429s, pauses),
+        for ``report`` on a file."""
         d = self.as_dict()
         lat = d["latency_ms"]
+        rows = dict(rows=d["rows"], ok=d["ok"], error=d["error"], invalid=d["invalid"])
+        requests = dict(attempts=d["attempts"], retries=d["retries"])
+        if run_figures:
+            rows.update(unfinished=d["unfinished"], wall_s=d["wall_s"], rps=d["requests_per_s"])
+            requests.update(rate_limited=d["rate_limited"], paused_s=d["paused_s"], sent_this_run=d["sent_this_run"])
         out = [
-            logfmt("summary", rows=d["rows"], ok=d["ok"], error=d["error"], invalid=d["invalid"],
-                   unfinished=d["unfinished"], wall_s=d["wall_s"], rps=d["requests_per_s"]),  # fmt: skip
-            logfmt("summary_requests", attempts=d["attempts"], retries=d["retries"], rate_limited=d["rate_limited"],
-                   paused_s=d["paused_s"], sent_this_run=d["sent_this_run"]),  # fmt: skip
+            logfmt("summary", **rows),
+            logfmt("summary_requests", **requests),
             logfmt("summary_latency_ms", p50=lat["p50"], p90=lat["p90"], p99=lat["p99"], max=lat["max"]),
             logfmt("summary_tokens", prompt=d["prompt_tokens"], completion=d["completion_tokens"]),
         ]
         if d["status_codes"]:
-            out.append(logfmt("summary_status_codes", **{f"http_{k}": v for k, v in d["status_codes"].items()}))
+            codes = {("no_response" if k == "none" else f"http_{k}"): v for k, v in d["status_codes"].items()}
+            out.append(logfmt("summary_status_codes", **codes))
         if d["error_types"]:
             out.append(logfmt("summary_errors", **dict(list(d["error_types"].items())[:20])))
-        if d["in_doubt_resumed"]:
+        if d["finish_reasons"]:
+            out.append(logfmt("summary_finish_reasons", **d["finish_reasons"]))
+        if run_figures and d["in_doubt_resumed"]:
             out.append(logfmt("summary_resume", in_doubt=d["in_doubt_resumed"]))
         return out
 

@@ -37,7 +37,7 @@ from inferbatch.errors import (
 from inferbatch.limits import Limiter, Stopped
 from inferbatch.progress import Progress, Summary
 from inferbatch.shaping import Invalid, Request, Shaper, estimate_prompt_tokens, shard_of
-from inferbatch.sources import Row, count_rows, read_rows
+from inferbatch.sources import Row, column_names, read_rows
 
 log = logging.getLogger("inferbatch")
 
@@ -78,14 +78,28 @@ def shaped_rows(cfg: RunConfig, rows: Iterator[Row], shaper: Shaper) -> Iterator
         yield shaper.shape(row.index, row.line, row.data, row.error)
 
 
-def _check_model(cfg: RunConfig, items: Iterator[Request | Invalid]) -> Iterator[Request | Invalid]:
-    """SPEC §8.7: without a configured model, the first valid row must name one (else exit 2, nothing sent)."""
-    if cfg.model:
-        return items
+def check_columns(cfg: RunConfig) -> None:
+    """A Parquet/CSV file whose columns can make no request is unreadable input (exit 2), not N invalid rows."""
+    if cfg.template is not None or cfg.input == "-":
+        return
+    columns = column_names(cfg.input)
+    if columns is not None and not {"messages", "prompt", "body"} & set(columns):
+        shown = ", ".join(columns[:12]) or "none"
+        raise InputError(
+            f"{cfg.input}: no usable column: rows need `messages`, `prompt` or `body`, or give --template "
+            f"(columns: {shown})"
+        )
+
+
+def prime(cfg: RunConfig, items: Iterator[Request | Invalid]) -> Iterator[Request | Invalid]:
+    """Read the first row(s) now, so an unreadable file or a missing model is exit 2 before anything is sent.
+
+    SPEC §8.7: without a configured model, the first valid row must name one.
+    """
     head: list[Request | Invalid] = []
     for item in items:
         head.append(item)
-        if isinstance(item, Request):
+        if cfg.model or isinstance(item, Request):
             break
         if item.reason.endswith("give the row a `model`"):
             raise UsageError(
@@ -107,7 +121,8 @@ async def run_batch(
         raise UsageError("no output: give -o OUTPUT or `output = ...` in the job file")
     deadline_origin = time.monotonic() if started_at is None else started_at
     shaper = make_shaper(cfg)
-    items = _check_model(cfg, shaped_rows(cfg, read_rows(cfg.input), shaper))
+    check_columns(cfg)
+    items = prime(cfg, shaped_rows(cfg, read_rows(cfg.input), shaper))
     checkpoint = _open_checkpoint(cfg)
     try:
         if progress is None:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import itertools
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,6 +73,21 @@ def read_rows(uri: str) -> Iterator[Row]:
     return _jsonl_rows(uri, gz=fmt.endswith(".gz"))
 
 
+def column_names(uri: str) -> list[str] | None:
+    """The columns every row has, for formats that declare them (Parquet schema, CSV header)."""
+    fmt = input_format(uri)
+    if fmt == ".parquet":
+        return list(_parquet_file(uri).schema_arrow.names)
+    if fmt == ".csv":
+        with open_binary(uri) as binary:
+            text = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
+            try:
+                return next(csv.reader(text), None)
+            except (UnicodeDecodeError, csv.Error) as exc:
+                raise InputError(f"{uri}: not readable as CSV ({exc})") from None
+    return None
+
+
 def count_rows(uri: str) -> int | None:
     """The number of rows when it is cheap to know (Parquet metadata, a local JSONL/CSV line count)."""
     try:
@@ -123,7 +140,8 @@ def _parse_json_line(raw: bytes, index: int, line_no: int) -> Row:
             raw.decode("utf-8")
         except UnicodeDecodeError as uexc:
             return Row(index, line_no, None, f"line {line_no}: not UTF-8 (byte {uexc.start + 1})")
-        return Row(index, line_no, None, f"line {line_no}: invalid JSON ({_short(str(exc))})")
+        reason = re.sub(r":? ?line \d+ column (\d+) \(char \d+\)", r" at column \1", str(exc))
+        return Row(index, line_no, None, f"line {line_no}: invalid JSON ({_short(reason)})")
     if not isinstance(data, dict):
         return Row(index, line_no, None, f"line {line_no}: expected a JSON object, got {type(data).__name__}")
     return Row(index, line_no, data)
@@ -174,9 +192,9 @@ def _csv_rows(uri: str) -> Iterator[Row]:
     binary = open_binary(uri)
     text = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")
     try:
-        reader = csv.DictReader(text)
+        reader = csv.reader(text)
         try:
-            header = reader.fieldnames
+            header = next(reader, None)
         except UnicodeDecodeError:
             raise InputError(f"{uri}: not UTF-8 text") from None
         except csv.Error as exc:
@@ -185,9 +203,9 @@ def _csv_rows(uri: str) -> Iterator[Row]:
             raise InputError(f"{uri}: empty CSV file, no header row")
         index = 0
         while True:
-            line_no = reader.line_num + 1
+            line_no = reader.line_num + 1  # where the next record starts (records may span lines)
             try:
-                record = next(reader)
+                fields = next(reader)
             except StopIteration:
                 break
             except UnicodeDecodeError:
@@ -196,10 +214,12 @@ def _csv_rows(uri: str) -> Iterator[Row]:
                 yield Row(index, line_no, None, f"line {line_no}: bad CSV ({exc})")
                 index += 1
                 continue
-            if None in record:
-                yield Row(index, line_no, None, f"line {line_no}: more fields than the header has")
+            if not fields:
+                continue  # a blank line is not a row
+            if len(fields) > len(header):
+                yield Row(index, line_no, None, f"line {line_no}: {len(fields)} fields, the header has {len(header)}")
             else:
-                yield Row(index, line_no, dict(record))
+                yield Row(index, line_no, dict(itertools.zip_longest(header, fields)))
             index += 1
     finally:
         text.close()

@@ -1,0 +1,638 @@
+"""The limiter: in-flight cap, RPM/TPM sliding windows, server headers, 429 pauses and AIMD, with a fake clock.
+
+``poll(cost, now)`` is the pure decision and is driven by hand; ``acquire()`` gets a few real-clock tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+import tracemalloc
+from bisect import bisect_left
+
+import pytest
+from multidict import CIMultiDict
+
+from inferbatch.limits import Limiter, Stopped, Ticket, parse_reset
+
+
+class FakeClock:
+    """A mutable float: ``clock()`` reads it, ``clock.now = ...`` / ``advance()`` move it."""
+
+    def __init__(self, now: float = 0.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def admit(limiter: Limiter, cost: int = 1, now: float | None = None) -> Ticket:
+    decision = limiter.poll(cost, limiter.clock() if now is None else now)
+    assert isinstance(decision, Ticket), f"expected admission, got a wait of {decision}"
+    return decision
+
+
+def wait_of(limiter: Limiter, cost: int = 1, now: float | None = None) -> float:
+    decision = limiter.poll(cost, limiter.clock() if now is None else now)
+    assert not isinstance(decision, Ticket), "expected a wait, got an admission"
+    return decision
+
+
+def greedy(limiter: Limiter, clock: FakeClock, costs: list[int], until: float) -> list[tuple[float, int]]:
+    """Poll for each cost in turn, jumping the clock to every returned wait; release at once. Returns admissions."""
+    admitted: list[tuple[float, int]] = []
+    i = 0
+    while clock.now < until and i < len(costs):
+        decision = limiter.poll(costs[i], clock.now)
+        if isinstance(decision, Ticket):
+            admitted.append((clock.now, costs[i]))
+            limiter.release(decision, status=200)
+            i += 1
+        else:
+            assert 0 < decision < math.inf, decision
+            clock.advance(decision)
+    return admitted
+
+
+def max_in_any_window(admitted: list[tuple[float, int]], window: float = 60.0) -> float:
+    """The largest total in any half-open window [t, t + window); the busiest one starts at an admission."""
+    times = [t for t, _ in admitted]
+    best = 0.0
+    for i, (start, _) in enumerate(admitted):
+        end = bisect_left(times, start + window - 1e-9)
+        best = max(best, sum(amount for _, amount in admitted[i:end]))
+    return best
+
+
+# ---- in flight -------------------------------------------------------------------
+
+
+def test_in_flight_cap() -> None:
+    clock = FakeClock()
+    limiter = Limiter(3, clock=clock)
+    tickets = [admit(limiter) for _ in range(3)]
+    assert limiter.in_flight == 3
+    assert limiter.poll(1, clock.now) == math.inf
+    limiter.release(tickets[0], status=200)
+    assert limiter.in_flight == 2
+    admit(limiter)
+    assert limiter.poll(1, clock.now) == math.inf
+
+
+def test_every_outcome_frees_the_slot() -> None:
+    clock = FakeClock()
+    limiter = Limiter(1, clock=clock)
+    for status in (200, 500, 400, None, 401, 200):
+        ticket = admit(limiter)
+        assert limiter.poll(1, clock.now) == math.inf
+        limiter.release(ticket, status=status)
+        assert limiter.in_flight == 0
+
+
+# ---- RPM -------------------------------------------------------------------------
+
+
+def test_rpm_never_exceeds_the_sliding_window_and_is_paced() -> None:
+    clock = FakeClock()
+    limiter = Limiter(100, rpm=60, clock=clock)
+    admitted = greedy(limiter, clock, [1] * 10_000, until=300.0)
+    assert max_in_any_window(admitted) <= 60
+    times = [t for t, _ in admitted]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert min(gaps) >= 1.0 - 1e-6  # spread 60/rpm apart (SPEC §8.1), not 60 at once then a minute of nothing
+    assert max(gaps) <= 1.0 + 1e-6
+    assert len(admitted) >= 299  # and no slower than the limit allows
+
+
+def test_rpm_first_requests_are_not_a_burst() -> None:
+    clock = FakeClock()
+    limiter = Limiter(100, rpm=120, clock=clock)
+    admit(limiter)
+    assert wait_of(limiter) == pytest.approx(0.5)
+
+
+def test_rpm_stays_paced_after_an_idle_period() -> None:
+    """Pacing holds after a pause too (and from a monotonic clock that does not start at zero)."""
+    clock = FakeClock(12_345.0)
+    limiter = Limiter(100, rpm=60, clock=clock)
+    admitted = greedy(limiter, clock, [1] * 3, until=math.inf)
+    clock.advance(300.0)
+    admitted += greedy(limiter, clock, [1] * 3, until=math.inf)
+    times = [t for t, _ in admitted]
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert all(g >= 1.0 - 1e-6 for g in gaps), f"gaps between admissions: {gaps}"
+
+
+def test_rpm_window_holds_with_irregular_traffic() -> None:
+    """Random idle gaps between requests: the window rule holds whatever the pattern."""
+    rng = random.Random(7)
+    clock = FakeClock()
+    limiter = Limiter(8, rpm=30, clock=clock)
+    admitted: list[tuple[float, int]] = []
+    while clock.now < 600:
+        decision = limiter.poll(1, clock.now)
+        if isinstance(decision, Ticket):
+            admitted.append((clock.now, 1))
+            limiter.release(decision, status=200)
+            clock.advance(rng.choice([0.0, 0.0, 0.5, 3.0, 20.0]))
+        else:
+            clock.advance(decision)
+    assert max_in_any_window(admitted) <= 30
+
+
+# ---- TPM -------------------------------------------------------------------------
+
+
+def test_tpm_never_exceeds_the_sliding_window() -> None:
+    rng = random.Random(3)
+    clock = FakeClock()
+    limiter = Limiter(100, tpm=1_000, clock=clock)
+    admitted = greedy(limiter, clock, [rng.randint(50, 400) for _ in range(10_000)], until=300.0)
+    assert max_in_any_window(admitted) <= 1_000
+    assert sum(cost for t, cost in admitted if t < 300) >= 3_000  # it keeps going, window after window
+
+
+def test_request_larger_than_tpm_is_admitted_when_the_window_is_empty() -> None:
+    clock = FakeClock()
+    limiter = Limiter(4, tpm=1_000, clock=clock)
+    big = admit(limiter, 5_000)  # empty window: admitted, or it could never run
+    limiter.release(big, status=200)
+    assert wait_of(limiter, 10) == pytest.approx(60.0)
+    clock.now = 60.0
+    admit(limiter, 10)
+
+
+def test_request_larger_than_tpm_waits_for_an_empty_window_then_runs() -> None:
+    clock = FakeClock()
+    limiter = Limiter(4, tpm=1_000, clock=clock)
+    limiter.release(admit(limiter, 100), status=200)
+    clock.now = 10.0
+    wait = wait_of(limiter, 5_000)
+    assert wait == pytest.approx(50.0)
+    clock.advance(wait)
+    admit(limiter, 5_000)
+
+
+def test_settled_usage_frees_tokens_sooner() -> None:
+    clock = FakeClock()
+    limiter = Limiter(4, tpm=1_000, clock=clock)
+    first = admit(limiter, 600)  # an estimate: prompt + max_tokens
+    clock.now = 1.0
+    assert wait_of(limiter, 600) == pytest.approx(59.0)
+    limiter.release(first, status=200, total_tokens=100, completion_tokens=20)
+    admit(limiter, 600)  # 100 + 600 fit now
+
+
+def test_settled_usage_larger_than_the_estimate_counts() -> None:
+    clock = FakeClock()
+    limiter = Limiter(4, tpm=1_000, clock=clock)
+    first = admit(limiter, 100)
+    limiter.release(first, status=200, total_tokens=900)
+    clock.now = 1.0
+    assert wait_of(limiter, 200) == pytest.approx(59.0)
+    assert limiter.tokens_used == 900
+
+
+def test_acquisition_is_atomic_when_tokens_are_short() -> None:
+    clock = FakeClock()
+    limiter = Limiter(4, rpm=2, tpm=1_000, clock=clock)
+    admit(limiter, 900)
+    clock.now = 30.0  # rpm pacing allows the second request now
+    assert wait_of(limiter, 500) == pytest.approx(30.0)  # tokens are short: not admitted...
+    assert limiter.in_flight == 1  # ...no slot taken...
+    assert limiter.admitted == 1
+    admit(limiter, 100)  # ...and no request slot or token spent: a request that fits still goes
+    assert limiter.in_flight == 2
+
+
+def test_acquisition_is_atomic_when_in_flight_is_full() -> None:
+    clock = FakeClock()
+    limiter = Limiter(1, tpm=1_000, clock=clock)
+    ticket = admit(limiter, 500)
+    for _ in range(5):
+        assert limiter.poll(400, clock.now) == math.inf
+    limiter.release(ticket, status=200)
+    admit(limiter, 500)  # the refused polls spent none of the 500 tokens left
+
+
+def test_estimate_uses_max_tokens_then_the_mean_completion_seen() -> None:
+    limiter = Limiter(4)
+    assert limiter.estimate(100, 50) == 150
+    ticket = admit(limiter, 10, now=0.0)
+    limiter.release(ticket, status=200, total_tokens=110, completion_tokens=80)
+    assert limiter.estimate(100, None) == 180
+
+
+# ---- reset durations ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("51s", 51.0),
+        ("6m0s", 360.0),
+        ("20ms", 0.02),
+        ("1.5", 1.5),
+        ("1.5s", 1.5),
+        ("1h2m3s", 3723.0),
+        ("2m30.5s", 150.5),
+        ("0s", 0.0),
+        (" 10s ", 10.0),
+    ],
+)
+def test_parse_reset(text: str, seconds: float) -> None:
+    assert parse_reset(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", [None, "", "soon", "10 seconds", "5x", "s", "1d", "10s later", "m5"])
+def test_parse_reset_garbage_is_none(text: str | None) -> None:
+    assert parse_reset(text) is None
+
+
+# ---- limits announced by the server ---------------------------------------------------
+
+
+def test_server_limit_headers_set_the_limits_in_force() -> None:
+    clock = FakeClock()
+    limiter = Limiter(4, clock=clock)
+    assert limiter.rpm is None and limiter.tpm is None
+    headers = {"x-ratelimit-limit-requests": "120", "x-ratelimit-limit-tokens": "800000"}
+    limiter.release(admit(limiter), status=200, headers=headers)
+    assert limiter.rpm == 120
+    assert limiter.tpm == 800_000
+
+
+def test_server_limit_headers_are_read_case_insensitively() -> None:
+    clock = FakeClock()
+    limiter = Limiter(4, clock=clock)
+    headers = CIMultiDict({"X-RateLimit-Limit-Requests": "150", "X-RateLimit-Limit-Tokens": "800000"})
+    limiter.release(admit(limiter), status=200, headers=headers)
+    assert (limiter.rpm, limiter.tpm) == (150, 800_000)
+
+
+def test_server_limits_pace_admissions() -> None:
+    clock = FakeClock()
+    limiter = Limiter(100, clock=clock)
+    limiter.release(admit(limiter), status=200, headers={"x-ratelimit-limit-requests": "120"})
+    clock.advance(10.0)
+    admitted = greedy(limiter, clock, [1] * 1_000, until=130.0)
+    assert max_in_any_window(admitted) <= 120
+
+
+@pytest.mark.parametrize(("flag", "header", "expected"), [(100, 120, 100), (200, 120, 120), (120, 120, 120)])
+def test_flag_and_header_take_the_minimum(flag: int, header: int, expected: int) -> None:
+    clock = FakeClock()
+    limiter = Limiter(4, rpm=flag, tpm=flag * 1000, clock=clock)
+    headers = {"x-ratelimit-limit-requests": str(header), "x-ratelimit-limit-tokens": str(header * 1000)}
+    limiter.release(admit(limiter), status=200, headers=headers)
+    assert limiter.rpm == expected
+    assert limiter.tpm == expected * 1000
+
+
+def test_exhausted_requests_wait_for_the_reset() -> None:
+    clock = FakeClock(100.0)
+    limiter = Limiter(4, clock=clock)
+    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "10s"}
+    limiter.release(admit(limiter), status=200, headers=headers)
+    assert wait_of(limiter) == pytest.approx(10.0)
+    clock.advance(4.0)
+    assert wait_of(limiter) == pytest.approx(6.0)
+    clock.advance(6.0)
+    admit(limiter)
+
+
+def test_exhausted_tokens_wait_for_the_reset() -> None:
+    clock = FakeClock(100.0)
+    limiter = Limiter(4, clock=clock)
+    headers = CIMultiDict({"X-RateLimit-Remaining-Tokens": "0", "X-RateLimit-Reset-Tokens": "6m0s"})
+    limiter.release(admit(limiter), status=200, headers=headers)
+    assert wait_of(limiter, 500) == pytest.approx(360.0)
+    clock.advance(360.0)
+    admit(limiter, 500)
+
+
+def test_remaining_requests_are_spent_before_waiting() -> None:
+    clock = FakeClock()
+    limiter = Limiter(10, clock=clock)
+    headers = {"x-ratelimit-remaining-requests": "2", "x-ratelimit-reset-requests": "20s"}
+    limiter.release(admit(limiter), status=200, headers=headers)
+    admit(limiter)
+    admit(limiter)
+    assert wait_of(limiter) == pytest.approx(20.0)
+
+
+def test_requests_sent_after_the_reported_one_count_against_remaining() -> None:
+    """The server's remaining count did not include requests admitted after the one it answered."""
+    clock = FakeClock()
+    limiter = Limiter(10, clock=clock)
+    answered, _, _ = admit(limiter), admit(limiter), admit(limiter)
+    headers = {"x-ratelimit-remaining-requests": "2", "x-ratelimit-reset-requests": "20s"}
+    limiter.release(answered, status=200, headers=headers)
+    assert wait_of(limiter) == pytest.approx(20.0)
+
+
+# ---- 429 --------------------------------------------------------------------------------
+
+
+def test_429_with_retry_after_pauses_everything_and_halves_concurrency() -> None:
+    clock = FakeClock()
+    limiter = Limiter(16, clock=clock)
+    ticket = admit(limiter)
+    limiter.release(ticket, status=429, retry_after=7.0)
+    assert limiter.paused_until == pytest.approx(7.0)
+    assert limiter.effective_concurrency == 8
+    assert wait_of(limiter) == pytest.approx(7.0)
+    assert wait_of(limiter, 10_000) == pytest.approx(7.0)
+    clock.now = 3.0
+    assert wait_of(limiter) == pytest.approx(4.0)
+    clock.now = 7.0
+    admit(limiter)
+
+
+def test_halved_concurrency_caps_in_flight() -> None:
+    clock = FakeClock()
+    limiter = Limiter(16, clock=clock)
+    limiter.release(admit(limiter), status=429, retry_after=0.0)
+    tickets = [admit(limiter) for _ in range(8)]
+    assert limiter.poll(1, clock.now) == math.inf
+    assert len(tickets) == 8
+
+
+def test_a_burst_of_429s_from_requests_in_flight_halves_once() -> None:
+    clock = FakeClock()
+    limiter = Limiter(16, clock=clock)
+    in_flight = [admit(limiter) for _ in range(16)]
+    for ticket in in_flight:
+        limiter.release(ticket, status=429, retry_after=1.0)
+    assert limiter.effective_concurrency == 8  # SPEC §8.24: once, not 16 → 8 → 4 → 2 → 1
+    assert limiter.rate_limited == 16
+    clock.now = 2.0
+    later = admit(limiter)  # admitted after the decrease
+    limiter.release(later, status=429, retry_after=1.0)
+    assert limiter.effective_concurrency == 4
+
+
+def test_429s_interleaved_with_new_admissions_halve_only_for_new_requests() -> None:
+    clock = FakeClock()
+    limiter = Limiter(16, clock=clock)
+    old = [admit(limiter) for _ in range(6)]
+    limiter.release(old[0], status=429, retry_after=0.0)
+    assert limiter.effective_concurrency == 8
+    new = admit(limiter)  # 6 in flight under 8
+    limiter.release(old[1], status=429, retry_after=0.0)  # still from before the decrease
+    assert limiter.effective_concurrency == 8
+    limiter.release(new, status=429, retry_after=0.0)
+    assert limiter.effective_concurrency == 4
+
+
+def test_concurrency_never_drops_below_one() -> None:
+    clock = FakeClock()
+    limiter = Limiter(4, clock=clock)
+    for _ in range(10):
+        clock.now = limiter.paused_until
+        limiter.release(admit(limiter), status=429, retry_after=0.0)
+    assert limiter.effective_concurrency == 1
+    admit(limiter)
+
+
+def test_additive_increase_climbs_back_one_at_a_time_to_the_max() -> None:
+    clock = FakeClock()
+    limiter = Limiter(16, clock=clock)
+    limiter.release(admit(limiter), status=429, retry_after=0.0)
+    assert limiter.effective_concurrency == 8
+    limiter.release(admit(limiter), status=200)
+    assert limiter.effective_concurrency == 8  # one success is not a run of them
+    seen = [limiter.effective_concurrency]
+    for _ in range(1_000):
+        limiter.release(admit(limiter), status=200)
+        seen.append(limiter.effective_concurrency)
+    steps = [b - a for a, b in zip(seen, seen[1:])]
+    assert set(steps) <= {0, 1}
+    assert seen[-1] == 16
+    assert max(seen) == 16
+    assert sorted(set(seen)) == list(range(8, 17))
+
+
+def test_additive_increase_needs_a_run_of_successes_per_step() -> None:
+    clock = FakeClock()
+    limiter = Limiter(16, clock=clock)
+    limiter.release(admit(limiter), status=429, retry_after=0.0)
+    successes = 0
+    while limiter.effective_concurrency == 8:
+        limiter.release(admit(limiter), status=200)
+        successes += 1
+    assert successes >= 4  # grows back gradually (SPEC §4): not on the first success
+    assert limiter.effective_concurrency == 9
+
+
+def test_429_without_retry_after_pauses_until_the_exhausted_reset() -> None:
+    clock = FakeClock(50.0)
+    limiter = Limiter(16, clock=clock)
+    headers = CIMultiDict({"X-RateLimit-Remaining-Requests": "0", "X-RateLimit-Reset-Requests": "12s"})
+    limiter.release(admit(limiter), status=429, headers=headers)
+    assert limiter.paused_until == pytest.approx(62.0)
+    assert wait_of(limiter) == pytest.approx(12.0)
+
+
+def test_429_without_retry_after_pauses_until_the_exhausted_token_reset() -> None:
+    clock = FakeClock(50.0)
+    limiter = Limiter(16, clock=clock)
+    headers = {
+        "x-ratelimit-remaining-requests": "40",
+        "x-ratelimit-reset-requests": "1s",
+        "x-ratelimit-remaining-tokens": "0",
+        "x-ratelimit-reset-tokens": "30s",
+    }
+    limiter.release(admit(limiter), status=429, headers=headers)
+    assert limiter.paused_until == pytest.approx(80.0)
+
+
+def test_429_with_nothing_to_go_on_pauses_a_short_backoff() -> None:
+    for _ in range(50):
+        clock = FakeClock(10.0)
+        limiter = Limiter(16, clock=clock)
+        limiter.release(admit(limiter), status=429)
+        assert 0.0 < limiter.paused_until - clock.now <= 1.0
+        assert 0.0 < wait_of(limiter) <= 1.0
+
+
+def test_repeated_429s_with_nothing_back_off_but_stay_bounded() -> None:
+    clock = FakeClock()
+    limiter = Limiter(16, clock=clock)
+    pauses = []
+    for _ in range(20):
+        clock.now = limiter.paused_until
+        limiter.release(admit(limiter), status=429)
+        pauses.append(limiter.paused_until - clock.now)
+    assert pauses[0] <= 1.0
+    assert max(pauses) > 1.0  # it backs off
+    assert max(pauses) <= 60.0  # but never for long without a server's word
+
+
+def test_429_pause_is_capped_at_ten_minutes() -> None:
+    clock = FakeClock()
+    limiter = Limiter(16, clock=clock)
+    limiter.release(admit(limiter), status=429, retry_after=86_400.0)
+    assert limiter.paused_until == pytest.approx(600.0)
+
+
+def test_rate_limited_and_paused_figures() -> None:
+    clock = FakeClock()
+    limiter = Limiter(16, clock=clock)
+    a, b, c = admit(limiter), admit(limiter), admit(limiter)
+    limiter.release(a, status=200)
+    assert (limiter.rate_limited, limiter.paused_s) == (0, 0.0)
+    limiter.release(b, status=429, retry_after=7.0)  # paused 0 → 7
+    clock.now = 2.0
+    limiter.release(c, status=429, retry_after=7.0)  # paused until 9: two more seconds, not seven
+    assert limiter.rate_limited == 2
+    assert limiter.paused_s == pytest.approx(9.0)
+    clock.now = 20.0
+    limiter.release(admit(limiter), status=429, retry_after=5.0)  # a separate pause 20 → 25
+    assert limiter.rate_limited == 3
+    assert limiter.paused_s == pytest.approx(14.0)
+
+
+def test_memory_stays_flat_without_rate_limits() -> None:
+    """The runner's memory must not grow with the number of rows (SPEC §6), limits or none."""
+    clock = FakeClock()
+    limiter = Limiter(4, clock=clock)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            clock.advance(1.0)
+            limiter.release(admit(limiter, 100), status=200, total_tokens=100)
+
+    run(1_000)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        run(20_000)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert grown < 200_000, f"{grown} bytes kept for 20,000 finished requests"
+
+
+# ---- acquire(): the waiting, with the real clock ------------------------------------------
+
+
+async def test_acquire_admits_at_once_when_free() -> None:
+    limiter = Limiter(2)
+    ticket = await asyncio.wait_for(limiter.acquire(10), 1.0)
+    assert isinstance(ticket, Ticket)
+    assert limiter.in_flight == 1
+
+
+async def test_waiters_are_served_first_come_first_served() -> None:
+    limiter = Limiter(1)
+    first = await limiter.acquire(1)
+    order: list[int] = []
+
+    async def waiter(n: int, cost: int) -> None:
+        ticket = await limiter.acquire(cost)
+        order.append(n)
+        await asyncio.sleep(0.005)
+        limiter.release(ticket, status=200)
+
+    tasks = []
+    for n, cost in enumerate([500, 1, 50, 1, 5]):  # a big one first must not be overtaken by small ones
+        tasks.append(asyncio.create_task(waiter(n, cost)))
+        await asyncio.sleep(0.002)
+    limiter.release(first, status=200)
+    await asyncio.wait_for(asyncio.gather(*tasks), 2.0)
+    assert order == [0, 1, 2, 3, 4]
+
+
+async def test_a_small_request_does_not_overtake_a_big_one_waiting_for_tokens() -> None:
+    limiter = Limiter(10, tpm=100, window=0.15)
+    await limiter.acquire(60)
+    order: list[str] = []
+
+    async def waiter(name: str, cost: int) -> None:
+        await limiter.acquire(cost)
+        order.append(name)
+
+    big = asyncio.create_task(waiter("big", 50))  # 60 + 50 > 100: waits for the window
+    await asyncio.sleep(0.01)
+    small = asyncio.create_task(waiter("small", 10))  # would fit now, but came second
+    await asyncio.wait_for(asyncio.gather(big, small), 2.0)
+    assert order == ["big", "small"]
+
+
+async def test_close_makes_waiting_acquirers_raise_stopped() -> None:
+    limiter = Limiter(1)
+    await limiter.acquire(1)
+    waiters = [asyncio.create_task(limiter.acquire(1)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert not any(w.done() for w in waiters)
+    limiter.close()
+    results = await asyncio.wait_for(asyncio.gather(*waiters, return_exceptions=True), 1.0)
+    assert all(isinstance(r, Stopped) for r in results), results
+    with pytest.raises(Stopped):
+        await asyncio.wait_for(limiter.acquire(1), 1.0)
+
+
+async def test_close_wakes_a_waiter_in_a_pause() -> None:
+    limiter = Limiter(4)
+    limiter.release(await limiter.acquire(1), status=429, retry_after=30.0)
+    waiter = asyncio.create_task(limiter.acquire(1))
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
+    limiter.close()
+    with pytest.raises(Stopped):
+        await asyncio.wait_for(waiter, 1.0)
+    assert time.monotonic() - started < 0.2
+
+
+async def test_waiter_on_in_flight_wakes_promptly_on_release() -> None:
+    limiter = Limiter(1)
+    held = await limiter.acquire(1)
+    waiter = asyncio.create_task(limiter.acquire(1))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    released = time.monotonic()
+    limiter.release(held, status=200)
+    ticket = await asyncio.wait_for(waiter, 1.0)
+    assert isinstance(ticket, Ticket)
+    assert time.monotonic() - released < 0.02
+
+
+async def test_waiter_resumes_when_a_pause_ends() -> None:
+    limiter = Limiter(4)
+    limiter.release(await limiter.acquire(1), status=429, retry_after=0.1)
+    started = time.monotonic()
+    await asyncio.wait_for(limiter.acquire(1), 1.0)
+    assert 0.08 <= time.monotonic() - started < 0.4
+
+
+async def test_waiter_follows_a_pause_that_grows_while_it_waits() -> None:
+    limiter = Limiter(4)
+    t1, t2 = await limiter.acquire(1), await limiter.acquire(1)
+    limiter.release(t1, status=429, retry_after=0.05)
+    started = time.monotonic()
+    waiter = asyncio.create_task(limiter.acquire(1))
+    await asyncio.sleep(0.01)
+    limiter.release(t2, status=429, retry_after=0.2)  # from before the decrease: no second halving, a longer pause
+    await asyncio.wait_for(waiter, 1.0)
+    assert time.monotonic() - started >= 0.18
+    assert limiter.effective_concurrency == 2
+
+
+async def test_cancelled_waiter_does_not_block_the_next() -> None:
+    limiter = Limiter(1)
+    held = await limiter.acquire(1)
+    doomed = asyncio.create_task(limiter.acquire(1))
+    await asyncio.sleep(0.01)
+    nxt = asyncio.create_task(limiter.acquire(1))
+    await asyncio.sleep(0.01)
+    doomed.cancel()
+    await asyncio.sleep(0.01)
+    limiter.release(held, status=200)
+    assert isinstance(await asyncio.wait_for(nxt, 1.0), Ticket)
+    assert limiter.in_flight == 1
