@@ -102,6 +102,7 @@ class SlidingWindow:
         return self.entries[-1][0] + self.window - now
 
     def add(self, amount: float, now: float) -> list[float]:
+        self._expire(now)  # also when no limit is in force, so the window never grows without bound
         entry = [now, float(amount)]
         self.entries.append(entry)
         self.total += amount
@@ -201,7 +202,7 @@ class Limiter:
         self.admitted += 1
         self._requests.add(1, now)
         if rpm:
-            self._next_request_at = max(self._next_request_at, now - self.window / rpm) + self.window / rpm
+            self._next_request_at = max(self._next_request_at, now) + self.window / rpm
         if self._server_requests_left is not None:
             self._server_requests_left -= 1
         if self._server_tokens_left is not None:
