@@ -69,6 +69,7 @@ class Summary:
     unfinished: int = 0
     in_doubt_resumed: int = 0
     effective_concurrency: int | None = None
+    tokens_this_run: int = 0
     stop_reason: str | None = None
 
     def add(self, record: dict[str, Any]) -> None:
@@ -128,6 +129,9 @@ class Summary:
         }
         if self.effective_concurrency is not None:
             data["effective_concurrency"] = self.effective_concurrency
+        if self.wall_s > 0:
+            data["achieved_rpm"] = round(self.sent_this_run / self.wall_s * 60, 1)
+            data["achieved_tpm"] = round(self.tokens_this_run / self.wall_s * 60)
         if self.stop_reason:
             data["stop_reason"] = self.stop_reason
         return data
@@ -143,7 +147,9 @@ class Summary:
         requests = dict(attempts=d["attempts"], retries=d["retries"])
         if run_figures:
             rows.update(unfinished=d["unfinished"], wall_s=d["wall_s"], rps=d["requests_per_s"])
-            requests.update(rate_limited=d["rate_limited"], paused_s=d["paused_s"], sent_this_run=d["sent_this_run"])
+            requests.update(rate_limited=d["rate_limited"], paused_s=d["paused_s"], sent_this_run=d["sent_this_run"],
+                            achieved_rpm=d.get("achieved_rpm"), achieved_tpm=d.get("achieved_tpm"),
+                            concurrency_end=d.get("effective_concurrency"))  # fmt: skip
         out = [
             logfmt("summary", **rows),
             logfmt("summary_requests", **requests),

@@ -194,6 +194,7 @@ def _finish(cfg: RunConfig, run: _Run, checkpoint: Checkpoint) -> RunReport:
     summary.rate_limited = run.limiter.rate_limited
     summary.paused_s = run.limiter.paused_s
     summary.effective_concurrency = run.limiter.effective_concurrency
+    summary.tokens_this_run = run.limiter.tokens_used
     summary.in_doubt_resumed = checkpoint.resumed.in_doubt
     complete = run.stop is None and run.fed_all and run.unfinished == 0
     total = run.progress.total

@@ -138,6 +138,8 @@ class SimStats:
     stream_requested: int = 0
     dropped: int = 0
     hung: int = 0
+    # monotonic arrival time of the most recent chat requests, for pacing checks
+    arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able copy; ``by_status`` keys are strings, as they are after a JSON round trip."""
@@ -161,6 +163,7 @@ class SimStats:
         self.stream_requested = 0
         self.dropped = 0
         self.hung = 0
+        self.arrivals.clear()
 
 
 STATS_KEY = web.AppKey("inferbatch_sim_stats", SimStats)
@@ -375,6 +378,7 @@ class _Simulator:
     async def chat(self, request: web.Request) -> web.StreamResponse:
         stats = self.stats
         stats.requests += 1
+        stats.arrivals.append(time.monotonic())
         if "Authorization" in request.headers:
             stats.auth_headers_seen += 1
         stats.in_flight += 1
