@@ -175,3 +175,27 @@ def test_sigint_exits_130_and_resumes(tmp_path: Path, sim_process: Any) -> None:
     assert len(read_jsonl(output)) == 300
     # Only the rows without a result were sent again (plus at most the in-flight ones in doubt).
     assert server.stats()["requests"] - before <= 300 - done_before + 4
+
+
+def test_second_sigint_exits_at_once_and_the_checkpoint_survives(tmp_path: Path, sim_process: Any) -> None:
+    rows = [{"id": f"r{i}", "prompt": f"q {i}" + (" [[sim:hangx1]]" if i >= 20 else "")} for i in range(60)]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    output = tmp_path / "out.jsonl"
+    server = sim_process()
+    proc = run_process([str(source), "-o", str(output), "-c", "4", "-q"], server.url)
+    results_log = tmp_path / "out.jsonl.checkpoint" / "results.jsonl"
+    wait_for_lines(results_log, 20)
+    time.sleep(0.3)  # the four slots now hold hanging requests; the drain would wait 20 s
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.3)
+    sent_at = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=10)
+    assert proc.returncode == 130
+    assert time.monotonic() - sent_at < 5
+    assert results_log.read_bytes().count(b"\n") == 20
+
+    again = run_process([str(source), "-o", str(output), "-c", "8", "--timeout", "1"], server.url)
+    _, stderr = again.communicate(timeout=60)
+    assert again.returncode == 0, stderr
+    assert [r["id"] for r in read_jsonl(output)] == [f"r{i}" for i in range(60)]
