@@ -65,6 +65,7 @@ def make_shaper(cfg: RunConfig) -> Shaper:
     return Shaper(
         model=cfg.model, params=cfg.params, system=cfg.system, template=cfg.template,
         id_column=cfg.id_column, keep_columns=cfg.keep_columns,
+        location="row" if cfg.input.lower().endswith(".parquet") else "line",
     )  # fmt: skip
 
 

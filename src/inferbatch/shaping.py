@@ -109,7 +109,9 @@ class Shaper:
         template: str | None = None,
         id_column: str | None = None,
         keep_columns: tuple[str, ...] = (),
+        location: str = "line",
     ) -> None:
+        self.location = location  # "line" (JSONL, CSV) or "row" (Parquet), as an editor would say
         self.model = model
         self.params = dict(params)
         self.system = system
@@ -132,16 +134,16 @@ class Shaper:
         keep = {c: data.get(c) for c in self.keep_columns} if data is not None else dict.fromkeys(self.keep_columns)
         if error is not None or data is None:
             self._seen.add(row_id)
-            return Invalid(row_id, index, line, error or f"line {line}: empty row", keep)
+            return Invalid(row_id, index, line, error or f"{self.location} {line}: empty row", keep)
         if self.id_column and data.get(self.id_column) in (None, ""):
             self._seen.add(row_id)
-            return Invalid(row_id, index, line, f"line {line}: no value in id column {self.id_column!r}", keep)
+            return Invalid(row_id, index, line, f"{self.location} {line}: no value in id column {self.id_column!r}", keep)
         if not self._seen.add(row_id):
-            return Invalid(row_id, index, line, f"line {line}: duplicate id {_clip(row_id)!r}", keep)
+            return Invalid(row_id, index, line, f"{self.location} {line}: duplicate id {_clip(row_id)!r}", keep)
         try:
             body = self._body(data)
         except RowProblem as problem:
-            return Invalid(row_id, index, line, f"line {line}: {problem}", keep)
+            return Invalid(row_id, index, line, f"{self.location} {line}: {problem}", keep)
         return Request(row_id, index, line, body, keep)
 
     def _body(self, data: dict[str, Any]) -> dict[str, Any]:

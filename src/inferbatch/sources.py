@@ -123,6 +123,8 @@ def _jsonl_rows(uri: str, *, gz: bool) -> Iterator[Row]:
             if not raw:
                 break
             line_no += 1
+            if line_no == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a UTF-8 byte-order mark, as some editors write
             if not raw.strip():
                 continue
             yield _parse_json_line(raw, index, line_no)
