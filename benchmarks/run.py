@@ -15,7 +15,7 @@ Scenarios (see benchmarks/README.md):
     S4  start-up: `inferbatch --help` and `inferbatch run --help`, median of 10
 
 Each client runs as a child process; its wall time is taken around the
-process, and its CPU time (user+sys) and peak RSS come from ``os.wait4``,
+process by a tiny launcher, and its CPU time (user+sys) and peak RSS come from ``os.wait4``,
 which covers the child and every descendant it waited for. Clients alternate
 (A B C A B C ...) and every figure is the median over the repeats; ratios are
 taken within a round (same repeat), then their median is reported.
@@ -159,25 +159,43 @@ def cleanup(output: Path) -> None:
 
 
 # ---- one measurement -----------------------------------------------------
+# The child is started by a tiny launcher (``python -S``, a few MB) rather than by this process, because
+# Linux carries the exec()ing process's old high-water RSS into the child's ru_maxrss: spawned from here
+# (tens of MB once pyarrow is loaded for checking Parquet output), every child would report at least that.
+# The launcher posix_spawn()s the command, times it, and reports os.wait4's rusage for it as JSON.
+LAUNCHER = r"""
+import json, os, sys, time
+out, cmd = sys.argv[1], sys.argv[2:]
+started = time.perf_counter()
+pid = os.posix_spawnp(cmd[0], cmd, os.environ)
+_, status, ru = os.wait4(pid, 0)
+wall = time.perf_counter() - started
+with open(out, "w") as handle:
+    json.dump({"wall_s": wall, "user_s": ru.ru_utime, "sys_s": ru.ru_stime, "maxrss_kib": ru.ru_maxrss,
+               "exit": os.waitstatus_to_exitcode(status)}, handle)
+"""
+
+
 def run_child(cmd: list[str], env: dict[str, str] | None = None, stderr_path: Path | None = None) -> dict[str, Any]:
     """Run ``cmd`` to the end; wall time, CPU (user+sys of the process tree it waited for), peak RSS."""
+    with tempfile.NamedTemporaryFile(prefix="bench-rusage-", suffix=".json", delete=False) as tmp:
+        result_path = Path(tmp.name)
     err = open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL  # noqa: SIM115
     try:
-        started = time.perf_counter()
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - started
+        subprocess.run([PY, "-S", "-c", LAUNCHER, str(result_path), *cmd], env=env, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=err, check=True)  # fmt: skip
+        usage = json.loads(result_path.read_text())
     finally:
         if stderr_path:
             err.close()  # type: ignore[union-attr]
-    proc.returncode = os.waitstatus_to_exitcode(status)
+        result_path.unlink(missing_ok=True)
     return {
-        "wall_s": wall,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "user_s": usage.ru_utime,
-        "sys_s": usage.ru_stime,
-        "rss_mb": usage.ru_maxrss / 1024,  # KiB on Linux
-        "exit": proc.returncode,
+        "wall_s": usage["wall_s"],
+        "cpu_s": usage["user_s"] + usage["sys_s"],
+        "user_s": usage["user_s"],
+        "sys_s": usage["sys_s"],
+        "rss_mb": usage["maxrss_kib"] / 1024,  # KiB on Linux
+        "exit": usage["exit"],
     }
 
 

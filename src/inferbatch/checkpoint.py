@@ -23,7 +23,7 @@ import shutil
 import tempfile
 from array import array
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,7 @@ class Resumed:
     in_doubt: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    usage_by_model: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 class Checkpoint:
@@ -203,8 +204,13 @@ class Checkpoint:
             self.errored.set(index)
         else:
             self.errored.clear(index)
-        self.resumed.prompt_tokens += record.get("prompt_tokens") or 0
-        self.resumed.completion_tokens += record.get("completion_tokens") or 0
+        prompt, completion = record.get("prompt_tokens") or 0, record.get("completion_tokens") or 0
+        if prompt or completion:
+            self.resumed.prompt_tokens += prompt
+            self.resumed.completion_tokens += completion
+            model = record.get("model") or ""
+            before = self.resumed.usage_by_model.get(model, (0, 0))
+            self.resumed.usage_by_model[model] = (before[0] + prompt, before[1] + completion)
 
     def _open_logs(self) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND

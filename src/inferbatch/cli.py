@@ -91,6 +91,10 @@ def cli() -> None:
 @click.option("--summary-json", type=click.Path(dir_okay=False), help="Also write the end-of-run summary as JSON.")
 @click.option("--drain-timeout", type=float, help="On SIGTERM/SIGINT, seconds in-flight requests may take. [default: 20]")
 @click.option("--deadline", help="Stop admitting so in-flight work ends before this (9m, 23h); exit 75.")
+@click.option("--max-total-tokens", type=int, help="Budget cap: stop admitting before the job's tokens cross N; exit 3.")
+@click.option("--max-cost", type=float, help="Budget cap in USD: stop admitting before the job's cost crosses it; exit 3.")
+@click.option("--price-in", type=float, help="USD per million prompt tokens [default: built-in table].")
+@click.option("--price-out", type=float, help="USD per million completion tokens [default: built-in table].")
 @click.option("--progress-interval", type=float, help="Seconds between logfmt progress lines off a terminal. [default: 10]")
 @click.option("-q", "--quiet", is_flag=True, help="No progress, only warnings and the result.")
 @click.option("-v", "--verbose", count=True, help="One logfmt line per retry.")
@@ -139,9 +143,12 @@ def _write_summary_json(path: str, data: dict[str, Any]) -> None:
 @click.argument("input", required=False)
 @shaping_options
 @click.option("--show", type=int, default=10, show_default=True, help="How many problems to print.")
+@click.option("--price-in", type=float, help="USD per million prompt tokens [default: built-in table].")
+@click.option("--price-out", type=float, help="USD per million completion tokens [default: built-in table].")
 def validate(input: str | None, show: int, **flags: Any) -> None:
     """Read and shape every row of INPUT as `run` would, and report problems; sends nothing."""
     from inferbatch.config import resolve
+    from inferbatch.pricing import Pricing
     from inferbatch.runner import check_columns, make_shaper, shaped_rows
     from inferbatch.shaping import Invalid, estimate_prompt_tokens
     from inferbatch.sources import read_rows
@@ -155,6 +162,8 @@ def validate(input: str | None, show: int, **flags: Any) -> None:
         if no_model:
             shaper.model = "<model>"
         valid = invalid = prompt_tokens = completion_tokens = 0
+        pricing = Pricing(cfg.price_in, cfg.price_out)
+        cost: float | None = 0.0
         for item in shaped_rows(cfg, read_rows(cfg.input), shaper):
             if isinstance(item, Invalid):
                 invalid += 1
@@ -162,12 +171,21 @@ def validate(input: str | None, show: int, **flags: Any) -> None:
                     click.echo(f"invalid {item.reason}")
                 continue
             valid += 1
-            prompt_tokens += estimate_prompt_tokens(item.body)
-            completion_tokens += item.body.get("max_tokens") or item.body.get("max_completion_tokens") or 0
+            row_prompt = estimate_prompt_tokens(item.body)
+            row_completion = item.body.get("max_tokens") or item.body.get("max_completion_tokens") or 0
+            prompt_tokens += row_prompt
+            completion_tokens += row_completion
+            row_cost = pricing.cost(item.body.get("model"), row_prompt, row_completion)
+            cost = None if cost is None or row_cost is None else cost + row_cost
         if invalid > show:
             click.echo(f"... and {invalid - show} more invalid rows")
         click.echo(f"rows={valid + invalid} valid={valid} invalid={invalid}")
-        click.echo(f"estimate rows={valid} prompt_tokens={prompt_tokens} max_completion_tokens={completion_tokens}")
+        shown_cost = f"{cost:.2f}" if cost is not None else "unknown"
+        click.echo(f"estimate rows={valid} prompt_tokens={prompt_tokens} max_completion_tokens={completion_tokens} "
+                   f"cost_usd={shown_cost}")  # fmt: skip
+        if cost is None:
+            click.echo("note: no built-in price for the model; pass --price-in/--price-out for a cost estimate",
+                       err=True)  # fmt: skip
         if no_model:
             click.echo("note: no model set (INFERENCE_MODEL_ID or --model); rows without `model` need one to run",
                        err=True)  # fmt: skip

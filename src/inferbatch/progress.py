@@ -19,6 +19,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from inferbatch.pricing import Pricing
+
 _BUCKET_BASE = 1.01
 _BUCKET_MIN_MS = 0.01
 
@@ -71,6 +73,10 @@ class Summary:
     effective_concurrency: int | None = None
     tokens_this_run: int = 0
     stop_reason: str | None = None
+    pricing: Pricing = field(default_factory=Pricing)
+    default_model: str | None = None
+    cost_usd: float = 0.0
+    cost_known: bool = False
 
     def add(self, record: dict[str, Any]) -> None:
         """Count one result record (from the run or from an output file)."""
@@ -94,8 +100,16 @@ class Summary:
         reason = record.get("finish_reason")
         if reason:
             self.finish_reasons[reason] += 1
-        self.prompt_tokens += record.get("prompt_tokens") or 0
-        self.completion_tokens += record.get("completion_tokens") or 0
+        prompt, completion = record.get("prompt_tokens") or 0, record.get("completion_tokens") or 0
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        if prompt or completion:
+            cost = self.pricing.cost(record.get("model") or self.default_model, prompt, completion)
+            if cost is None and record.get("model") != self.default_model:
+                cost = self.pricing.cost(self.default_model, prompt, completion)
+            if cost is not None:
+                self.cost_usd += cost
+                self.cost_known = True
         latency = record.get("latency_ms")
         if latency is not None:
             self.latency.add(latency)
@@ -122,6 +136,7 @@ class Summary:
                            "max": round(self.latency.max, 1) if self.latency.n else None},  # fmt: skip
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 4) if self.cost_known else None,
             "wall_s": round(self.wall_s, 3),
             "requests_per_s": round(self.sent_this_run / self.wall_s, 2) if self.wall_s > 0 else None,
             "sent_this_run": self.sent_this_run,
@@ -154,7 +169,8 @@ class Summary:
             logfmt("summary", **rows),
             logfmt("summary_requests", **requests),
             logfmt("summary_latency_ms", p50=lat["p50"], p90=lat["p90"], p99=lat["p99"], max=lat["max"]),
-            logfmt("summary_tokens", prompt=d["prompt_tokens"], completion=d["completion_tokens"]),
+            logfmt("summary_tokens", prompt=d["prompt_tokens"], completion=d["completion_tokens"],
+                   cost_usd=d["cost_usd"] if d["cost_usd"] is not None else "unknown"),  # fmt: skip
         ]
         if d["status_codes"]:
             codes = {("no_response" if k == "none" else f"http_{k}"): v for k, v in d["status_codes"].items()}

@@ -28,13 +28,15 @@ import orjson
 
 from inferbatch import results, retry
 from inferbatch.checkpoint import Checkpoint, input_identity
-from inferbatch.client import Client
+from inferbatch.budget import Budget, Reservation
+from inferbatch.client import Client, Response
 from inferbatch.config import RunConfig
 from inferbatch.errors import (
-    AuthFailed, AuthRejected, DeadlineReached, InferbatchError, InputError, Interrupted, RequestFailed,
+    AuthFailed, AuthRejected, BudgetExceeded, DeadlineReached, InferbatchError, InputError, Interrupted, RequestFailed,
     TooManyFailures, UsageError,
 )  # fmt: skip
 from inferbatch.limits import Limiter, Stopped
+from inferbatch.pricing import Pricing
 from inferbatch.progress import Progress, Summary
 from inferbatch.shaping import Invalid, Request, Shaper, estimate_prompt_tokens, shard_of
 from inferbatch.sources import Row, column_names, read_rows
@@ -205,6 +207,10 @@ def _finish(cfg: RunConfig, run: _Run, checkpoint: Checkpoint) -> RunReport:
     return RunReport(summary, cfg.output, run.stop, complete)
 
 
+def _count(value: Any) -> int:
+    return value if type(value) is int and value >= 0 else 0
+
+
 class _Run:
     """The state of one run between reading the input and writing the output."""
 
@@ -216,8 +222,15 @@ class _Run:
         self.progress = progress
         self.started = time.monotonic()
         self.deadline_origin = deadline_origin
-        self.summary = Summary()
+        self.summary = Summary(pricing=Pricing(cfg.price_in, cfg.price_out), default_model=cfg.model)
         self.limiter = Limiter(cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm)
+        self.pricing = Pricing(cfg.price_in, cfg.price_out)
+        resumed = checkpoint.resumed
+        self.budget = Budget(
+            max_tokens=cfg.max_total_tokens, max_cost=cfg.max_cost, pricing=self.pricing,
+            spent_tokens=resumed.prompt_tokens + resumed.completion_tokens,
+            spent_cost=sum(self.pricing.cost(m, p, c) or 0.0 for m, (p, c) in resumed.usage_by_model.items()),
+        )  # fmt: skip
         self.stop: InferbatchError | None = None
         self.stopping = asyncio.Event()
         self.queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=cfg.concurrency * 2)
@@ -277,6 +290,7 @@ class _Run:
             log.warning("stopping: %s", reason)
         self.limiter.close()
         self.stopping.set()
+        self.budget.wake()
 
     @contextlib.asynccontextmanager
     async def _signal_handlers(self, enabled: bool) -> AsyncIterator[None]:
@@ -374,30 +388,17 @@ class _Run:
                 self.busy.discard(me)
 
     async def _process(self, request: Request) -> None:
-        assert self.client is not None
         body = orjson.dumps(request.body)
         max_tokens = request.body.get("max_tokens") or request.body.get("max_completion_tokens")
-        cost = self.limiter.estimate(estimate_prompt_tokens(request.body), max_tokens)
+        prompt_estimate = estimate_prompt_tokens(request.body)
         attempts = 0
         response = None
         try:
             async for attempt in retry.make_retrying(self.cfg.max_attempts, sleep=self._sleep,
                                                      before_sleep=self._log_retry):  # fmt: skip
                 with attempt:
-                    ticket = await self.limiter.acquire(cost)
-                    if attempts == 0:
-                        self.checkpoint.mark_sent(request.index)
                     attempts += 1
-                    try:
-                        response = await self.client.send(body)
-                    except RequestFailed as exc:
-                        self.limiter.release(ticket, status=exc.status, headers=exc.headers,
-                                             retry_after=exc.retry_after)  # fmt: skip
-                        raise
-                    usage = response.data.get("usage") or {}
-                    self.limiter.release(ticket, status=200, headers=response.headers,
-                                         total_tokens=usage.get("total_tokens"),
-                                         completion_tokens=usage.get("completion_tokens"))  # fmt: skip
+                    response = await self._attempt(request, body, prompt_estimate, max_tokens, attempts == 1)
         except Stopped:
             return  # cut off by a stop: no result, a rerun sends it
         except AuthRejected as exc:
@@ -416,6 +417,51 @@ class _Run:
             latency_ms=response.latency_ms, request_id=request_id, keep=request.keep, keep_body=self.keep_body,
         )  # fmt: skip
         self._record(record)
+
+    async def _reserve(self, model: str | None, prompt_tokens: int, completion_tokens: int) -> Reservation | None:
+        """Hold budget for one attempt, waiting for in-flight settlements; stop the run at the cap."""
+        while self.budget.active:
+            if self.stopping.is_set():
+                raise Stopped
+            reservation = self.budget.reserve(model, prompt_tokens, completion_tokens)
+            if reservation is not None:
+                return reservation
+            if not self.budget.outstanding:
+                self.request_stop(BudgetExceeded(
+                    f"budget cap reached: {self.budget.describe()}; raise the cap and rerun to continue"
+                ))  # fmt: skip
+                raise Stopped
+            await self.budget.changed()
+        return None
+
+    async def _attempt(self, request: Request, body: bytes, prompt_estimate: int, max_tokens: int | None,
+                       first: bool) -> Response:  # fmt: skip
+        """One attempt: reserve budget, pass the limiter, send, and settle both with what came back."""
+        assert self.client is not None
+        model = request.body.get("model")
+        estimate = self.limiter.estimate(prompt_estimate, max_tokens)
+        reservation = await self._reserve(model, prompt_estimate, estimate - prompt_estimate)
+        prompt_tokens = completion_tokens = 0
+        try:
+            ticket = await self.limiter.acquire(estimate)
+            if first:
+                self.checkpoint.mark_sent(request.index)  # the in-doubt ledger: sent, outcome not yet known
+            try:
+                response = await self.client.send(body)
+            except RequestFailed as exc:
+                self.limiter.release(ticket, status=exc.status, headers=exc.headers, retry_after=exc.retry_after)
+                raise
+            usage = response.data.get("usage")
+            if isinstance(usage, dict):
+                prompt_tokens = _count(usage.get("prompt_tokens"))
+                completion_tokens = _count(usage.get("completion_tokens"))
+            self.limiter.release(ticket, status=200, headers=response.headers,
+                                 total_tokens=prompt_tokens + completion_tokens if usage else None,
+                                 completion_tokens=completion_tokens if usage else None)  # fmt: skip
+            return response
+        finally:
+            if reservation is not None:
+                self.budget.settle(reservation, model, prompt_tokens, completion_tokens)
 
     async def _sleep(self, seconds: float) -> None:
         """Wait before a retry, unless the run is stopping (then the row is cut off, not failed)."""
