@@ -73,14 +73,23 @@ class Bits:
 
 def input_identity(path: str) -> dict[str, Any]:
     """Size plus a hash of the first and last 64 KiB: cheap, and changes when the rows change."""
-    stat = os.stat(path)
+    if path.startswith("s3://"):
+        from inferbatch.storage import open_input_file
+
+        handle = open_input_file(path)
+        size = handle.size()
+        name = path
+    else:
+        handle = open(path, "rb")
+        size = os.fstat(handle.fileno()).st_size
+        name = os.path.abspath(path)
     digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as handle:
+    with handle:
         digest.update(handle.read(IDENTITY_BLOCK))
-        if stat.st_size > IDENTITY_BLOCK:
-            handle.seek(max(IDENTITY_BLOCK, stat.st_size - IDENTITY_BLOCK))
+        if size > IDENTITY_BLOCK:
+            handle.seek(max(IDENTITY_BLOCK, size - IDENTITY_BLOCK))
             digest.update(handle.read(IDENTITY_BLOCK))
-    return {"path": os.path.abspath(path), "size": stat.st_size, "hash": digest.hexdigest()}
+    return {"path": name, "size": size, "hash": digest.hexdigest()}
 
 
 @dataclass(slots=True)

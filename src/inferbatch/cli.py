@@ -95,6 +95,8 @@ def cli() -> None:
 @click.option("--max-cost", type=float, help="Budget cap in USD: stop admitting before the job's cost crosses it; exit 3.")
 @click.option("--price-in", type=float, help="USD per million prompt tokens [default: built-in table].")
 @click.option("--price-out", type=float, help="USD per million completion tokens [default: built-in table].")
+@click.option("--checkpoint-interval", type=float,
+              help="With an s3:// output, seconds between checkpoint parts. [default: 5]")  # fmt: skip
 @click.option("--progress-interval", type=float, help="Seconds between logfmt progress lines off a terminal. [default: 10]")
 @click.option("-q", "--quiet", is_flag=True, help="No progress, only warnings and the result.")
 @click.option("-v", "--verbose", count=True, help="One logfmt line per retry.")
@@ -131,10 +133,15 @@ def run(input: str | None, quiet: bool, verbose: int, **flags: Any) -> None:
 def _write_summary_json(path: str, data: dict[str, Any]) -> None:
     import json
 
+    text = json.dumps(data, indent=2) + "\n"
     try:
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2)
-            handle.write("\n")
+        if path.startswith("s3://"):
+            from inferbatch.storage import write_bytes
+
+            write_bytes(path, text.encode())
+        else:
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(text)
     except OSError as exc:
         click.echo(f"inferbatch: cannot write --summary-json {path}: {exc.strerror}", err=True)
 
@@ -193,7 +200,7 @@ def validate(input: str | None, show: int, **flags: Any) -> None:
 
 
 @cli.command()
-@click.argument("output", type=click.Path(exists=True, dir_okay=False))
+@click.argument("output")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def report(output: str, as_json: bool) -> None:
     """Print the summary of a result file (JSONL or Parquet)."""
@@ -208,7 +215,10 @@ def report(output: str, as_json: bool) -> None:
             if not isinstance(record, dict) or "status" not in record or "index" not in record:
                 raise ValueError("rows have no `status`/`index`: not an inferbatch result file")
             summary.add(record)
-    except (ValueError, OSError) as exc:
+    except FileNotFoundError:
+        click.echo(f"inferbatch: {output}: no such file", err=True)
+        raise click.exceptions.Exit(2) from None
+    except (ValueError, OSError, InferbatchError) as exc:
         click.echo(f"inferbatch: {output} is not a readable result file ({str(exc)[:200]})", err=True)
         raise click.exceptions.Exit(2) from None
     if as_json:

@@ -50,6 +50,7 @@ DEFAULTS: dict[str, Any] = {
     "price_in": None,
     "price_out": None,
     "progress_interval": 10.0,
+    "checkpoint_interval": 5.0,
     "api_key_env": "INFERENCE_KEY",
     "url": None,
     "model": None,
@@ -126,6 +127,7 @@ class RunConfig:
     price_in: float | None = None
     price_out: float | None = None
     progress_interval: float = 10.0
+    checkpoint_interval: float = 5.0
     verbosity: int = 0
 
     def shaping_fingerprint(self) -> dict[str, Any]:
@@ -214,6 +216,8 @@ def load_job(path: str) -> dict[str, Any]:
         raise UsageError(f"job file {path}: unknown key(s) {', '.join(unknown)}")
     for key in PATH_KEYS:
         value = data.get(key)
+        if isinstance(value, str):
+            value = data[key] = os.path.expandvars(value)  # e.g. s3://$BUCKETEER_BUCKET_NAME/...
         if isinstance(value, str) and value != "-" and "://" not in value:
             data[key] = os.path.normpath(job_path.parent / value)
     if "params" in data and not isinstance(data["params"], dict):
@@ -346,6 +350,7 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
         price_in=_positive_float("price_in", merged["price_in"], allow_zero=True),
         price_out=_positive_float("price_out", merged["price_out"], allow_zero=True),
         progress_interval=_positive_float("progress_interval", merged["progress_interval"]) or 10.0,
+        checkpoint_interval=_positive_float("checkpoint_interval", merged["checkpoint_interval"]) or 5.0,
         verbosity=int(flags.get("verbosity") or 0),
     )
 

@@ -220,9 +220,13 @@ class OutputWriter:
     def __init__(self, path: str, fmt: str, kept_types: list[tuple[str, Any]] | None = None) -> None:
         self.path = path
         self.fmt = fmt
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        self._remote = path.startswith("s3://")
+        if self._remote:  # written locally, then uploaded as one object
+            fd, self._tmp = tempfile.mkstemp(prefix="inferbatch-output-", suffix=".tmp")
+        else:
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, self._tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         self._file = os.fdopen(fd, "wb", buffering=1 << 20)
         self._batch: list[dict[str, Any]] = []
         self._parquet: Any = None
@@ -265,7 +269,13 @@ class OutputWriter:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
-            os.replace(self._tmp, self.path)
+            if self._remote:
+                from inferbatch.storage import upload_file
+
+                upload_file(self._tmp, self.path)
+                os.unlink(self._tmp)
+            else:
+                os.replace(self._tmp, self.path)
         except BaseException:
             self.abort()
             raise
@@ -282,15 +292,27 @@ class OutputWriter:
 
 
 def read_output(path: str) -> Iterator[dict[str, Any]]:
-    """Rows of a result file (JSONL or Parquet), for ``report`` and ``merge``."""
+    """Rows of a result file (JSONL or Parquet, local or s3://), for ``report`` and ``merge``."""
+    remote = path.startswith("s3://")
     if path.lower().endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        parquet = pq.ParquetFile(path)
+        if remote:
+            from inferbatch.storage import open_input_file
+
+            parquet = pq.ParquetFile(open_input_file(path))
+        else:
+            parquet = pq.ParquetFile(path)
         for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
             yield from batch.to_pylist()
         return
-    with open(path, "rb") as handle:
+    if remote:
+        from inferbatch.storage import open_input_stream
+
+        handle: Any = open_input_stream(path)
+    else:
+        handle = open(path, "rb")
+    with handle:
         for line in handle:
             if line.strip():
                 yield orjson.loads(line)

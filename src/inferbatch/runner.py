@@ -153,14 +153,19 @@ def _open_checkpoint(cfg: RunConfig) -> Checkpoint:
         log.warning("input is stdin, which cannot be re-read: this run has no checkpoint and cannot be resumed")
         return Checkpoint.temporary()
     assert cfg.output is not None
-    if cfg.input.startswith("s3://") or cfg.output.startswith("s3://"):
-        raise UsageError("s3:// paths are not supported yet")
     try:
         identity = input_identity(cfg.input)
     except OSError as exc:
-        raise InputError(f"{cfg.input}: cannot read ({exc.strerror})") from None
+        raise InputError(f"{cfg.input}: cannot read ({exc.strerror or exc})") from None
     manifest = {"input": identity, "shaping": cfg.shaping_fingerprint()}
-    checkpoint = Checkpoint.open_for_run(cfg.output, manifest, restart=cfg.restart)
+    checkpoint: Checkpoint
+    if cfg.output.startswith("s3://"):
+        from inferbatch.checkpoint_s3 import S3Checkpoint
+
+        checkpoint = S3Checkpoint.open_for_s3(cfg.output, manifest, restart=cfg.restart,
+                                              interval=cfg.checkpoint_interval)  # fmt: skip
+    else:
+        checkpoint = Checkpoint.open_for_run(cfg.output, manifest, restart=cfg.restart)
     resumed = checkpoint.resumed
     if resumed.finished:
         log.info(

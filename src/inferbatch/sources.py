@@ -158,7 +158,12 @@ def _parquet_file(uri: str) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    source: Any = open_binary(uri) if uri.startswith("s3://") else uri
+    if uri.startswith("s3://"):
+        from inferbatch.storage import open_input_file
+
+        source: Any = open_input_file(uri)
+    else:
+        source = uri
     try:
         return pq.ParquetFile(source)
     except FileNotFoundError:

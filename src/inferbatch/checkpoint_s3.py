@@ -1,0 +1,168 @@
+"""The checkpoint of an ``s3://`` output: immutable part objects, since an object store has no append.
+
+    OUTPUT.checkpoint/manifest.json            what the checkpoint belongs to (as on disk)
+    OUTPUT.checkpoint/parts/<run>-<n>.jsonl    result lines finished since the previous part
+    OUTPUT.checkpoint/sent/<run>-<n>.log       row indexes sent since the previous part (in-doubt ledger)
+    OUTPUT.checkpoint/lease.json               the live run's lease, renewed with every part
+
+The run works on a local copy (a temp dir, exactly like a local checkpoint) and
+uploads what finished since the last part every ``--checkpoint-interval``
+seconds, so a crash loses at most that interval's results, which the next
+run sends again. The lease is best effort: two runs started within the same
+second may both start; a run killed without cleaning up holds the lease
+until it expires (three intervals, at least 15 s).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from inferbatch import storage
+from inferbatch.checkpoint import FORMAT_VERSION, Checkpoint, _mismatch
+from inferbatch.errors import CheckpointError
+
+log = logging.getLogger("inferbatch")
+
+
+class S3Checkpoint(Checkpoint):
+    def __init__(self, prefix: str, local_dir: Path, interval: float) -> None:
+        super().__init__(local_dir)
+        self.prefix = prefix
+        self.interval = interval
+        self.lease_s = max(15.0, 3 * interval)
+        self.run_id = f"{time.time_ns():020d}-{os.getpid()}"
+        self._guard = threading.Lock()  # record() runs on the event loop, sync() in a worker thread
+        self._pending = bytearray()
+        self._pending_sent = bytearray()
+        self._part = 0
+        self._last_upload = time.monotonic()
+        self.parts_written = 0
+
+    @classmethod
+    def open_for_s3(cls, output: str, manifest: dict[str, Any], *, restart: bool, interval: float) -> S3Checkpoint:
+        checkpoint = cls(output + ".checkpoint", Path(tempfile.mkdtemp(prefix="inferbatch-checkpoint-")), interval)
+        try:
+            checkpoint._take_lease(output)
+            existing_raw = storage.read_bytes(f"{checkpoint.prefix}/manifest.json")
+            existing = orjson.loads(existing_raw) if existing_raw else None
+            if existing is not None and not restart:
+                problem = _mismatch(existing, manifest)
+                if problem:
+                    raise CheckpointError(
+                        f"{checkpoint.prefix} belongs to another run ({problem}); "
+                        "rerun with --restart to discard it and start over, or use another --output"
+                    )
+            if existing is None or restart:
+                for folder in ("parts", "sent"):
+                    storage.delete_prefix(f"{checkpoint.prefix}/{folder}")
+                storage.write_bytes(f"{checkpoint.prefix}/manifest.json",
+                                    orjson.dumps({"version": FORMAT_VERSION, **manifest}))  # fmt: skip
+            else:
+                checkpoint._download()
+            checkpoint._load()
+            checkpoint._open_logs()
+        except BaseException:
+            checkpoint._release_lease()
+            shutil.rmtree(checkpoint.dir, ignore_errors=True)
+            raise
+        return checkpoint
+
+    # ---- lease -----------------------------------------------------------
+    def _take_lease(self, output: str) -> None:
+        raw = storage.read_bytes(f"{self.prefix}/lease.json")
+        if raw:
+            try:
+                lease = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                lease = {}
+            left = float(lease.get("expires_at", 0)) - time.time()
+            if left > 0 and lease.get("run_id") != self.run_id:
+                raise CheckpointError(
+                    f"another inferbatch run (host {lease.get('host')}, pid {lease.get('pid')}) is writing {output}; "
+                    f"its lease ends in {left:.0f} s unless renewed: wait for it, or stop it, before running again"
+                )
+        self._write_lease()
+
+    def _write_lease(self) -> None:
+        lease = {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
+                 "expires_at": time.time() + self.lease_s}  # fmt: skip
+        storage.write_bytes(f"{self.prefix}/lease.json", orjson.dumps(lease))
+
+    def _release_lease(self) -> None:
+        try:
+            raw = storage.read_bytes(f"{self.prefix}/lease.json")
+            if raw and orjson.loads(raw).get("run_id") == self.run_id:
+                storage.delete(f"{self.prefix}/lease.json")
+        except (OSError, orjson.JSONDecodeError) as exc:
+            log.warning("could not release the checkpoint lease (%s); it expires by itself", exc)
+
+    # ---- parts -----------------------------------------------------------
+    def _download(self) -> None:
+        """Rebuild the local logs from every part, oldest first (the run id leads with a timestamp)."""
+        for folder, name in (("parts", "results.jsonl"), ("sent", "sent.log")):
+            with open(self.dir / name, "wb") as local:
+                for uri, _ in storage.list_objects(f"{self.prefix}/{folder}"):
+                    data = storage.read_bytes(uri) or b""
+                    if data and not data.endswith(b"\n"):
+                        data = data[: data.rfind(b"\n") + 1]
+                    local.write(data)
+
+    def mark_sent(self, index: int) -> None:
+        super().mark_sent(index)
+        with self._guard:
+            self._pending_sent += b"%d\n" % index
+
+    def record(self, index: int, line: bytes, status: str) -> None:
+        super().record(index, line, status)
+        with self._guard:
+            self._pending += line
+
+    def sync(self) -> None:
+        super().sync()
+        if time.monotonic() - self._last_upload >= self.interval:
+            self.upload()
+
+    def upload(self) -> None:
+        """Write what finished since the last part as new objects, and renew the lease."""
+        with self._guard:
+            results, sent = bytes(self._pending), bytes(self._pending_sent)
+            self._pending.clear()
+            self._pending_sent.clear()
+        self._last_upload = time.monotonic()
+        name = f"{self.run_id}-{self._part:06d}"
+        try:
+            if sent:
+                storage.write_bytes(f"{self.prefix}/sent/{name}.log", sent)
+            if results:
+                storage.write_bytes(f"{self.prefix}/parts/{name}.jsonl", results)
+                self.parts_written += 1
+            if sent or results:
+                self._part += 1
+            self._write_lease()
+        except OSError as exc:
+            log.warning("checkpoint upload failed (%s); retrying with the next part", " ".join(str(exc).split())[:200])
+            with self._guard:
+                self._pending[:0] = results
+                self._pending_sent[:0] = sent
+
+    def close(self) -> None:
+        """Upload the last part, give up the lease, drop the local copy."""
+        if self._results_fd >= 0:
+            self.upload()
+            self._release_lease()
+        super().close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def remove(self) -> None:
+        self.close()
+        storage.delete_prefix(self.prefix)

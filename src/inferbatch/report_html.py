@@ -1,0 +1,701 @@
+"""One self-contained HTML page about a result file: ``inferbatch report OUTPUT --html FILE``.
+
+The page needs no network: no script, no stylesheet, font or image from
+anywhere, and a Content-Security-Policy that forbids them in case a future
+edit slips. Charts are inline SVG drawn here, in Python. It shows the summary
+(the same figures as ``inferbatch report``, from :class:`progress.Summary`), a
+latency histogram on log-spaced buckets, statuses over the input's order,
+tokens per row, the slowest rows and the first failed rows with their errors.
+When the rows carry a ``variant`` column (evaluation runs, SPEC §8.23) it adds
+each variant's pass rate with its Wilson 95 % interval, the failed assertion
+types, and the rows whose outcome differs between variants.
+
+Everything that comes from the data (ids, errors, variant names, assertion
+types) is untrusted and goes through :func:`html.escape`. No prompt is ever
+shown, nor any completion text.
+
+Memory stays bounded for a million rows, in one pass over the records:
+
+- latency: counts per 1/20 of a decade (``floor(20·log10(ms))``), at most a
+  few hundred keys whatever the data;
+- statuses over time and tokens per row: :class:`Bins`, counts per
+  ``value // width`` where the width (a power of two) doubles, merging bins
+  pairwise, whenever more than 1,024 bins are in use. Results have no
+  timestamps, but rows are in input order, so the row ``index`` stands for
+  time; the bins are regrouped into at most 50 bars when the page is drawn;
+- a heap of the 20 slowest rows and the first 50 failed rows (id and error
+  truncated);
+- per variant: counters; disagreements: a first-in-first-out window of the
+  last 100,000 ``(id, sample)`` keys, each holding two bitmasks of the
+  variants that passed and failed. Variants of one row further apart than
+  that in the file are not compared, and the page says so when it happens.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import os
+import tempfile
+from collections import Counter, OrderedDict
+from collections.abc import Iterable
+from contextlib import suppress
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from inferbatch.progress import Summary
+
+__all__ = ["Bins", "ReportCollector", "render_html", "wilson_interval", "write_html"]
+
+SLOWEST_ROWS = 20
+FAILED_ROWS = 50
+DISAGREEMENT_ROWS = 50
+DISAGREEMENT_WINDOW = 100_000
+MAX_VARIANTS = 100
+MAX_FAILURE_TYPES = 50
+LATENCY_BINS_PER_DECADE = 20
+TEXT_LIMIT = 300
+ID_LIMIT = 120
+
+STATUS_COLORS = {"ok": "#2f9e44", "error": "#e03131", "invalid": "#f59f00"}
+LATENCY_COLOR = "#1c7ed6"
+TOKENS_COLOR = "#7048e8"
+PASS_COLOR = "#2f9e44"
+OTHER_VARIANTS = "(other variants)"
+
+
+def wilson_interval(passed: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for ``passed`` successes out of ``n``.
+
+    center = (p + z²/2n) / (1 + z²/n); half-width = z·sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n).
+    ``(0.0, 1.0)`` when ``n`` is 0: nothing is known.
+    """
+    if n <= 0:
+        return 0.0, 1.0
+    p = passed / n
+    denominator = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+class Bins:
+    """Counts per category in bins of ``value // width``; bounded by ``max_bins``.
+
+    Whenever a new bin would exceed ``max_bins``, the width doubles and neighbouring
+    bins merge (``(v // w) // 2 == v // 2w``), so no count is ever split or lost.
+    """
+
+    def __init__(self, categories: int = 1, max_bins: int = 1024) -> None:
+        self.categories = categories
+        self.max_bins = max_bins
+        self.width = 1
+        self.counts: dict[int, list[int]] = {}
+        self.low: int | None = None
+        self.high: int | None = None
+
+    def add(self, value: int, category: int = 0) -> None:
+        value = max(0, value)
+        self.low = value if self.low is None else min(self.low, value)
+        self.high = value if self.high is None else max(self.high, value)
+        slot = self.counts.get(value // self.width)
+        if slot is None:
+            while len(self.counts) >= self.max_bins:
+                self._coarsen()
+            slot = self.counts.setdefault(value // self.width, [0] * self.categories)
+        slot[category] += 1
+
+    def _coarsen(self) -> None:
+        self.width *= 2
+        merged: dict[int, list[int]] = {}
+        for key, slot in self.counts.items():
+            target = merged.setdefault(key // 2, [0] * self.categories)
+            for i, count in enumerate(slot):
+                target[i] += count
+        self.counts = merged
+
+    def bars(self, start: int, end: int, target: int) -> tuple[int, int, list[list[int]]]:
+        """``(first, bar_width, counts)``: at most ``target`` equal bars covering values ``start..end``.
+
+        A bar is a whole number of bins; while bins are single values it is a round 1-2-5 width.
+        """
+        span = max(1, end - start + 1)
+        bar = self.width * max(1, math.ceil(span / (self.width * target)))
+        if self.width == 1:
+            bar = _nice_at_least(bar)
+        first = start // bar * bar
+        count = (end - first) // bar + 1
+        out = [[0] * self.categories for _ in range(count)]
+        for key, slot in self.counts.items():
+            i = (key * self.width - first) // bar
+            if 0 <= i < count:
+                for c, n in enumerate(slot):
+                    out[i][c] += n
+        return first, bar, out
+
+
+@dataclass(slots=True)
+class _Variant:
+    rows: int = 0
+    judged: int = 0
+    passed: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(slots=True)
+class _Disagreement:
+    row_id: str
+    sample: Any
+    passed_mask: int
+    failed_mask: int
+    failures: dict[int, str] = field(default_factory=dict)
+
+
+class ReportCollector:
+    """Everything the page needs, gathered in one pass; ``add`` each result record, then :func:`render_html`."""
+
+    def __init__(self) -> None:
+        self.summary = Summary()
+        self.latency_bins: Counter[int] = Counter()
+        self.by_index = Bins(categories=3)
+        self.tokens = Bins()
+        self.slowest: list[tuple[float, int, dict[str, Any]]] = []
+        self.failed: list[dict[str, Any]] = []
+        self.variant_names: dict[str, int] = {}
+        self.variants: dict[str, _Variant] = {}
+        self.disagreements: dict[tuple[str, Any], _Disagreement] = {}
+        self.disagreeing = 0
+        self.window: OrderedDict[tuple[str, Any], tuple[int, int, tuple[int, str] | None]] = OrderedDict()
+        self.window_evicted = 0
+        self._seq = 0
+
+    def add(self, record: dict[str, Any]) -> None:
+        """Count one result record. Raises ``ValueError`` for a row that is not an inferbatch result."""
+        if not isinstance(record, dict) or "status" not in record:
+            raise ValueError("rows have no `status`: not an inferbatch result file")
+        self.summary.add(record)
+        seq = self._seq
+        self._seq += 1
+        status = record.get("status")
+        index = record.get("index")
+        index = index if type(index) is int else seq
+        self.by_index.add(index, {"ok": 0, "error": 1}.get(str(status), 2))
+
+        latency = record.get("latency_ms")
+        if isinstance(latency, int | float) and not isinstance(latency, bool) and math.isfinite(latency):
+            self.latency_bins[math.floor(LATENCY_BINS_PER_DECADE * math.log10(max(float(latency), 0.01)))] += 1
+            entry = (float(latency), -seq, _brief(record, index))
+            if len(self.slowest) < SLOWEST_ROWS:
+                heapq.heappush(self.slowest, entry)
+            elif entry[0] > self.slowest[0][0]:
+                heapq.heapreplace(self.slowest, entry)
+
+        tokens = record.get("total_tokens")
+        if type(tokens) is not int:
+            prompt, completion = record.get("prompt_tokens"), record.get("completion_tokens")
+            tokens = prompt + completion if type(prompt) is int and type(completion) is int else None
+        if tokens is not None:
+            self.tokens.add(tokens)
+
+        if status != "ok" and len(self.failed) < FAILED_ROWS:
+            self.failed.append(_brief(record, index))
+
+        if "variant" in record and record["variant"] is not None:
+            self._add_variant(record)
+
+    def _add_variant(self, record: dict[str, Any]) -> None:
+        name = str(record["variant"])
+        if name not in self.variants and len(self.variants) >= MAX_VARIANTS:
+            name = OTHER_VARIANTS
+        stats = self.variants.setdefault(name, _Variant())
+        number = self.variant_names.setdefault(name, len(self.variant_names))
+        stats.rows += 1
+        passed = record.get("passed")
+        if not isinstance(passed, bool):
+            return
+        stats.judged += 1
+        failures = None
+        if passed:
+            stats.passed += 1
+        else:
+            kinds = _failure_kinds(record.get("failures"))
+            for kind in kinds:
+                if kind in stats.failures or len(stats.failures) < MAX_FAILURE_TYPES:
+                    stats.failures[kind] += 1
+                else:
+                    stats.failures["(other)"] += 1
+            failures = ", ".join(kinds) or None
+        if name != OTHER_VARIANTS:
+            self._compare(record, number, passed, failures)
+
+    def _compare(self, record: dict[str, Any], number: int, passed: bool, failures: str | None) -> None:
+        key = (_truncate(str(record.get("id")), ID_LIMIT), record.get("sample"))
+        bit = 1 << number
+        known = self.disagreements.get(key)
+        if known is not None:
+            if passed:
+                known.passed_mask |= bit
+            else:
+                known.failed_mask |= bit
+                if failures:
+                    known.failures[number] = failures
+            return
+        passed_mask, failed_mask, first_failures = self.window.pop(key, (0, 0, None))
+        if passed:
+            passed_mask |= bit
+        else:
+            failed_mask |= bit
+            first_failures = first_failures or ((number, failures) if failures else None)
+        if passed_mask and failed_mask:
+            self.disagreeing += 1
+            if len(self.disagreements) < DISAGREEMENT_ROWS:
+                entry = _Disagreement(key[0], key[1], passed_mask, failed_mask)
+                if first_failures:
+                    entry.failures[first_failures[0]] = first_failures[1]
+                if failures and not passed:
+                    entry.failures[number] = failures
+                self.disagreements[key] = entry
+            return
+        self.window[key] = (passed_mask, failed_mask, first_failures)
+        if len(self.window) > DISAGREEMENT_WINDOW:
+            self.window.popitem(last=False)
+            self.window_evicted += 1
+
+
+def write_html(records: Iterable[dict[str, Any]], path: str, *, title: str = "inferbatch report") -> None:
+    """Write the report page for ``records`` (result rows, SPEC §3) to ``path``, atomically.
+
+    Reads the records once; the page is built in memory (its size is bounded) and
+    renamed into place, so ``path`` is never half written. Raises ``ValueError`` when a
+    record is not a result row; ``OSError`` when ``path`` cannot be written.
+    """
+    collector = ReportCollector()
+    for record in records:
+        collector.add(record)
+    page = render_html(collector, title=title)
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(page)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def render_html(collector: ReportCollector, *, title: str = "inferbatch report") -> str:
+    """The whole page as one string."""
+    s = collector.summary
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    cards = [("rows", s.rows, ""), ("ok", s.ok, "ok"), ("error", s.error, "error"), ("invalid", s.invalid, "invalid")]
+    if collector.variants:
+        judged = sum(v.judged for v in collector.variants.values())
+        passed = sum(v.passed for v in collector.variants.values())
+        cards.append(("passed", passed, "ok"))
+        cards.append(("judged", judged, ""))
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; style-src 'unsafe-inline'\">",
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head><body><main>",
+        f'<header><h1>{escape(title)}</h1><p class="sub">{s.rows:,} rows · generated {generated}</p></header>',
+        '<div class="cards">',
+        *(f'<div class="card {cls}"><div class="label">{escape(label)}</div>'
+          f'<div class="n" data-field="{escape(label)}">{value:,}</div></div>' for label, value, cls in cards),
+        "</div>",
+        _summary_section(s),
+        '<section><h2>Charts</h2><div class="grid">',
+        _figure("Latency per row (last attempt)", _latency_chart(collector.latency_bins)),
+        _figure("Tokens per row (total)", _tokens_chart(collector.tokens)),
+        "</div>",
+        _figure("Statuses over the input (row index)", _status_chart(collector.by_index), legend=True),
+        "</section>",
+    ]
+    if collector.variants:
+        parts.append(_variants_section(collector))
+    parts.append(_slowest_section(collector))
+    parts.append(_failed_section(collector))
+    parts.append("</main></body></html>\n")
+    return "\n".join(parts)
+
+
+# ---- sections -------------------------------------------------------------------------------------
+
+
+def _summary_section(s: Summary) -> str:
+    d = s.as_dict()
+    lat = d["latency_ms"]
+    codes = " · ".join(f"{code}: {n:,}" for code, n in d["status_codes"].items()) or "—"
+    errors = " · ".join(f"{kind}: {n:,}" for kind, n in list(d["error_types"].items())[:20]) or "—"
+    rows = [
+        ("rows", f"{d['rows']:,}"),
+        ("ok", f"{d['ok']:,}"),
+        ("error", f"{d['error']:,}"),
+        ("invalid", f"{d['invalid']:,}"),
+        ("status codes", codes),
+        ("error types", errors),
+        ("attempts", f"{d['attempts']:,}"),
+        ("retries", f"{d['retries']:,}"),
+        ("latency p50", _ms(lat["p50"])),
+        ("latency p90", _ms(lat["p90"])),
+        ("latency p99", _ms(lat["p99"])),
+        ("latency max", _ms(lat["max"])),
+        ("prompt tokens", f"{d['prompt_tokens']:,}"),
+        ("completion tokens", f"{d['completion_tokens']:,}"),
+    ]
+    if d["finish_reasons"]:
+        rows.append(("finish reasons", " · ".join(f"{k}: {n:,}" for k, n in d["finish_reasons"].items())))
+    body = "".join(f'<tr><th scope="row">{escape(k)}</th><td>{escape(v)}</td></tr>' for k, v in rows)
+    return f'<section><h2>Summary</h2><table id="summary" class="kv">{body}</table></section>'
+
+
+def _variants_section(c: ReportCollector) -> str:
+    names = list(c.variants)
+    rows = []
+    for name in names:
+        v = c.variants[name]
+        low, high = wilson_interval(v.passed, v.judged)
+        rate = f"{v.passed / v.judged:.1%}" if v.judged else "—"
+        top = " · ".join(f"{kind}: {n:,}" for kind, n in v.failures.most_common(8)) or "—"
+        rows.append(
+            f'<tr><td>{escape(name)}</td><td class="num">{v.rows:,}</td><td class="num">{v.judged:,}</td>'
+            f'<td class="num">{v.passed:,}</td><td class="num">{rate}</td>'
+            f'<td class="num">{low:.1%} – {high:.1%}</td><td>{escape(top)}</td></tr>'
+        )
+    table = (
+        '<table id="variants"><thead><tr><th>variant</th><th class="num">rows</th><th class="num">judged</th>'
+        '<th class="num">passed</th><th class="num">pass rate</th><th class="num">Wilson 95 %</th>'
+        f"<th>failed assertions</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
+    shown = [n for n in names if n != OTHER_VARIANTS]
+    if c.disagreeing:
+        head = "".join(f"<th>{escape(_truncate(n, 40))}</th>" for n in shown)
+        body = []
+        for d in c.disagreements.values():
+            cells = []
+            for name in shown:
+                bit = 1 << c.variant_names[name]
+                if d.passed_mask & bit:
+                    cells.append('<td class="pass">pass</td>')
+                elif d.failed_mask & bit:
+                    why = d.failures.get(c.variant_names[name])
+                    detail = f" <span class=\"why\">{escape(_truncate(why, 120))}</span>" if why else ""
+                    cells.append(f'<td class="fail">fail{detail}</td>')
+                else:
+                    cells.append('<td class="none">—</td>')
+            body.append(f"<tr><td>{escape(d.row_id)}</td><td>{escape(str(d.sample))}</td>{''.join(cells)}</tr>")
+        note = f"{c.disagreeing:,} rows where variants disagree"
+        if c.disagreeing > len(c.disagreements):
+            note += f"; the first {len(c.disagreements):,} shown"
+        disagreement = (
+            f'<h3>Rows where variants disagree</h3><p class="sub">{note}.</p>'
+            f'<table id="disagreements"><thead><tr><th>id</th><th>sample</th>{head}</tr></thead>'
+            f"<tbody>{''.join(body)}</tbody></table>"
+        )
+    else:
+        disagreement = '<h3>Rows where variants disagree</h3><p class="sub">None: every row has the same outcome.</p>'
+    if c.window_evicted:
+        disagreement += (
+            f'<p class="sub">Only rows within {DISAGREEMENT_WINDOW:,} (id, sample) keys of each other are compared; '
+            f"{c.window_evicted:,} keys left that window before every variant was seen.</p>"
+        )
+    chart = _figure("Pass rate per variant, with Wilson 95 % interval", _pass_rate_chart(c))
+    return f"<section><h2>Variants</h2>{chart}{table}{disagreement}</section>"
+
+
+def _slowest_section(c: ReportCollector) -> str:
+    rows = sorted(c.slowest, key=lambda e: (-e[0], -e[1]))
+    if not rows:
+        return '<section><h2>Slowest rows</h2><p class="sub">No row has a latency.</p></section>'
+    body = "".join(
+        f'<tr><td class="num">{rank}</td><td>{escape(r["id"])}</td><td class="num">{r["index"]:,}</td>'
+        f'<td class="num">{escape(_ms(latency))}</td><td class="{escape(r["status"])}">{escape(r["status"])}</td>'
+        f'<td class="num">{escape(r["status_code"])}</td><td class="num">{escape(r["attempts"])}</td></tr>'
+        for rank, (latency, _, r) in enumerate(rows, 1)
+    )
+    return (
+        f'<section><h2>Slowest rows</h2><table id="slowest"><thead><tr><th class="num">#</th><th>id</th>'
+        '<th class="num">index</th><th class="num">latency</th><th>status</th><th class="num">status code</th>'
+        f'<th class="num">attempts</th></tr></thead><tbody>{body}</tbody></table></section>'
+    )
+
+
+def _failed_section(c: ReportCollector) -> str:
+    total = c.summary.error + c.summary.invalid
+    if not total:
+        return '<section><h2>Failed rows</h2><p class="sub">None: every row is ok.</p></section>'
+    note = f"{total:,} rows did not end ok"
+    if total > len(c.failed):
+        note += f"; the first {len(c.failed):,} in input order are shown"
+    body = "".join(
+        f'<tr><td class="num">{r["index"]:,}</td><td>{escape(r["id"])}</td>'
+        f'<td class="{escape(r["status"])}">{escape(r["status"])}</td><td class="num">{escape(r["status_code"])}</td>'
+        f'<td class="num">{escape(r["attempts"])}</td><td class="err">{escape(r["error"])}</td></tr>'
+        for r in c.failed
+    )
+    return (
+        f'<section><h2>Failed rows</h2><p class="sub">{note}.</p><table id="failed"><thead><tr>'
+        '<th class="num">index</th><th>id</th><th>status</th><th class="num">status code</th>'
+        f'<th class="num">attempts</th><th>error</th></tr></thead><tbody>{body}</tbody></table></section>'
+    )
+
+
+def _figure(caption: str, svg: str, *, legend: bool = False) -> str:
+    keys = ""
+    if legend:
+        keys = '<div class="legend">' + "".join(
+            f'<span><i style="background:{color}"></i>{name}</span>' for name, color in STATUS_COLORS.items()
+        ) + "</div>"
+    return f"<figure><figcaption>{escape(caption)}</figcaption>{keys}{svg}</figure>"
+
+
+# ---- charts ---------------------------------------------------------------------------------------
+
+
+def _latency_chart(bins: Counter[int]) -> str:
+    if not bins:
+        return _empty_chart("no latencies")
+    low, high = min(bins), max(bins)
+    group = next((g for g in (1, 2, 4, 5, 10, 20) if (high - low) // g + 1 <= 60), 40)
+    if high - low + 1 < 12:
+        pad = (12 - (high - low + 1)) // 2
+        low, high = low - pad, high + pad
+    first = low // group * group
+    count = (high - first) // group + 1
+    counts = [[0] for _ in range(count)]
+    for key, n in bins.items():
+        counts[(key - first) // group][0] += n
+
+    def edge(k: int) -> float:
+        return float(10 ** (k / LATENCY_BINS_PER_DECADE))
+
+    labels = [f"{_ms(edge(first + i * group))} – {_ms(edge(first + (i + 1) * group))}" for i in range(count)]
+    lo_log, hi_log = first / LATENCY_BINS_PER_DECADE, (first + count * group) / LATENCY_BINS_PER_DECADE
+    ticks = []
+    steps = (1, 2, 5) if hi_log - lo_log <= 2.5 else (1,)
+    for exponent in range(math.floor(lo_log) - 1, math.ceil(hi_log) + 1):
+        for step in steps:
+            value = step * 10.0**exponent
+            position = (math.log10(value) - lo_log) / (hi_log - lo_log)
+            if 0 <= position <= 1:
+                ticks.append((position, _ms(value)))
+    return _bar_chart(counts, [LATENCY_COLOR], labels, ticks, "latency (log scale)", "rows")
+
+
+def _tokens_chart(tokens: Bins) -> str:
+    if tokens.low is None or tokens.high is None:
+        return _empty_chart("no token counts")
+    low, high = tokens.low, tokens.high
+    if high - low < 10:
+        low = max(0, low - (10 - (high - low)) // 2)
+        high = low + 10
+    first, width, counts = tokens.bars(low, high, 40)
+    end = first + width * len(counts)
+    labels = [
+        f"{first + i * width:,}" if width == 1 else f"{first + i * width:,} – {first + (i + 1) * width - 1:,}"
+        for i in range(len(counts))
+    ]
+    ticks = [((v - first) / (end - first), f"{v:,}") for v in _nice_ticks(first, end, 6)]
+    return _bar_chart(counts, [TOKENS_COLOR], labels, ticks, "total tokens", "rows")
+
+
+def _status_chart(by_index: Bins) -> str:
+    if by_index.high is None:
+        return _empty_chart("no rows", width=1100)
+    first, width, counts = by_index.bars(0, by_index.high, 50)
+    end = first + width * len(counts)
+    labels = [
+        f"row {first + i * width:,}" if width == 1 else f"rows {first + i * width:,} – {first + (i + 1) * width - 1:,}"
+        for i in range(len(counts))
+    ]
+    ticks = [((v - first) / (end - first), f"{v:,}") for v in _nice_ticks(first, end, 10)]
+    return _bar_chart(counts, list(STATUS_COLORS.values()), labels, ticks, "row index", "rows",
+                      series=list(STATUS_COLORS), width=1100, height=220)  # fmt: skip
+
+
+def _pass_rate_chart(c: ReportCollector) -> str:
+    names = list(c.variants)
+    width, left, right, row_h, top = 1100, 220, 150, 30, 10
+    plot = width - left - right
+    height = top + row_h * len(names) + 32
+    out = []
+    for i in range(0, 11, 2):
+        x = left + plot * i / 10
+        out.append(f'<line class="grid" x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{height - 26}"/>')
+        out.append(f'<text x="{x:.1f}" y="{height - 10}" text-anchor="middle">{i * 10} %</text>')
+    for row, name in enumerate(names):
+        v = c.variants[name]
+        y = top + row * row_h
+        rate = v.passed / v.judged if v.judged else 0.0
+        low, high = wilson_interval(v.passed, v.judged)
+        label = f"{name}: {v.passed:,}/{v.judged:,} passed ({rate:.1%}), Wilson 95 % {low:.1%} – {high:.1%}"
+        mid = y + row_h / 2
+        out.append(f'<text class="name" x="{left - 8}" y="{mid + 4:.1f}" text-anchor="end">'
+                   f"{escape(_truncate(name, 32))}</text>")  # fmt: skip
+        out.append(f'<rect class="bar" x="{left}" y="{y + 6}" width="{plot * rate:.1f}" height="{row_h - 12}" '
+                   f'fill="{PASS_COLOR}"><title>{escape(label)}</title></rect>')  # fmt: skip
+        if v.judged:
+            x0, x1 = left + plot * low, left + plot * high
+            out.append(f'<path class="whisker" d="M{x0:.1f} {mid:.1f}H{x1:.1f}M{x0:.1f} {mid - 7:.1f}V{mid + 7:.1f}'
+                       f'M{x1:.1f} {mid - 7:.1f}V{mid + 7:.1f}"/>')  # fmt: skip
+        out.append(f'<text x="{left + plot + 8}" y="{mid + 4:.1f}">{rate:.1%} of {v.judged:,}</text>')
+    out.append(f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{height - 26}"/>')
+    return _svg(width, height, "".join(out), "pass rate per variant")
+
+
+def _bar_chart(counts: list[list[int]], colors: list[str], labels: list[str], ticks: list[tuple[float, str]],
+               x_title: str, y_title: str, *, series: list[str] | None = None, width: int = 540,
+               height: int = 240) -> str:  # fmt: skip
+    """Vertical (stacked) bars, evenly spaced; ``ticks`` are (fraction of the x axis, text)."""
+    left, right, top, bottom = 52, 14, 12, 44
+    plot_w, plot_h = width - left - right, height - top - bottom
+    peak = max((sum(c) for c in counts), default=0)
+    y_ticks = _nice_ticks(0, max(peak, 1), 4)
+    y_max = max(y_ticks[-1], peak, 1)
+    out = []
+    for value in y_ticks:
+        y = top + plot_h - plot_h * value / y_max
+        out.append(f'<line class="grid" x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}"/>')
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_compact(value)}</text>')
+    step = plot_w / max(1, len(counts))
+    gap = min(2.0, step * 0.15)
+    names = series or [y_title]
+    for i, stack in enumerate(counts):
+        x = left + i * step + gap / 2
+        base = top + plot_h
+        detail = ", ".join(f"{name} {n:,}" for name, n in zip(names, stack, strict=True)) if series else f"{stack[0]:,}"
+        tip = f"{labels[i]}: {detail}"
+        for color, n in zip(colors, stack, strict=False):
+            if n <= 0:
+                continue
+            h = plot_h * n / y_max
+            base -= h
+            out.append(f'<rect x="{x:.1f}" y="{base:.1f}" width="{max(step - gap, 0.5):.1f}" height="{h:.1f}" '
+                       f'fill="{color}"><title>{escape(tip)}</title></rect>')  # fmt: skip
+    out.append(f'<line class="axis" x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}"/>')
+    for fraction, text in ticks:
+        x = left + plot_w * fraction
+        out.append(f'<line class="axis" x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" y2="{top + plot_h + 4}"/>')
+        out.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle">{escape(text)}</text>')
+    out.append(f'<text class="title" x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle">'
+               f"{escape(x_title)}</text>")  # fmt: skip
+    out.append(f'<text class="title" transform="translate(13 {top + plot_h / 2:.1f}) rotate(-90)" '
+               f'text-anchor="middle">{escape(y_title)}</text>')  # fmt: skip
+    return _svg(width, height, "".join(out), f"{y_title} by {x_title}")
+
+
+def _empty_chart(text: str, width: int = 540) -> str:
+    body = f'<text x="{width / 2}" y="60" text-anchor="middle">{escape(text)}</text>'
+    return _svg(width, 100, body, text)
+
+
+def _svg(width: int, height: int, body: str, label: str) -> str:
+    return (f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+            f'aria-label="{escape(label)}">{body}</svg>')  # fmt: skip
+
+
+# ---- small helpers --------------------------------------------------------------------------------
+
+
+def _brief(record: dict[str, Any], index: int) -> dict[str, Any]:
+    """The few fields a table shows, as text, truncated: never the prompt or the completion."""
+    code = record.get("status_code")
+    attempts = record.get("attempts")
+    return {
+        "id": _truncate(str(record.get("id")), ID_LIMIT),
+        "index": index,
+        "status": str(record.get("status")),
+        "status_code": "—" if code is None else str(code),
+        "attempts": "—" if attempts is None else str(attempts),
+        "error": _truncate(str(record.get("error") or ""), TEXT_LIMIT),
+    }
+
+
+def _failure_kinds(value: Any) -> list[str]:
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return [_truncate(value, 60)] if value.strip() else []
+    if isinstance(value, list):
+        return [_truncate(v if isinstance(v, str) else orjson.dumps(v).decode(), 60) for v in value]
+    return []
+
+
+def _truncate(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value >= 1000:
+        return f"{value / 1000:.3g} s"
+    return f"{value:.3g} ms" if value < 100 else f"{value:.0f} ms"
+
+
+def _compact(value: float) -> str:
+    if value >= 10_000:
+        return f"{value / 1000:.0f}k" if value < 1_000_000 else f"{value / 1_000_000:.1f}M"
+    return f"{value:,.0f}"
+
+
+def _nice_at_least(value: float) -> int:
+    """The smallest 1, 2, 5 × 10^k that is at least ``value``."""
+    exponent = 10 ** math.floor(math.log10(max(value, 1)))
+    for step in (1, 2, 5, 10):
+        if step * exponent >= value:
+            return int(step * exponent)
+    return int(10 * exponent)
+
+
+def _nice_ticks(start: float, end: float, count: int) -> list[int]:
+    """Round values from ``start`` up to at least ``end`` (or just short of it), about ``count`` of them."""
+    step = _nice_at_least((end - start) / max(1, count))
+    first = math.ceil(start / step) * step
+    ticks = list(range(int(first), int(end) + step, step))
+    return [t for t in ticks if t <= end] or [int(first)]
+
+
+_CSS = """
+:root{color-scheme:light}
+*{box-sizing:border-box}
+body{margin:0;background:#f4f5f7;color:#1d2330;
+font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,"Liberation Sans",sans-serif}
+main{max-width:1180px;margin:0 auto;padding:24px 20px 40px}
+h1{font-size:22px;margin:0 0 2px}h2{font-size:16px;margin:0 0 12px}h3{font-size:14px;margin:20px 0 6px}
+.sub{color:#5c6577;margin:0 0 8px}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(140px,1fr));gap:12px;margin:18px 0}
+.card{background:#fff;border:1px solid #e1e4ea;border-left:4px solid #adb5bd;border-radius:8px;padding:10px 14px}
+.card.ok{border-left-color:#2f9e44}.card.error{border-left-color:#e03131}.card.invalid{border-left-color:#f59f00}
+.card .label{color:#5c6577;font-size:12px;text-transform:uppercase;letter-spacing:.04em}
+.card .n{font-size:26px;font-weight:600;font-variant-numeric:tabular-nums}
+section{background:#fff;border:1px solid #e1e4ea;border-radius:8px;padding:16px 20px;margin:16px 0}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:8px 24px}
+figure{margin:0 0 12px}figcaption{font-weight:600;margin:0 0 6px}
+table{border-collapse:collapse;width:100%;font-size:13px}
+th,td{text-align:left;padding:5px 10px;border-bottom:1px solid #edf0f3;vertical-align:top}
+thead th{color:#5c6577;font-weight:600;border-bottom:1px solid #d5d9e0}
+table.kv{width:auto;min-width:50%}table.kv th{color:#5c6577;font-weight:500;padding-right:32px}
+.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.ok,td.pass{color:#2b8a3e}td.error,td.fail{color:#c92a2a}td.invalid{color:#e67700}td.none{color:#868e96}
+.why{color:#5c6577}
+.err{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:12px;word-break:break-word}
+svg{display:block;max-width:100%;height:auto}
+svg text{font-size:11px;fill:#5c6577}svg text.title{font-size:12px;fill:#343a40}svg text.name{font-size:12px;fill:#1d2330}
+svg .grid{stroke:#e9ecef}svg .axis{stroke:#868e96}svg .whisker{stroke:#1d2330;stroke-width:1.5;fill:none}
+.legend{display:flex;gap:16px;font-size:12px;color:#5c6577;margin:0 0 4px}
+.legend i{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:5px;vertical-align:-1px}
+"""

@@ -1,0 +1,200 @@
+"""``s3://bucket/key`` paths through ``pyarrow.fs`` (no hand-written S3 client).
+
+Credentials come from the standard ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``
+/ ``AWS_REGION`` (or ``AWS_DEFAULT_REGION``), else Heroku Bucketeer's
+``BUCKETEER_AWS_ACCESS_KEY_ID`` / ``BUCKETEER_AWS_SECRET_ACCESS_KEY`` /
+``BUCKETEER_AWS_REGION``; ``AWS_ENDPOINT_URL`` points at an S3-compatible store.
+They are read once, when the first S3 path is opened.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import IO, Any
+
+from inferbatch.errors import InputError, UsageError
+
+READ_CHUNK = 1 << 20
+
+
+def is_s3(uri: str | None) -> bool:
+    return bool(uri) and str(uri).startswith("s3://")
+
+
+def s3_path(uri: str) -> str:
+    """``s3://bucket/key`` → ``bucket/key`` (pyarrow's form)."""
+    path = uri[len("s3://") :].lstrip("/")
+    if "/" not in path or not path.split("/", 1)[1]:
+        raise UsageError(f"{uri}: an S3 path needs a bucket and a key, e.g. s3://my-bucket/prompts.jsonl")
+    return path
+
+
+@dataclass(frozen=True, slots=True)
+class S3Settings:
+    access_key: str | None
+    secret_key: str | None
+    region: str | None
+    endpoint: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> S3Settings:
+        def pick(*names: str) -> str | None:
+            for name in names:
+                if env.get(name):
+                    return env[name]
+            return None
+
+        return cls(
+            access_key=pick("AWS_ACCESS_KEY_ID", "BUCKETEER_AWS_ACCESS_KEY_ID"),
+            secret_key=pick("AWS_SECRET_ACCESS_KEY", "BUCKETEER_AWS_SECRET_ACCESS_KEY"),
+            region=pick("AWS_REGION", "AWS_DEFAULT_REGION", "BUCKETEER_AWS_REGION"),
+            endpoint=pick("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+        )
+
+
+@lru_cache(maxsize=4)
+def _filesystem(settings: S3Settings) -> Any:
+    from pyarrow import fs as pafs
+
+    kwargs: dict[str, Any] = {"region": settings.region or "us-east-1"}
+    if settings.access_key and settings.secret_key:
+        kwargs.update(access_key=settings.access_key, secret_key=settings.secret_key)
+    if settings.endpoint:
+        scheme, _, rest = settings.endpoint.partition("://")
+        kwargs.update(endpoint_override=rest or scheme, scheme=scheme if rest else "https")
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem() -> Any:
+    return _filesystem(S3Settings.from_env(os.environ))
+
+
+class _LineReader:
+    """``readline()`` over a stream that only has ``read()`` (pyarrow's S3 input streams)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._buffer = b""
+        self._eof = False
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            data = self._buffer + self._stream.read()
+            self._buffer = b""
+            return bytes(data)
+        while len(self._buffer) < size and not self._eof:
+            self._fill()
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def _fill(self) -> None:
+        chunk = bytes(self._stream.read(READ_CHUNK))
+        if not chunk:
+            self._eof = True
+        self._buffer += chunk
+
+    def readline(self) -> bytes:
+        while True:
+            newline = self._buffer.find(b"\n")
+            if newline >= 0:
+                line, self._buffer = self._buffer[: newline + 1], self._buffer[newline + 1 :]
+                return line
+            if self._eof:
+                line, self._buffer = self._buffer, b""
+                return line
+            self._fill()
+
+    def __iter__(self) -> Iterator[bytes]:
+        while line := self.readline():
+            yield line
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def __enter__(self) -> _LineReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _read_error(uri: str, exc: Exception) -> InputError:
+    text = " ".join(str(exc).split())[:200]
+    return InputError(f"{uri}: cannot read from S3 ({text})")
+
+
+def open_input_stream(uri: str) -> IO[bytes]:
+    """A sequential reader with ``readline()``."""
+    try:
+        return _LineReader(filesystem().open_input_stream(s3_path(uri)))  # type: ignore[return-value]
+    except FileNotFoundError:
+        raise InputError(f"{uri}: no such S3 object") from None
+    except OSError as exc:
+        raise _read_error(uri, exc) from None
+
+
+def open_input_file(uri: str) -> Any:
+    """A random-access reader (for Parquet)."""
+    try:
+        return filesystem().open_input_file(s3_path(uri))
+    except FileNotFoundError:
+        raise InputError(f"{uri}: no such S3 object") from None
+    except OSError as exc:
+        raise _read_error(uri, exc) from None
+
+
+def read_bytes(uri: str) -> bytes | None:
+    """The whole object, or None if it does not exist."""
+    try:
+        with filesystem().open_input_stream(s3_path(uri)) as stream:
+            return bytes(stream.read())
+    except FileNotFoundError:
+        return None
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    with filesystem().open_output_stream(s3_path(uri)) as stream:
+        stream.write(data)
+
+
+def upload_file(local_path: str, uri: str) -> None:
+    with open(local_path, "rb") as source, filesystem().open_output_stream(s3_path(uri)) as target:
+        while chunk := source.read(READ_CHUNK):
+            target.write(chunk)
+
+
+def list_objects(prefix_uri: str) -> list[tuple[str, int]]:
+    """``(s3://uri, size)`` of every object under a prefix, sorted by key."""
+    from pyarrow import fs as pafs
+
+    prefix = prefix_uri[len("s3://") :].strip("/")
+    try:
+        infos = filesystem().get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+    except OSError as exc:
+        raise _read_error(prefix_uri, exc) from None
+    return sorted((f"s3://{info.path}", info.size) for info in infos if info.type == pafs.FileType.File)
+
+
+def object_size(uri: str) -> int | None:
+    from pyarrow import fs as pafs
+
+    info = filesystem().get_file_info(s3_path(uri))
+    return info.size if info.type == pafs.FileType.File else None
+
+
+def delete_prefix(prefix_uri: str) -> None:
+    for uri, _ in list_objects(prefix_uri):
+        delete(uri)
+
+
+def delete(uri: str) -> None:
+    try:
+        filesystem().delete_file(s3_path(uri))
+    except FileNotFoundError:
+        pass
