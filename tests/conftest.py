@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -72,3 +75,35 @@ def invoke(runner: CliRunner, args: list[str], env: dict[str, str] | None = None
 
 def connection_env(server: SimServer, key: str = "test-key", model: str = "sim-model") -> dict[str, str]:
     return {"INFERENCE_URL": server.url, "INFERENCE_KEY": key, "INFERENCE_MODEL_ID": model}
+
+
+class SimProcess:
+    def __init__(self, proc: subprocess.Popen[str], url: str) -> None:
+        self.proc = proc
+        self.url = url
+
+    def stats(self) -> dict[str, Any]:
+        with urllib.request.urlopen(self.url + "/stats", timeout=5) as response:
+            return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def sim_process() -> Iterator[Any]:
+    """Start `inferbatch simulate --port 0 ARGS` as its own process; yields a starter."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> SimProcess:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "inferbatch", "simulate", "--port", "0", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        procs.append(proc)
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), url
+        return SimProcess(proc, url)
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -18,38 +18,6 @@ import pytest
 from conftest import read_jsonl, write_jsonl
 
 
-class SimProcess:
-    def __init__(self, proc: subprocess.Popen[str], url: str) -> None:
-        self.proc = proc
-        self.url = url
-
-    def stats(self) -> dict[str, Any]:
-        with urllib.request.urlopen(self.url + "/stats", timeout=5) as response:
-            return json.loads(response.read())  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def sim_process() -> Iterator[Any]:
-    """Start `inferbatch simulate --port 0 ARGS` as its own process; yields a starter."""
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(*args: str) -> SimProcess:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "inferbatch", "simulate", "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
-        procs.append(proc)
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        assert url.startswith("http://127.0.0.1:"), url
-        return SimProcess(proc, url)
-
-    yield start
-    for proc in procs:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def run_process(args: list[str], url: str, **kwargs: Any) -> subprocess.Popen[str]:
     env = {**os.environ, "INFERENCE_URL": url, "INFERENCE_KEY": "test-key", "INFERENCE_MODEL_ID": "sim-model"}
     return subprocess.Popen(

@@ -61,6 +61,7 @@ MAX_FAILURE_TYPES = 50
 LATENCY_BINS_PER_DECADE = 20
 TEXT_LIMIT = 300
 ID_LIMIT = 120
+MIN_BAR_PX = 2.0
 
 STATUS_COLORS = {"ok": "#2f9e44", "error": "#e03131", "invalid": "#f59f00"}
 LATENCY_COLOR = "#1c7ed6"
@@ -170,8 +171,9 @@ class ReportCollector:
         self.variants: dict[str, _Variant] = {}
         self.disagreements: dict[tuple[str, Any], _Disagreement] = {}
         self.disagreeing = 0
-        self.window: OrderedDict[tuple[str, Any], tuple[int, int, tuple[int, str] | None]] = OrderedDict()
+        self.window: OrderedDict[tuple[str, Any], tuple[int, int, tuple[tuple[int, str], ...]]] = OrderedDict()
         self.window_evicted = 0
+        self._texts: dict[str, str] = {}
         self._seq = 0
 
     def add(self, record: dict[str, Any]) -> None:
@@ -245,26 +247,28 @@ class ReportCollector:
                 if failures:
                     known.failures[number] = failures
             return
-        passed_mask, failed_mask, first_failures = self.window.pop(key, (0, 0, None))
+        passed_mask, failed_mask, why = self.window.pop(key, (0, 0, ()))
         if passed:
             passed_mask |= bit
         else:
             failed_mask |= bit
-            first_failures = first_failures or ((number, failures) if failures else None)
+            if failures:
+                why = (*why, (number, self._intern(failures)))
         if passed_mask and failed_mask:
             self.disagreeing += 1
             if len(self.disagreements) < DISAGREEMENT_ROWS:
-                entry = _Disagreement(key[0], key[1], passed_mask, failed_mask)
-                if first_failures:
-                    entry.failures[first_failures[0]] = first_failures[1]
-                if failures and not passed:
-                    entry.failures[number] = failures
-                self.disagreements[key] = entry
+                self.disagreements[key] = _Disagreement(key[0], key[1], passed_mask, failed_mask, dict(why))
             return
-        self.window[key] = (passed_mask, failed_mask, first_failures)
+        self.window[key] = (passed_mask, failed_mask, why)
         if len(self.window) > DISAGREEMENT_WINDOW:
             self.window.popitem(last=False)
             self.window_evicted += 1
+
+    def _intern(self, text: str) -> str:
+        """One copy of each of the (few) distinct failure lists, so the window stays small."""
+        if len(self._texts) < MAX_FAILURE_TYPES * 20:
+            return self._texts.setdefault(text, text)
+        return self._texts.get(text, text)
 
 
 def write_html(records: Iterable[dict[str, Any]], path: str, *, title: str = "inferbatch report") -> None:
@@ -297,12 +301,12 @@ def render_html(collector: ReportCollector, *, title: str = "inferbatch report")
     """The whole page as one string."""
     s = collector.summary
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    cards = [("rows", s.rows, ""), ("ok", s.ok, "ok"), ("error", s.error, "error"), ("invalid", s.invalid, "invalid")]
+    cards = [("rows", f"{s.rows:,}", ""), ("ok", f"{s.ok:,}", "ok"), ("error", f"{s.error:,}", "error"),
+             ("invalid", f"{s.invalid:,}", "invalid")]  # fmt: skip
     if collector.variants:
         judged = sum(v.judged for v in collector.variants.values())
         passed = sum(v.passed for v in collector.variants.values())
-        cards.append(("passed", passed, "ok"))
-        cards.append(("judged", judged, ""))
+        cards.append(("passed", f"{passed:,} / {judged:,}", "ok"))
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -312,7 +316,7 @@ def render_html(collector: ReportCollector, *, title: str = "inferbatch report")
         f'<header><h1>{escape(title)}</h1><p class="sub">{s.rows:,} rows · generated {generated}</p></header>',
         '<div class="cards">',
         *(f'<div class="card {cls}"><div class="label">{escape(label)}</div>'
-          f'<div class="n" data-field="{escape(label)}">{value:,}</div></div>' for label, value, cls in cards),
+          f'<div class="n" data-field="{escape(label)}">{escape(value)}</div></div>' for label, value, cls in cards),
         "</div>",
         _summary_section(s),
         '<section><h2>Charts</h2><div class="grid">',
@@ -338,13 +342,17 @@ def _summary_section(s: Summary) -> str:
     lat = d["latency_ms"]
     codes = " · ".join(f"{code}: {n:,}" for code, n in d["status_codes"].items()) or "—"
     errors = " · ".join(f"{kind}: {n:,}" for kind, n in list(d["error_types"].items())[:20]) or "—"
-    rows = [
+    reasons = " · ".join(f"{kind}: {n:,}" for kind, n in d["finish_reasons"].items()) or "—"
+    outcome = [
         ("rows", f"{d['rows']:,}"),
         ("ok", f"{d['ok']:,}"),
         ("error", f"{d['error']:,}"),
         ("invalid", f"{d['invalid']:,}"),
         ("status codes", codes),
         ("error types", errors),
+        ("finish reasons", reasons),
+    ]
+    requests = [
         ("attempts", f"{d['attempts']:,}"),
         ("retries", f"{d['retries']:,}"),
         ("latency p50", _ms(lat["p50"])),
@@ -354,10 +362,12 @@ def _summary_section(s: Summary) -> str:
         ("prompt tokens", f"{d['prompt_tokens']:,}"),
         ("completion tokens", f"{d['completion_tokens']:,}"),
     ]
-    if d["finish_reasons"]:
-        rows.append(("finish reasons", " · ".join(f"{k}: {n:,}" for k, n in d["finish_reasons"].items())))
-    body = "".join(f'<tr><th scope="row">{escape(k)}</th><td>{escape(v)}</td></tr>' for k, v in rows)
-    return f'<section><h2>Summary</h2><table id="summary" class="kv">{body}</table></section>'
+    tables = "".join(
+        f'<table class="kv">{"".join(f"<tr><th scope=row>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows)}'
+        "</table>"
+        for rows in (outcome, requests)
+    )
+    return f'<section id="summary"><h2>Summary</h2><div class="grid">{tables}</div></section>'
 
 
 def _variants_section(c: ReportCollector) -> str:
@@ -425,7 +435,7 @@ def _slowest_section(c: ReportCollector) -> str:
         for rank, (latency, _, r) in enumerate(rows, 1)
     )
     return (
-        f'<section><h2>Slowest rows</h2><table id="slowest"><thead><tr><th class="num">#</th><th>id</th>'
+        f'<section><h2>Slowest rows</h2><table id="slowest" class="narrow"><thead><tr><th class="num">#</th><th>id</th>'
         '<th class="num">index</th><th class="num">latency</th><th>status</th><th class="num">status code</th>'
         f'<th class="num">attempts</th></tr></thead><tbody>{body}</tbody></table></section>'
     )
@@ -483,7 +493,8 @@ def _latency_chart(bins: Counter[int]) -> str:
     labels = [f"{_ms(edge(first + i * group))} – {_ms(edge(first + (i + 1) * group))}" for i in range(count)]
     lo_log, hi_log = first / LATENCY_BINS_PER_DECADE, (first + count * group) / LATENCY_BINS_PER_DECADE
     ticks = []
-    steps = (1, 2, 5) if hi_log - lo_log <= 2.5 else (1,)
+    decades = hi_log - lo_log
+    steps = (1, 1.5, 2, 3, 5, 7) if decades <= 1.2 else (1, 2, 5) if decades <= 2.5 else (1,)
     for exponent in range(math.floor(lo_log) - 1, math.ceil(hi_log) + 1):
         for step in steps:
             value = step * 10.0**exponent
@@ -506,7 +517,7 @@ def _tokens_chart(tokens: Bins) -> str:
         f"{first + i * width:,}" if width == 1 else f"{first + i * width:,} – {first + (i + 1) * width - 1:,}"
         for i in range(len(counts))
     ]
-    ticks = [((v - first) / (end - first), f"{v:,}") for v in _nice_ticks(first, end, 6)]
+    ticks = [((v - first) / (end - first), f"{v:,}") for v in _nice_ticks(first, end, 8)]
     return _bar_chart(counts, [TOKENS_COLOR], labels, ticks, "total tokens", "rows")
 
 
@@ -519,9 +530,9 @@ def _status_chart(by_index: Bins) -> str:
         f"row {first + i * width:,}" if width == 1 else f"rows {first + i * width:,} – {first + (i + 1) * width - 1:,}"
         for i in range(len(counts))
     ]
-    ticks = [((v - first) / (end - first), f"{v:,}") for v in _nice_ticks(first, end, 10)]
-    return _bar_chart(counts, list(STATUS_COLORS.values()), labels, ticks, "row index", "rows",
-                      series=list(STATUS_COLORS), width=1100, height=220)  # fmt: skip
+    ticks = [((v - first) / (end - first), f"{v:,}") for v in _nice_ticks(first, end, 12)]
+    return _bar_chart(counts, list(STATUS_COLORS.values()), labels, ticks, "row index", "share of rows",
+                      series=list(STATUS_COLORS), share=True, width=1100, height=220)  # fmt: skip
 
 
 def _pass_rate_chart(c: ReportCollector) -> str:
@@ -555,39 +566,57 @@ def _pass_rate_chart(c: ReportCollector) -> str:
 
 
 def _bar_chart(counts: list[list[int]], colors: list[str], labels: list[str], ticks: list[tuple[float, str]],
-               x_title: str, y_title: str, *, series: list[str] | None = None, width: int = 540,
-               height: int = 240) -> str:  # fmt: skip
-    """Vertical (stacked) bars, evenly spaced; ``ticks`` are (fraction of the x axis, text)."""
+               x_title: str, y_title: str, *, series: list[str] | None = None, share: bool = False,
+               width: int = 540, height: int = 240) -> str:  # fmt: skip
+    """Vertical (stacked) bars, evenly spaced; ``ticks`` are (fraction of the x axis, text).
+
+    ``share=True`` draws each stack as 100 % of its bar. A non-zero segment is never
+    thinner than ``MIN_BAR_PX``, so one failed row in a million still shows; the
+    tooltip of every bar has the exact counts.
+    """
     left, right, top, bottom = 52, 14, 12, 44
     plot_w, plot_h = width - left - right, height - top - bottom
     peak = max((sum(c) for c in counts), default=0)
-    y_ticks = _nice_ticks(0, max(peak, 1), 4)
-    y_max = max(y_ticks[-1], peak, 1)
+    if share:
+        y_ticks, y_max = [0, 25, 50, 75, 100], 100.0
+    else:
+        step = _nice_at_least(max(peak, 1) / 4)
+        y_max = float(max(1, math.ceil(peak / step)) * step)
+        y_ticks = list(range(0, int(y_max) + 1, step))
     out = []
     for value in y_ticks:
         y = top + plot_h - plot_h * value / y_max
+        text = f"{value} %" if share else _compact(value)
         out.append(f'<line class="grid" x1="{left}" y1="{y:.1f}" x2="{left + plot_w}" y2="{y:.1f}"/>')
-        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{_compact(value)}</text>')
-    step = plot_w / max(1, len(counts))
-    gap = min(2.0, step * 0.15)
-    names = series or [y_title]
+        out.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{text}</text>')
+    step_x = plot_w / max(1, len(counts))
+    gap = min(2.0, step_x * 0.15)
     for i, stack in enumerate(counts):
-        x = left + i * step + gap / 2
+        x = left + i * step_x + gap / 2
+        total = sum(stack)
+        if series:
+            detail = ", ".join(f"{name} {n:,}" for name, n in zip(series, stack, strict=True))
+        else:
+            detail = f"{total:,} {y_title}"
+        tip = escape(f"{labels[i]}: {detail}")
+        scale = plot_h / total if share and total else plot_h / y_max
+        heights = [max(MIN_BAR_PX, n * scale) if n > 0 else 0.0 for n in stack]
+        if share and total:
+            biggest = heights.index(max(heights))
+            heights[biggest] -= sum(heights) - plot_h
         base = top + plot_h
-        detail = ", ".join(f"{name} {n:,}" for name, n in zip(names, stack, strict=True)) if series else f"{stack[0]:,}"
-        tip = f"{labels[i]}: {detail}"
-        for color, n in zip(colors, stack, strict=False):
-            if n <= 0:
+        for color, h in zip(colors, heights, strict=False):
+            if h <= 0:
                 continue
-            h = plot_h * n / y_max
             base -= h
-            out.append(f'<rect x="{x:.1f}" y="{base:.1f}" width="{max(step - gap, 0.5):.1f}" height="{h:.1f}" '
-                       f'fill="{color}"><title>{escape(tip)}</title></rect>')  # fmt: skip
+            out.append(f'<rect x="{x:.1f}" y="{base:.1f}" width="{max(step_x - gap, 0.5):.1f}" height="{h:.1f}" '
+                       f'fill="{color}"><title>{tip}</title></rect>')  # fmt: skip
     out.append(f'<line class="axis" x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}"/>')
     for fraction, text in ticks:
         x = left + plot_w * fraction
+        anchor = "end" if fraction > 0.96 else "middle"
         out.append(f'<line class="axis" x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" y2="{top + plot_h + 4}"/>')
-        out.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="middle">{escape(text)}</text>')
+        out.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="{anchor}">{escape(text)}</text>')
     out.append(f'<text class="title" x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle">'
                f"{escape(x_title)}</text>")  # fmt: skip
     out.append(f'<text class="title" transform="translate(13 {top + plot_h / 2:.1f}) rotate(-90)" '
@@ -688,7 +717,8 @@ figure{margin:0 0 12px}figcaption{font-weight:600;margin:0 0 6px}
 table{border-collapse:collapse;width:100%;font-size:13px}
 th,td{text-align:left;padding:5px 10px;border-bottom:1px solid #edf0f3;vertical-align:top}
 thead th{color:#5c6577;font-weight:600;border-bottom:1px solid #d5d9e0}
-table.kv{width:auto;min-width:50%}table.kv th{color:#5c6577;font-weight:500;padding-right:32px}
+table.kv{align-self:start}table.kv th{color:#5c6577;font-weight:500;width:40%}
+table.narrow{width:auto;min-width:60%}table.narrow th,table.narrow td{padding:5px 18px}
 .num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.ok,td.pass{color:#2b8a3e}td.error,td.fail{color:#c92a2a}td.invalid{color:#e67700}td.none{color:#868e96}
 .why{color:#5c6577}
