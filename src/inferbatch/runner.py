@@ -282,8 +282,11 @@ class _Run:
                 task.cancel()
         busy = [t for t in workers if not t.done() and t in self.busy]
         if busy:
-            log.info("draining in_flight=%d timeout_s=%g", self.limiter.in_flight, self.cfg.drain_timeout)
-            _, pending = await asyncio.wait(busy, timeout=self.cfg.drain_timeout)
+            timeout = self.cfg.drain_timeout
+            if isinstance(self.stop, DeadlineReached):
+                timeout = min(timeout, max(0.5, self._deadline_left() - self._finalize_estimate() - 1.0))
+            log.info("draining in_flight=%d timeout_s=%.1f", self.limiter.in_flight, timeout)
+            _, pending = await asyncio.wait(busy, timeout=timeout)
             for task in pending:
                 task.cancel()
             if pending:
@@ -343,14 +346,26 @@ class _Run:
             self.progress.tick(force=True)
             self.progress.finish()
 
+    def _deadline_left(self) -> float:
+        assert self.cfg.deadline is not None
+        return self.cfg.deadline - (time.monotonic() - self.deadline_origin)
+
+    def _finalize_estimate(self) -> float:
+        """Seconds to write the output: about 5 µs a row, plus a second for the rest."""
+        return 1.0 + 5e-6 * (self.checkpoint.resumed.finished + self.finished_now)
+
     def _check_deadline(self) -> None:
         if self.cfg.deadline is None or self.stop is not None:
             return
-        left = self.cfg.deadline - (time.monotonic() - self.deadline_origin)
-        # Stop admitting early enough for in-flight requests and the output to finish in time.
-        margin = max(3.0, min(self.cfg.timeout, self.max_latency_ms / 1000 * 1.5))
-        if left <= margin:
-            self.request_stop(DeadlineReached("--deadline reached; rerun to continue"))
+        # Stop admitting early enough for in-flight requests (1.5 x the slowest so far) and the output
+        # to finish in time; checked once a second, hence the extra second.
+        in_flight_s = min(self.cfg.timeout, self.max_latency_ms / 1000 * 1.5)
+        margin = max(3.0, in_flight_s + self._finalize_estimate() + 1.0)
+        if self._deadline_left() <= margin:
+            self.request_stop(DeadlineReached(
+                f"--deadline {self.cfg.deadline:g}s: stopped admitting with {self._deadline_left():.1f} s left; "
+                "finished rows are saved, rerun to continue"
+            ))  # fmt: skip
 
     # ---- reading ---------------------------------------------------------
     async def _feed(self, items: Iterator[Request | Invalid]) -> None:
