@@ -64,6 +64,39 @@ def shaping_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Connection and run options: shared by `run` and `worker`."""
+    decorators = [
+        click.option("--url", help="API base URL [env: INFERENCE_URL]; /v1/chat/completions is appended."),
+        click.option("--api-key-env", help="Read the key from this variable instead of INFERENCE_KEY."),
+        click.option("--simulate", is_flag=True, default=None, help="Run against the built-in simulator (no key needed)."),
+        click.option("-c", "--concurrency", type=int, help="Most requests in flight at once. [default: 16]"),
+        click.option("--rpm", type=int, help="Requests-per-minute ceiling."),
+        click.option("--tpm", type=int, help="Tokens-per-minute ceiling."),
+        click.option("--max-attempts", type=int, help="Attempts per row, the first included. [default: 6]"),
+        click.option("--timeout", type=float, help="Seconds per attempt. [default: 300]"),
+        click.option("--retry-errors", is_flag=True, default=None, help="On resume, send rows that ended as error again."),
+        click.option("--restart", is_flag=True, default=None, help="Discard an existing checkpoint and start over."),
+        click.option("--abort-after", type=int, help="Stop after N consecutive failed rows (0: never). [default: 25]"),
+        click.option("--output-format", type=click.Choice(["jsonl", "parquet", "openai-batch"]),
+                  help="Output format [default: by the output's extension]."),
+        click.option("--drain-timeout", type=float, help="On SIGTERM/SIGINT, seconds in-flight requests may take. [default: 20]"),
+        click.option("--deadline", help="Stop admitting so in-flight work ends before this (9m, 23h); exit 75."),
+        click.option("--max-total-tokens", type=int, help="Budget cap: stop admitting before the job's tokens cross N; exit 3."),
+        click.option("--max-cost", type=float, help="Budget cap in USD: stop admitting before the job's cost crosses it; exit 3."),
+        click.option("--price-in", type=float, help="USD per million prompt tokens [default: built-in table]."),
+        click.option("--price-out", type=float, help="USD per million completion tokens [default: built-in table]."),
+        click.option("--checkpoint-interval", type=float,
+                  help="With an s3:// output, seconds between checkpoint parts. [default: 5]"),
+        click.option("--progress-interval", type=float, help="Seconds between logfmt progress lines off a terminal. [default: 10]"),
+        click.option("-q", "--quiet", is_flag=True, help="No progress, only warnings and the result."),
+        click.option("-v", "--verbose", count=True, help="One logfmt line per retry."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="inferbatch", prog_name="inferbatch")
 def cli() -> None:
@@ -75,31 +108,8 @@ def cli() -> None:
 @click.argument("input", required=False)
 @click.option("-o", "--output", help="Output file: .jsonl or .parquet.")
 @shaping_options
-@click.option("--url", help="API base URL [env: INFERENCE_URL]; /v1/chat/completions is appended.")
-@click.option("--api-key-env", help="Read the key from this variable instead of INFERENCE_KEY.")
-@click.option("--simulate", is_flag=True, default=None, help="Run against the built-in simulator (no key needed).")
-@click.option("-c", "--concurrency", type=int, help="Most requests in flight at once. [default: 16]")
-@click.option("--rpm", type=int, help="Requests-per-minute ceiling.")
-@click.option("--tpm", type=int, help="Tokens-per-minute ceiling.")
-@click.option("--max-attempts", type=int, help="Attempts per row, the first included. [default: 6]")
-@click.option("--timeout", type=float, help="Seconds per attempt. [default: 300]")
-@click.option("--retry-errors", is_flag=True, default=None, help="On resume, send rows that ended as error again.")
-@click.option("--restart", is_flag=True, default=None, help="Discard an existing checkpoint and start over.")
-@click.option("--abort-after", type=int, help="Stop after N consecutive failed rows (0: never). [default: 25]")
-@click.option("--output-format", type=click.Choice(["jsonl", "parquet", "openai-batch"]),
-              help="Output format [default: by the output's extension].")  # fmt: skip
-@click.option("--summary-json", type=click.Path(dir_okay=False), help="Also write the end-of-run summary as JSON.")
-@click.option("--drain-timeout", type=float, help="On SIGTERM/SIGINT, seconds in-flight requests may take. [default: 20]")
-@click.option("--deadline", help="Stop admitting so in-flight work ends before this (9m, 23h); exit 75.")
-@click.option("--max-total-tokens", type=int, help="Budget cap: stop admitting before the job's tokens cross N; exit 3.")
-@click.option("--max-cost", type=float, help="Budget cap in USD: stop admitting before the job's cost crosses it; exit 3.")
-@click.option("--price-in", type=float, help="USD per million prompt tokens [default: built-in table].")
-@click.option("--price-out", type=float, help="USD per million completion tokens [default: built-in table].")
-@click.option("--checkpoint-interval", type=float,
-              help="With an s3:// output, seconds between checkpoint parts. [default: 5]")  # fmt: skip
-@click.option("--progress-interval", type=float, help="Seconds between logfmt progress lines off a terminal. [default: 10]")
-@click.option("-q", "--quiet", is_flag=True, help="No progress, only warnings and the result.")
-@click.option("-v", "--verbose", count=True, help="One logfmt line per retry.")
+@run_options
+@click.option("--summary-json", help="Also write the end-of-run summary as JSON (a path or s3://).")
 def run(input: str | None, quiet: bool, verbose: int, **flags: Any) -> None:
     """Send every row of INPUT (.jsonl, .ndjson, .jsonl.gz, .parquet, .csv, or - for stdin) and write
     one result row per input row, in input order, to OUTPUT.
@@ -233,6 +243,47 @@ def report(output: str, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--inbox", required=True, help="Folder or s3:// prefix of input files to process.")
+@click.option("--outbox", required=True, help="Folder or s3:// prefix for NAME.results.* and NAME.done.json.")
+@click.option("--poll", type=float, default=30.0, show_default=True, help="Seconds between looks at the inbox.")
+@click.option("--output-ext", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True,
+              help="Format of the results files.")  # fmt: skip
+@click.option("--once", is_flag=True, help="Process the inbox once and exit (for a Scheduler job).")
+@shaping_options
+@run_options
+def worker(inbox: str, outbox: str, poll: float, output_ext: str, once: bool, quiet: bool, verbose: int,
+           **flags: Any) -> None:  # fmt: skip
+    """Process every input file in INBOX, resumably, one after another, then poll; never exits on success
+    (a Heroku worker dyno that exits is restarted). Finished inputs get OUTBOX/NAME.done.json and are
+    never run again. With --shard auto, N worker dynos split the inbox by file name."""
+    import asyncio
+
+    from inferbatch.config import resolve
+    from inferbatch.worker import Worker
+
+    _setup_logging(quiet, verbose)
+    with error_boundary():
+        if poll <= 0:
+            raise click.UsageError("--poll must be positive")
+        cfg = resolve({**flags, "input": inbox, "verbosity": verbose}, os.environ)
+        service = Worker(cfg, inbox=inbox, outbox=outbox, poll=poll, output_ext=output_ext, once=once, quiet=quiet)
+        code = asyncio.run(service.serve())
+    raise click.exceptions.Exit(code)
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, help="Merged output: .jsonl or .parquet (or s3://).")
+def merge(inputs: tuple[str, ...], output: str) -> None:
+    """Combine --shard outputs into one file in input order; overlapping shards are refused."""
+    from inferbatch.merge import merge_outputs
+
+    with error_boundary():
+        count = merge_outputs(list(inputs), output)
+    click.echo(f"wrote {output} rows={count}", err=True)
+
+
+@cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=int, default=8000, show_default=True, help="Port (0: any free port).")
 @click.option("--latency-ms", type=float, default=0.0, show_default=True, help="Latency added to every response.")
@@ -282,6 +333,8 @@ def simulate(host: str, port: int, latency_ms: float, jitter_ms: float, seed: in
 
 def main() -> None:
     """Console entry point: bugs still show a traceback, but never the key."""
+    # Heroku's log router reads lines as they come: never sit on a buffered line.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     try:
         cli.main(prog_name="inferbatch")
     except SystemExit:

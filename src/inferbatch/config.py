@@ -170,7 +170,23 @@ def parse_param(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def parse_shard(text: str) -> Shard:
+def parse_shard(text: str, env: Mapping[str, str] | None = None) -> Shard:
+    """``I/N``, or ``auto``: I from Heroku's ``DYNO`` (``worker.3`` is shard 2), N from ``INFERBATCH_SHARDS``
+    (unset: a single shard)."""
+    if str(text).strip() == "auto":
+        env = env or {}
+        dyno = env.get("DYNO", "")
+        number = re.fullmatch(r"[\w-]+\.(\d+)", dyno)
+        count = env.get("INFERBATCH_SHARDS", "")
+        if not count:
+            return Shard()  # one dyno: it takes everything
+        if not number or not count.isdigit() or int(count) < 1 or int(number[1]) > int(count):
+            raise UsageError(
+                "--shard auto needs DYNO (set by Heroku, e.g. worker.3) and INFERBATCH_SHARDS "
+                f"(how many dynos share the work, e.g. heroku config:set INFERBATCH_SHARDS=4); got DYNO={dyno!r} "
+                f"INFERBATCH_SHARDS={count!r}"
+            )
+        return parse_shard(f"{int(number[1]) - 1}/{count}")
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
     if not match:
         raise UsageError(f"--shard must look like I/N (e.g. 0/4), got {text!r}")
@@ -336,7 +352,7 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
         id_column=merged["id_column"],
         params=params,
         limit=_positive_int("limit", merged["limit"], minimum=0),
-        shard=parse_shard(merged["shard"]),
+        shard=parse_shard(merged["shard"], env),
         keep_columns=tuple(keep),
         retry_errors=bool(merged["retry_errors"]),
         restart=bool(merged["restart"]),

@@ -191,11 +191,10 @@ class ReportCollector:
         latency = record.get("latency_ms")
         if isinstance(latency, int | float) and not isinstance(latency, bool) and math.isfinite(latency):
             self.latency_bins[math.floor(LATENCY_BINS_PER_DECADE * math.log10(max(float(latency), 0.01)))] += 1
-            entry = (float(latency), -seq, _brief(record, index))
             if len(self.slowest) < SLOWEST_ROWS:
-                heapq.heappush(self.slowest, entry)
-            elif entry[0] > self.slowest[0][0]:
-                heapq.heapreplace(self.slowest, entry)
+                heapq.heappush(self.slowest, (float(latency), -seq, _brief(record, index)))
+            elif latency > self.slowest[0][0]:
+                heapq.heapreplace(self.slowest, (float(latency), -seq, _brief(record, index)))
 
         tokens = record.get("total_tokens")
         if type(tokens) is not int:

@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,12 +112,31 @@ def prime(cfg: RunConfig, items: Iterator[Request | Invalid]) -> Iterator[Reques
     return itertools.chain(head, items)
 
 
+class StopSwitch:
+    """Lets a caller stop a run from outside (the worker's own signal handlers), before or during it."""
+
+    def __init__(self) -> None:
+        self.reason: InferbatchError | None = None
+        self._stop: Callable[[InferbatchError], None] | None = None
+
+    def trigger(self, reason: InferbatchError) -> None:
+        self.reason = reason
+        if self._stop is not None:
+            self._stop(reason)
+
+    def bind(self, stop: Callable[[InferbatchError], None] | None) -> None:
+        self._stop = stop
+        if stop is not None and self.reason is not None:
+            stop(self.reason)
+
+
 async def run_batch(
     cfg: RunConfig,
     *,
     progress: Progress | None = None,
     handle_signals: bool = True,
     started_at: float | None = None,
+    switch: StopSwitch | None = None,
 ) -> RunReport:
     """Run ``cfg`` to the end or to a stop; always writes the output of every row finished so far."""
     if cfg.output is None:
@@ -138,11 +157,11 @@ async def run_batch(
 
                 url = endpoint_url(server.url)
                 run = _Run(cfg, url, checkpoint, progress, deadline_origin)
-                await run.execute(items, handle_signals)
+                await run.execute(items, handle_signals, switch)
         else:
             assert cfg.url is not None
             run = _Run(cfg, cfg.url, checkpoint, progress, deadline_origin)
-            await run.execute(items, handle_signals)
+            await run.execute(items, handle_signals, switch)
         return await asyncio.to_thread(_finish, cfg, run, checkpoint)
     finally:
         checkpoint.close()
@@ -255,7 +274,17 @@ class _Run:
         return self.fed - self.finished_now
 
     # ---- orchestration ---------------------------------------------------
-    async def execute(self, items: Iterator[Request | Invalid], handle_signals: bool) -> None:
+    async def execute(self, items: Iterator[Request | Invalid], handle_signals: bool,
+                      switch: StopSwitch | None = None) -> None:  # fmt: skip
+        if switch is not None:
+            switch.bind(self.request_stop)
+        try:
+            await self._execute(items, handle_signals)
+        finally:
+            if switch is not None:
+                switch.bind(None)
+
+    async def _execute(self, items: Iterator[Request | Invalid], handle_signals: bool) -> None:
         api_key = self.cfg.api_key.reveal() if self.cfg.api_key is not None else None
         async with Client(self.url, api_key, timeout=self.cfg.timeout, concurrency=self.cfg.concurrency) as client:
             self.client = client
