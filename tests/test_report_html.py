@@ -228,7 +228,7 @@ def test_report_from_a_real_run_renders_in_chromium(real_output: Path, tmp_path:
     assert (summary["rows"], summary["ok"], summary["error"], summary["invalid"]) == ("25", "21", "3", "1")
     assert summary["status codes"] == "200: 21 · 400: 2 · 500: 1"
     assert summary["attempts"] == "25" and summary["retries"] == "1"  # the 500 was tried twice
-    assert summary["latency max"] == f"{max(r['latency_ms'] for r in rows if r['latency_ms'] is not None):.3g} ms"
+    assert summary["latency max"] == f"{round(max(r['latency_ms'] or 0 for r in rows), 1):.3g} ms"
     assert summary["prompt tokens"] == f"{sum(r['prompt_tokens'] or 0 for r in rows):,}"
 
     assert len(page.svgs()) == 3  # latency, tokens, statuses
@@ -258,7 +258,6 @@ def test_report_from_a_real_run_renders_in_chromium(real_output: Path, tmp_path:
         for name, color in COLORS.items():
             painted = sum(row.count(bytes.fromhex(color)) for row in pixels)
             assert painted > 50, f"the {name} colour #{color} is not on the screenshot ({painted} pixels)"
-        shutil.copy(rendered.screenshot, tmp_path.parent / "report_screenshot.png")
 
 
 def test_report_is_self_contained(real_output: Path, tmp_path: Path) -> None:
@@ -387,8 +386,8 @@ def test_disagreements_beyond_the_window_are_not_compared_and_the_page_says_so(
     write_html(eval_records(), str(html_path))  # variant "b" comes 20 rows after "a"
 
     text = "".join(parse(html_path.read_text(encoding="utf-8")).text)
-    assert "None: every row has the same outcome." in text
-    assert "15 keys left that window" in text
+    assert "None found." in text
+    assert "35 keys left that window before every variant was seen" in text
 
 
 # ---- bounded memory --------------------------------------------------------------------------------

@@ -362,9 +362,9 @@ def _summary_section(s: Summary) -> str:
         ("completion tokens", f"{d['completion_tokens']:,}"),
     ]
     tables = "".join(
-        f'<table class="kv">{"".join(f"<tr><th scope=row>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows)}'
-        "</table>"
-        for rows in (outcome, requests)
+        f'<table id="summary-{name}" class="kv">'
+        f'{"".join(f"<tr><th scope=row>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows)}</table>'
+        for name, rows in (("outcome", outcome), ("requests", requests))
     )
     return f'<section id="summary"><h2>Summary</h2><div class="grid">{tables}</div></section>'
 
@@ -413,7 +413,7 @@ def _variants_section(c: ReportCollector) -> str:
             f"<tbody>{''.join(body)}</tbody></table>"
         )
     else:
-        disagreement = '<h3>Rows where variants disagree</h3><p class="sub">None: every row has the same outcome.</p>'
+        disagreement = '<h3>Rows where variants disagree</h3><p class="sub">None found.</p>'
     if c.window_evicted:
         disagreement += (
             f'<p class="sub">Only rows within {DISAGREEMENT_WINDOW:,} (id, sample) keys of each other are compared; '
@@ -464,7 +464,7 @@ def _figure(caption: str, svg: str, *, legend: bool = False) -> str:
     keys = ""
     if legend:
         keys = '<div class="legend">' + "".join(
-            f'<span><i style="background:{color}"></i>{name}</span>' for name, color in STATUS_COLORS.items()
+            f'<span><span class="key" style="background:{color}"></span>{name}</span>' for name, color in STATUS_COLORS.items()
         ) + "</div>"
     return f"<figure><figcaption>{escape(caption)}</figcaption>{keys}{svg}</figure>"
 
@@ -726,5 +726,5 @@ svg{display:block;max-width:100%;height:auto}
 svg text{font-size:11px;fill:#5c6577}svg text.title{font-size:12px;fill:#343a40}svg text.name{font-size:12px;fill:#1d2330}
 svg .grid{stroke:#e9ecef}svg .axis{stroke:#868e96}svg .whisker{stroke:#1d2330;stroke-width:1.5;fill:none}
 .legend{display:flex;gap:16px;font-size:12px;color:#5c6577;margin:0 0 4px}
-.legend i{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:5px;vertical-align:-1px}
+.legend .key{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:5px;vertical-align:-1px}
 """
