@@ -187,8 +187,8 @@ def run_inferbatch(name: str, args: argparse.Namespace, workdir: Path, retry_aft
             for i in range(rows):
                 f.write(json.dumps({"id": f"r{i}", "prompt": f"benchmark row {i}: say something short"}) + "\n")
         out = workdir / f"{tag}.out.jsonl"
-        cmd = [sys.executable, "-m", "inferbatch", "run", str(input_path), "-o", str(out),
-               "-c", str(args.concurrency), "--drain-timeout", "5", "--summary-json", str(workdir / f"{tag}.summary.json")]  # fmt: skip
+        cmd = [sys.executable, "-m", "inferbatch", "run", str(input_path), "-o", str(out), "-c", str(args.concurrency),
+               "--drain-timeout", "5", "--summary-json", str(workdir / f"{tag}.summary.json")]  # fmt: skip
         env = dict(os.environ, INFERENCE_URL=sim.url, INFERENCE_KEY="benchmark-key", INFERENCE_MODEL_ID=MODEL)
         stderr_path = workdir / f"{tag}.stderr.log"
         with open(stderr_path, "wb") as stderr:
@@ -210,8 +210,8 @@ def run_inferbatch(name: str, args: argparse.Namespace, workdir: Path, retry_aft
             result.notes.append(f"client exited on its own after {duration:.0f} s (exit {code})")
         elif code != 143:
             result.notes.append(f"exit {code}, expected 143 after SIGTERM")
-        summary_lines = [ln for ln in stderr_path.read_text(errors="replace").splitlines() if ln.startswith("summary")]
-        result.notes.extend(summary_lines)
+        log_lines = stderr_path.read_text(errors="replace").splitlines()
+        result.notes.extend(ln for ln in log_lines if ln.startswith(("summary", "drain")))
         return result
     finally:
         sim.stop()
@@ -284,14 +284,26 @@ def versions() -> str:
         nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         nproc = str(os.cpu_count())
-    try:
-        from importlib.metadata import version
-
-        inferbatch_version = version("inferbatch")
-    except Exception:  # noqa: BLE001 - informational only
-        inferbatch_version = "?"
-    return (f"python {platform.python_version()}, aiohttp {aiohttp.__version__}, inferbatch {inferbatch_version}, "
+    return (f"python {platform.python_version()}, aiohttp {aiohttp.__version__}, inferbatch {inferbatch_source()}, "
             f"nproc {nproc}, {platform.system()} {platform.machine()}")  # fmt: skip
+
+
+def inferbatch_source() -> str:
+    """Where the subprocesses import inferbatch from (PYTHONPATH is honoured), and its git commit if any."""
+    try:
+        path = subprocess.run([sys.executable, "-c", "import inferbatch; print(inferbatch.__file__)"],
+                              capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+    where = str(Path(path).parent.parent)
+    try:
+        commit = subprocess.run(["git", "-C", where, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return f"from {where}"
+    return f"from {where} at {commit}{' (uncommitted changes)' if dirty else ''}"
 
 
 def table(results: list[Result]) -> str:
@@ -329,6 +341,8 @@ def main() -> None:
         parser.error(f"unknown client(s): {', '.join(sorted(unknown))}")
 
     command = shlex.join(["python", "benchmarks/ratelimit.py", *sys.argv[1:]])
+    if os.environ.get("PYTHONPATH"):
+        command = f"PYTHONPATH={shlex.quote(os.environ['PYTHONPATH'])} {command}"
     with tempfile.TemporaryDirectory(prefix="inferbatch-ratelimit-") as tmp:
         workdir = Path(args.keep) if args.keep else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)

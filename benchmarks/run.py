@@ -330,10 +330,13 @@ def scenario_s2(repeats: int, workdir: Path, raw: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def scenario_s3(repeats: int, workdir: Path, raw: dict[str, Any], million: bool, million_formats: list[str]) -> str:
+def scenario_s3(repeats: int, workdir: Path, raw: dict[str, Any], million: bool, million_formats: list[str],
+                million_only: bool = False) -> str:  # fmt: skip
     formats = ("jsonl", "parquet")
-    runs: dict[tuple[int, str], list[dict[str, Any]]] = {(n, f): [] for n in S3_ROWS for f in formats}
-    sources = {n: make_input(workdir, n) for n in S3_ROWS}
+    if million_only:
+        repeats = 0
+    runs: dict[tuple[int, str], list[dict[str, Any]]] = {(n, f): [] for n in S3_ROWS for f in formats if repeats}
+    sources = {n: make_input(workdir, n) for n in S3_ROWS if repeats}
     with Stub(0) as stub:
         log(f"S3: stub {stub.url}; warm-up")
         warm_up(stub, workdir, ("inferbatch",), S3_CONCURRENCY)
@@ -369,13 +372,13 @@ def scenario_s3(repeats: int, workdir: Path, raw: dict[str, Any], million: bool,
         rows.append([f"{MILLION:,}", fmt, f"{r['wall_s']:.2f}", f"{r['rps']:,.0f}", f"{r['cpu_s']:.2f}",
                      f"{r['cpu_us_per_row']:,.0f}", f"{r['rss_mb']:.1f}", f"{r['ok']:,}/{MILLION:,}", "1"])  # fmt: skip
     lines = [
-        f"### S3 memory: inferbatch only, zero latency, -c {S3_CONCURRENCY} (median of {repeats})",
+        f"### S3 memory: inferbatch only, zero latency, -c {S3_CONCURRENCY} (median of {repeats or 1})",
         "",
         table(header, rows),
         "",
     ]
     small, big = S3_ROWS
-    for fmt in formats:
+    for fmt in formats if repeats else ():
         r = statistics.median(b["rss_mb"] / s["rss_mb"] for s, b in zip(runs[(small, fmt)], runs[(big, fmt)], strict=True))
         lines.append(f"- {fmt}: peak RSS at {big:,} rows / at {small:,} rows: **{r:.2f}×** (goal ≤ 1.25×) {verdict(r <= 1.25)}")
     for fmt, r in million_runs.items():
@@ -444,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default="S1,S2,S3,S4", help="comma-separated subset of S1,S2,S3,S4")
     parser.add_argument("--repeats", type=int, default=3, help="measurements per client and scenario (median)")
     parser.add_argument("--million", action="store_true", help="S3: also run 1,000,000 rows once")
+    parser.add_argument("--million-only", action="store_true", help="S3: run only the 1,000,000-row part")
     parser.add_argument("--million-formats", default="jsonl", help="output formats for --million (jsonl,parquet)")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every row count (for a quick smoke test)")
     parser.add_argument("--workdir", help="where inputs and outputs go [default: a new temp dir, removed at the end]")
@@ -475,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     steps: dict[str, Callable[[], str]] = {
         "S1": lambda: scenario_s1(args.repeats, workdir, raw),
         "S2": lambda: scenario_s2(args.repeats, workdir, raw),
-        "S3": lambda: scenario_s3(args.repeats, workdir, raw, args.million, million_formats),
+        "S3": lambda: scenario_s3(args.repeats, workdir, raw, args.million or args.million_only,
+                                  million_formats, args.million_only),
         "S4": lambda: scenario_s4(workdir, raw),
     }
     try:

@@ -77,10 +77,64 @@ def main() -> None:
         ("p7", "Camping tent", "two-person, 1.8 kg, three-season"),
         ("p8", "Mechanical keyboard", "hot-swappable switches, RGB, tenkeyless"),
     ]
+    with open(HERE / "eval.jsonl", "w", encoding="utf-8") as f:
+        for row in eval_rows():
+            f.write(json.dumps(row) + "\n")
     with open(HERE / "products.csv", "w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["id", "product", "features"])
         writer.writerows(products)
+
+
+EVAL_ITEMS = [
+    ("Capital of France?", ["Paris", "Lyon", "Nice"], "Paris"),
+    ("Largest planet?", ["Jupiter", "Mars", "Venus"], "Jupiter"),
+    ("Chemical symbol for gold?", ["Au", "Ag", "Fe"], "Au"),
+    ("Square root of 144?", ["12", "14", "16"], "12"),
+    ("Author of Hamlet?", ["Shakespeare", "Marlowe", "Jonson"], "Shakespeare"),
+    ("Boiling point of water at sea level in Celsius?", ["100", "90", "120"], "100"),
+    ("Plural of mouse?", ["mice", "mouses", "meese"], "mice"),
+    ("HTTP status for too many requests?", ["429", "503", "404"], "429"),
+    ("Opposite of ancient?", ["modern", "old", "antique"], "modern"),
+    ("Minutes in an hour?", ["60", "100", "30"], "60"),
+    ("Longest river in Africa?", ["Nile", "Congo", "Niger"], "Nile"),
+    ("Primary colour among these?", ["red", "green", "purple"], "red"),
+    ("Ocean between Africa and Australia?", ["Indian", "Atlantic", "Arctic"], "Indian"),
+    ("Main ingredient of guacamole?", ["avocado", "tomato", "lime"], "avocado"),
+    ("2 to the power of 10?", ["1024", "1000", "2048"], "1024"),
+    ("Freezing point of water in Kelvin, roughly?", ["273", "0", "373"], "273"),
+    ("Which signal asks a process to terminate politely?", ["SIGTERM", "SIGKILL", "SIGSTOP"], "SIGTERM"),
+    ("Which data format is columnar?", ["Parquet", "JSONL", "CSV"], "Parquet"),
+    ("Year of the first Moon landing?", ["1969", "1972", "1959"], "1969"),
+    ("Which of these is a palindrome?", ["level", "lever", "novel"], "level"),
+    ("What does the L in JSONL stand for?", ["Lines", "Language", "List"], "Lines"),
+    ("Which is a prime number?", ["7", "9", "15"], "7"),
+    ("Fastest land animal?", ["cheetah", "lion", "horse"], "cheetah"),
+    ("Which planet is called the Red Planet?", ["Mars", "Venus", "Mercury"], "Mars"),
+    ("Which gas do plants take in for photosynthesis?", ["carbon dioxide", "oxygen", "nitrogen"], "carbon dioxide"),
+    ("How many sides has a hexagon?", ["6", "5", "8"], "6"),
+    ("Which is the smallest unit of information?", ["bit", "byte", "word"], "bit"),
+    ("Hardest natural material?", ["diamond", "quartz", "granite"], "diamond"),
+    ("Which of these sorts in O(n log n) on average?", ["mergesort", "bubblesort", "insertion sort"], "mergesort"),
+    ("Which instrument has 88 keys?", ["piano", "organ", "harp"], "piano"),
+    ("What is frozen water called?", ["ice", "steam", "dew"], "ice"),
+    ("Which continent is Kenya in?", ["Africa", "Asia", "Europe"], "Africa"),
+    ("Which protocol is connectionless?", ["UDP", "TCP", "SCTP"], "UDP"),
+    ("What colour is a ripe banana?", ["yellow", "blue", "red"], "yellow"),
+    ("How many days in a leap year?", ["366", "365", "364"], "366"),
+    ("What is 17 times 3?", ["51", "41", "57"], "51"),
+    ("Which metal is liquid at room temperature?", ["mercury", "iron", "tin"], "mercury"),
+    ("Which animal is known for eight arms?", ["octopus", "squid", "crab"], "octopus"),
+    ("Which is the largest ocean on Earth today?", ["Pacific", "Atlantic", "Indian"], "Pacific"),
+    ("Which language is this project written in, given its src layout and pyproject file?", ["Python", "Rust", "Go"], "Python"),
+]  # fmt: skip
+
+
+def eval_rows() -> list[dict]:
+    return [
+        {"id": f"e{i:02d}", "question": f"{q} Options: {', '.join(options)}.", "expected": expected}
+        for i, (q, options, expected) in enumerate(EVAL_ITEMS)
+    ]
 
 
 if __name__ == "__main__":

@@ -92,6 +92,35 @@ def input_identity(path: str) -> dict[str, Any]:
     return {"path": name, "size": size, "hash": digest.hexdigest()}
 
 
+@dataclass(frozen=True, slots=True)
+class SlotLayout:
+    """Where a result lives: a plain run has one slot per row (its index); an evaluation run has
+    one per row, variant and sample, ``slot = index * V * K + variant * K + sample``; the output
+    lists them variant by variant, then in input order, then by sample."""
+
+    variants: tuple[str, ...] = ("",)
+    repeat: int = 1
+
+    @property
+    def stride(self) -> int:
+        return len(self.variants) * self.repeat
+
+    def slot(self, index: int, variant: int = 0, sample: int = 0) -> int:
+        return index * self.stride + variant * self.repeat + sample
+
+    def slot_of(self, record: dict[str, Any]) -> int:
+        if self.stride == 1:
+            return int(record["index"])
+        return self.slot(record["index"], self.variants.index(record.get("variant") or ""), record.get("sample") or 0)
+
+    def output_order(self, slots: int) -> Iterator[int]:
+        rows = -(-slots // self.stride)
+        for variant in range(len(self.variants)):
+            for index in range(rows):
+                base = index * self.stride + variant * self.repeat
+                yield from range(base, base + self.repeat)
+
+
 @dataclass(slots=True)
 class Resumed:
     """What an earlier run left: counts for the log and the summary."""
@@ -107,8 +136,9 @@ class Resumed:
 class Checkpoint:
     """A run's finished rows. ``open_for_run`` locks it and checks it belongs to this input and these options."""
 
-    def __init__(self, directory: Path, *, ephemeral: bool = False) -> None:
+    def __init__(self, directory: Path, *, ephemeral: bool = False, layout: SlotLayout | None = None) -> None:
         self.dir = directory
+        self.layout = layout or SlotLayout()
         self.ephemeral = ephemeral
         self.finished = Bits()
         self.errored = Bits()
@@ -121,9 +151,10 @@ class Checkpoint:
 
     # ---- opening ---------------------------------------------------------
     @classmethod
-    def open_for_run(cls, output: str, manifest: dict[str, Any], *, restart: bool) -> Checkpoint:
+    def open_for_run(cls, output: str, manifest: dict[str, Any], *, restart: bool,
+                     layout: SlotLayout | None = None) -> Checkpoint:  # fmt: skip
         directory = Path(output + ".checkpoint")
-        checkpoint = cls(directory)
+        checkpoint = cls(directory, layout=layout)
         directory.mkdir(parents=True, exist_ok=True)
         checkpoint._lock(output)
         try:
@@ -147,9 +178,9 @@ class Checkpoint:
         return checkpoint
 
     @classmethod
-    def temporary(cls) -> Checkpoint:
+    def temporary(cls, layout: SlotLayout | None = None) -> Checkpoint:
         """For stdin input, which cannot be re-read: the same machinery in a temp dir, removed at the end."""
-        checkpoint = cls(Path(tempfile.mkdtemp(prefix="inferbatch-")), ephemeral=True)
+        checkpoint = cls(Path(tempfile.mkdtemp(prefix="inferbatch-")), ephemeral=True, layout=layout)
         checkpoint._open_logs()
         return checkpoint
 
@@ -207,12 +238,12 @@ class Checkpoint:
         self.resumed.in_doubt = self.sent.count_and_not(self.finished)
 
     def _note(self, record: dict[str, Any]) -> None:
-        index = record["index"]
-        self.finished.set(index)
+        slot = self.layout.slot_of(record)
+        self.finished.set(slot)
         if record["status"] == "error":
-            self.errored.set(index)
+            self.errored.set(slot)
         else:
-            self.errored.clear(index)
+            self.errored.clear(slot)
         prompt, completion = record.get("prompt_tokens") or 0, record.get("completion_tokens") or 0
         if prompt or completion:
             self.resumed.prompt_tokens += prompt
@@ -227,22 +258,22 @@ class Checkpoint:
         self._sent_fd = os.open(self.dir / "sent.log", flags, 0o644)
 
     # ---- during the run --------------------------------------------------
-    def needs_sending(self, index: int, retry_errors: bool) -> bool:
-        if index not in self.finished:
+    def needs_sending(self, slot: int, retry_errors: bool) -> bool:
+        if slot not in self.finished:
             return True
-        return retry_errors and index in self.errored
+        return retry_errors and slot in self.errored
 
-    def mark_sent(self, index: int) -> None:
-        os.write(self._sent_fd, b"%d\n" % index)
+    def mark_sent(self, slot: int) -> None:
+        os.write(self._sent_fd, b"%d\n" % slot)
 
-    def record(self, index: int, line: bytes, status: str) -> None:
+    def record(self, slot: int, line: bytes, status: str) -> None:
         """One finished row: to the OS now (survives kill -9), to disk at the next ``sync()``."""
         os.write(self._results_fd, line)
-        self.finished.set(index)
+        self.finished.set(slot)
         if status == "error":
-            self.errored.set(index)
+            self.errored.set(slot)
         else:
-            self.errored.clear(index)
+            self.errored.clear(slot)
         self._dirty = True
 
     def sync(self) -> None:
@@ -253,18 +284,22 @@ class Checkpoint:
 
     # ---- after the run ---------------------------------------------------
     def lines_in_order(self) -> Iterator[bytes]:
-        """Every row's last result line, by row position, without holding the lines in memory."""
+        """Every slot's last result line, in output order, without holding the lines in memory
+        (an 8-byte file offset per slot)."""
         path = self.dir / "results.jsonl"
         offsets = array("q")
+        plain = self.layout.stride == 1
         with open(path, "rb") as handle:
             position = 0
             for line in handle:
-                index = _index_of(line)
-                if index >= len(offsets):
-                    offsets.extend([-1] * (index + 1 - len(offsets)))
-                offsets[index] = position
+                slot = _index_of(line) if plain else self.layout.slot_of(orjson.loads(line))
+                if slot >= len(offsets):
+                    offsets.extend([-1] * (slot + 1 - len(offsets)))
+                offsets[slot] = position
                 position += len(line)
-            for offset in offsets:
+            order = range(len(offsets)) if plain else self.layout.output_order(len(offsets))
+            for slot in order:
+                offset = offsets[slot] if slot < len(offsets) else -1
                 if offset >= 0:
                     handle.seek(offset)
                     yield handle.readline()

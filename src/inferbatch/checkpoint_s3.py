@@ -28,15 +28,15 @@ from typing import Any
 import orjson
 
 from inferbatch import storage
-from inferbatch.checkpoint import FORMAT_VERSION, Checkpoint, _mismatch
+from inferbatch.checkpoint import FORMAT_VERSION, Checkpoint, SlotLayout, _mismatch
 from inferbatch.errors import CheckpointError
 
 log = logging.getLogger("inferbatch")
 
 
 class S3Checkpoint(Checkpoint):
-    def __init__(self, prefix: str, local_dir: Path, interval: float) -> None:
-        super().__init__(local_dir)
+    def __init__(self, prefix: str, local_dir: Path, interval: float, layout: SlotLayout | None = None) -> None:
+        super().__init__(local_dir, layout=layout)
         self.prefix = prefix
         self.interval = interval
         self.lease_s = 3 * max(interval, 1.0)  # parts go up at most once a second
@@ -49,8 +49,10 @@ class S3Checkpoint(Checkpoint):
         self.parts_written = 0
 
     @classmethod
-    def open_for_s3(cls, output: str, manifest: dict[str, Any], *, restart: bool, interval: float) -> S3Checkpoint:
-        checkpoint = cls(output + ".checkpoint", Path(tempfile.mkdtemp(prefix="inferbatch-checkpoint-")), interval)
+    def open_for_s3(cls, output: str, manifest: dict[str, Any], *, restart: bool, interval: float,
+                    layout: SlotLayout | None = None) -> S3Checkpoint:  # fmt: skip
+        local = Path(tempfile.mkdtemp(prefix="inferbatch-checkpoint-"))
+        checkpoint = cls(output + ".checkpoint", local, interval, layout)
         try:
             checkpoint._take_lease(output)
             existing_raw = storage.read_bytes(f"{checkpoint.prefix}/manifest.json")
@@ -117,13 +119,13 @@ class S3Checkpoint(Checkpoint):
                         data = data[: data.rfind(b"\n") + 1]
                     local.write(data)
 
-    def mark_sent(self, index: int) -> None:
-        super().mark_sent(index)
+    def mark_sent(self, slot: int) -> None:
+        super().mark_sent(slot)
         with self._guard:
-            self._pending_sent += b"%d\n" % index
+            self._pending_sent += b"%d\n" % slot
 
-    def record(self, index: int, line: bytes, status: str) -> None:
-        super().record(index, line, status)
+    def record(self, slot: int, line: bytes, status: str) -> None:
+        super().record(slot, line, status)
         with self._guard:
             self._pending += line
 

@@ -89,6 +89,11 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--checkpoint-interval", type=float,
                   help="With an s3:// output, seconds between checkpoint parts. [default: 5]"),
         click.option("--progress-interval", type=float, help="Seconds between logfmt progress lines off a terminal. [default: 10]"),
+        click.option("--repeat", type=int, help="Evaluation: send each (row, variant) K times (a `sample` column)."),
+        click.option("--variant", multiple=True, help="Evaluation: run only this [[variants]] entry. Repeatable."),
+        click.option("--fail-under", type=float,
+                     help="Evaluation: exit 1 if any variant's pass rate is below this fraction (e.g. 0.9)."),
+        click.option("--cache", help="Response cache folder or s3:// prefix: identical requests are answered from it."),
         click.option("-q", "--quiet", is_flag=True, help="No progress, only warnings and the result."),
         click.option("-v", "--verbose", count=True, help="One logfmt line per retry."),
     ]
@@ -128,10 +133,17 @@ def run(input: str | None, quiet: bool, verbose: int, **flags: Any) -> None:
         total = None if cfg.shard.count > 1 else count_rows(cfg.input)
         if total is not None and cfg.limit is not None:
             total = min(total, cfg.limit)
+        if total is not None:
+            total *= (len(cfg.selected_variants) or len(cfg.variants) or 1) * cfg.repeat
         progress = Progress(total=total, interval=cfg.progress_interval, quiet=quiet)
         report = asyncio.run(run_batch(cfg, progress=progress, started_at=_PROCESS_START))
         for line in report.summary.lines():
             click.echo(line, err=True)
+        for line in report.summary.comparison_table():
+            click.echo(line, err=True)
+        below = report.summary.variants_below(cfg.fail_under) if cfg.fail_under is not None else []
+        if below and report.stop is None:
+            click.echo(f"inferbatch: pass rate under --fail-under {cfg.fail_under:g}: {', '.join(below)}", err=True)
         if cfg.summary_json:
             _write_summary_json(cfg.summary_json, report.summary.as_dict())
         if report.stop is not None:
@@ -212,19 +224,30 @@ def validate(input: str | None, show: int, **flags: Any) -> None:
 @cli.command()
 @click.argument("output")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def report(output: str, as_json: bool) -> None:
-    """Print the summary of a result file (JSONL or Parquet)."""
+@click.option("--html", "html_file", help="Also write a self-contained HTML report (charts, slowest and failed rows).")
+@click.option("--price-in", type=float, help="USD per million prompt tokens [default: built-in table].")
+@click.option("--price-out", type=float, help="USD per million completion tokens [default: built-in table].")
+def report(output: str, as_json: bool, html_file: str | None, price_in: float | None,
+           price_out: float | None) -> None:  # fmt: skip
+    """Print the summary of a result file (JSONL or Parquet); with --html, write a report page too."""
     import json
 
+    from inferbatch.pricing import Pricing
     from inferbatch.progress import Summary
+    from inferbatch.report_html import ReportCollector, render_html
     from inferbatch.results import read_output
 
-    summary = Summary()
+    collector = ReportCollector() if html_file else None
+    summary = collector.summary if collector is not None else Summary()
+    summary.pricing = Pricing(price_in, price_out)
     try:
         for record in read_output(output):
             if not isinstance(record, dict) or "status" not in record or "index" not in record:
                 raise ValueError("rows have no `status`/`index`: not an inferbatch result file")
-            summary.add(record)
+            if collector is not None:
+                collector.add(record)
+            else:
+                summary.add(record)
     except FileNotFoundError:
         click.echo(f"inferbatch: {output}: no such file", err=True)
         raise click.exceptions.Exit(2) from None
@@ -240,6 +263,31 @@ def report(output: str, as_json: bool) -> None:
     else:
         for line in summary.lines(run_figures=False):
             click.echo(line)
+        for line in summary.comparison_table():
+            click.echo(line)
+    if collector is not None and html_file:
+        _write_text(html_file, render_html(collector, title=f"inferbatch report: {output.rsplit('/', 1)[-1]}"))
+        click.echo(f"wrote {html_file}", err=True)
+
+
+def _write_text(path: str, text: str) -> None:
+    import tempfile
+
+    try:
+        if path.startswith("s3://"):
+            from inferbatch.storage import write_bytes
+
+            write_bytes(path, text.encode())
+            return
+        folder = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".report-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except OSError as exc:
+        click.echo(f"inferbatch: cannot write {path}: {exc.strerror or exc}", err=True)
+        raise click.exceptions.Exit(2) from None
 
 
 @cli.command()

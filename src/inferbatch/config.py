@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from inferbatch.errors import UsageError
+from inferbatch.evaluation import Assertion, Variant
 
 DEFAULTS: dict[str, Any] = {
     "concurrency": 16,
@@ -58,10 +59,14 @@ DEFAULTS: dict[str, Any] = {
     "input": None,
     "output": None,
     "params": {},
+    "repeat": 1,
+    "variant": (),
+    "fail_under": None,
+    "cache": None,
 }
 
 # Job-file keys holding paths, resolved relative to the job file.
-PATH_KEYS = ("input", "output", "template_file", "summary_json")
+PATH_KEYS = ("input", "output", "template_file", "summary_json", "cache")
 
 OUTPUT_FORMATS = ("jsonl", "parquet", "openai-batch")
 
@@ -129,6 +134,17 @@ class RunConfig:
     progress_interval: float = 10.0
     checkpoint_interval: float = 5.0
     verbosity: int = 0
+    variants: tuple[Variant, ...] = ()
+    assertions: tuple[Assertion, ...] = ()
+    repeat: int = 1
+    selected_variants: tuple[str, ...] = ()
+    fail_under: float | None = None
+    cache: str | None = None
+
+    @property
+    def evaluation(self) -> bool:
+        """An evaluation run adds the variant, sample, passed, failures and cached columns."""
+        return bool(self.variants or self.assertions or self.repeat > 1 or self.cache)
 
     def shaping_fingerprint(self) -> dict[str, Any]:
         """The options that change what is sent for a row (SPEC §8.8): a change refuses the checkpoint."""
@@ -142,6 +158,9 @@ class RunConfig:
             "shard": str(self.shard),
             "output_format": self.output_format,
             "keep_columns": list(self.keep_columns),
+            "variants": [v.as_dict() for v in self.variants],
+            "repeat": self.repeat,
+            "assert": [a.as_dict() for a in self.assertions],
         }
 
 
@@ -335,7 +354,28 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
     if deadline is not None and deadline <= 0:
         raise UsageError("--deadline must be positive")
 
+    variants = tuple(Variant.from_table(t, n) for n, t in enumerate(_tables(job, "variants"), 1))
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise UsageError("[[variants]] names must be unique")
+    selected = tuple(flags.get("variant") or ())
+    unknown = [name for name in selected if name not in names]
+    if unknown:
+        raise UsageError(f"--variant {unknown[0]}: no such variant (job file has: {', '.join(names) or 'none'})")
+    assertions = tuple(Assertion.from_table(t, n) for n, t in enumerate(_tables(job, "assert"), 1))
+    fail_under = merged["fail_under"]
+    if fail_under is not None:
+        fail_under = _positive_float("fail_under", fail_under, allow_zero=True)
+        if fail_under is not None and fail_under > 1:
+            raise UsageError("--fail-under is a fraction between 0 and 1 (e.g. 0.9)")
+
     return RunConfig(
+        variants=variants,
+        assertions=assertions,
+        repeat=_positive_int("repeat", merged["repeat"]) or 1,
+        selected_variants=selected,
+        fail_under=fail_under,
+        cache=merged["cache"],
         input=str(merged["input"]),
         output=merged["output"],
         url=url,
@@ -369,6 +409,13 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
         checkpoint_interval=_positive_float("checkpoint_interval", merged["checkpoint_interval"]) or 5.0,
         verbosity=int(flags.get("verbosity") or 0),
     )
+
+
+def _tables(job: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
+    value = job.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise UsageError(f"job file: `{key}` must be written as [[{key}]] tables")
+    return value
 
 
 def field_names() -> list[str]:

@@ -19,6 +19,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import orjson
+
 from inferbatch.pricing import Pricing
 
 _BUCKET_BASE = 1.01
@@ -51,6 +53,38 @@ class LatencyHistogram:
 
 
 @dataclass
+class VariantStats:
+    rows: int = 0
+    passed: int = 0
+    failed_types: Counter[str] = field(default_factory=Counter)
+    latency: LatencyHistogram = field(default_factory=LatencyHistogram)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    cached: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        from inferbatch.evaluation import wilson
+
+        low, high = wilson(self.passed, self.rows)
+        p50, p90 = self.latency.quantile(0.5), self.latency.quantile(0.9)
+        return {
+            "rows": self.rows,
+            "passed": self.passed,
+            "pass_rate": round(self.passed / self.rows, 4) if self.rows else None,
+            "wilson_low": round(low, 4),
+            "wilson_high": round(high, 4),
+            "assertion_pass_rates": {t: round(1 - n / self.rows, 4) for t, n in sorted(self.failed_types.items())},
+            "latency_ms": {"p50": round(p50, 1) if p50 is not None else None,
+                           "p90": round(p90, 1) if p90 is not None else None},  # fmt: skip
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost_usd": round(self.cost_usd, 4),
+            "cached": self.cached,
+        }
+
+
+@dataclass
 class Summary:
     rows: int = 0
     ok: int = 0
@@ -77,6 +111,14 @@ class Summary:
     default_model: str | None = None
     cost_usd: float = 0.0
     cost_known: bool = False
+    cached: int = 0
+    cache_stores: int = 0
+    variants: dict[str, VariantStats] = field(default_factory=dict)
+    disagreements: int = 0
+    disagreeing_ids: list[str] = field(default_factory=list)
+    _first_variant: str | None = None
+    _first_seen: dict[int, Any] = field(default_factory=dict)
+    _first_passed: dict[int, Any] = field(default_factory=dict)
 
     def add(self, record: dict[str, Any]) -> None:
         """Count one result record (from the run or from an output file)."""
@@ -113,6 +155,45 @@ class Summary:
         latency = record.get("latency_ms")
         if latency is not None:
             self.latency.add(latency)
+        if record.get("cached"):
+            self.cached += 1
+        if "passed" in record:
+            self._add_evaluation(record, prompt, completion, latency)
+
+    def _add_evaluation(self, record: dict[str, Any], prompt: int, completion: int, latency: float | None) -> None:
+        from inferbatch.checkpoint import Bits
+
+        name = record.get("variant") or "default"
+        stats = self.variants.setdefault(name, VariantStats())
+        stats.rows += 1
+        passed = bool(record.get("passed"))
+        stats.passed += passed
+        failures = record.get("failures") or "[]"
+        for kind in orjson.loads(failures) if isinstance(failures, str) else failures:
+            stats.failed_types[kind] += 1
+        if latency is not None:
+            stats.latency.add(latency)
+        stats.prompt_tokens += prompt
+        stats.completion_tokens += completion
+        stats.cost_usd += self.pricing.cost(record.get("model") or self.default_model, prompt, completion) or 0.0
+        stats.cached += bool(record.get("cached"))
+        # Rows come variant by variant: remember the first variant's verdicts (a bit a row and sample),
+        # and compare every other variant's with them.
+        index, sample = int(record.get("index") or 0), int(record.get("sample") or 0)
+        if self._first_variant is None:
+            self._first_variant, self._first_seen, self._first_passed = name, {}, {}
+        if name == self._first_variant:
+            self._first_seen.setdefault(sample, Bits()).set(index)
+            if passed:
+                self._first_passed.setdefault(sample, Bits()).set(index)
+        elif index in self._first_seen.get(sample, ()) and (index in self._first_passed.get(sample, ())) != passed:
+            self.disagreements += 1
+            if len(self.disagreeing_ids) < 20 and str(record.get("id")) not in self.disagreeing_ids:
+                self.disagreeing_ids.append(str(record.get("id")))
+
+    def variants_below(self, rate: float) -> list[str]:
+        """Variants whose pass rate is under ``rate`` (for --fail-under)."""
+        return [name for name, v in self.variants.items() if v.rows and v.passed / v.rows < rate]
 
     def as_dict(self) -> dict[str, Any]:
         def q(x: float) -> float | None:
@@ -144,6 +225,13 @@ class Summary:
         }
         if self.effective_concurrency is not None:
             data["effective_concurrency"] = self.effective_concurrency
+        if self.cached or self.cache_stores:
+            data["cached"] = self.cached
+            data["cache_stores"] = self.cache_stores
+        if self.variants:
+            data["variants"] = {name: v.as_dict() for name, v in self.variants.items()}
+            data["disagreements"] = self.disagreements
+            data["disagreeing_ids"] = self.disagreeing_ids
         if self.wall_s > 0:
             data["achieved_rpm"] = round(self.sent_this_run / self.wall_s * 60, 1)
             data["achieved_tpm"] = round(self.tokens_this_run / self.wall_s * 60)
@@ -181,7 +269,39 @@ class Summary:
             out.append(logfmt("summary_finish_reasons", **d["finish_reasons"]))
         if run_figures and d["in_doubt_resumed"]:
             out.append(logfmt("summary_resume", in_doubt=d["in_doubt_resumed"]))
+        if "cached" in d:
+            out.append(logfmt("summary_cache", hits=d["cached"], stored=d.get("cache_stores", 0)))
+        for name, v in d.get("variants", {}).items():
+            out.append(logfmt("summary_variant", name=name, rows=v["rows"], passed=v["passed"],
+                              pass_rate=v["pass_rate"], wilson_low=v["wilson_low"], wilson_high=v["wilson_high"],
+                              p50_ms=v["latency_ms"]["p50"], tokens=v["prompt_tokens"] + v["completion_tokens"]))  # fmt: skip
+        if d.get("variants"):
+            out.append(logfmt("summary_disagreements", rows=d["disagreements"],
+                              ids=",".join(d["disagreeing_ids"][:10])))  # fmt: skip
         return out
+
+    def comparison_table(self) -> list[str]:
+        """Variants side by side, for people: pass rate with its 95 % interval, latency, tokens, cost."""
+        if not self.variants:
+            return []
+        width = max(8, *(len(n) for n in self.variants))
+        head = f"{'variant':<{width}}  {'rows':>6}  {'passed':>6}  {'pass rate':>9}  {'95% interval':>15}  " \
+               f"{'p50 ms':>8}  {'tokens':>9}  {'cost $':>8}"  # fmt: skip
+        lines = [head, "-" * len(head)]
+        for name, stats in self.variants.items():
+            v = stats.as_dict()
+            rate = f"{v['pass_rate'] * 100:.1f}%" if v["pass_rate"] is not None else "-"
+            interval = f"{v['wilson_low'] * 100:.1f}–{v['wilson_high'] * 100:.1f}%"
+            p50 = v["latency_ms"]["p50"]
+            lines.append(
+                f"{name:<{width}}  {v['rows']:>6}  {v['passed']:>6}  {rate:>9}  {interval:>15}  "
+                f"{(f'{p50:.1f}' if p50 is not None else '-'):>8}  {v['prompt_tokens'] + v['completion_tokens']:>9}  "
+                f"{v['cost_usd']:>8.4f}"
+            )
+        if len(self.variants) > 1:
+            shown = ", ".join(self.disagreeing_ids[:5])
+            lines.append(f"variants disagree on {self.disagreements} row(s){': ' + shown if shown else ''}")
+        return lines
 
 
 def logfmt(event: str, **fields: Any) -> str:

@@ -41,7 +41,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -235,7 +235,11 @@ class ReportCollector:
             self._compare(record, number, passed, failures)
 
     def _compare(self, record: dict[str, Any], number: int, passed: bool, failures: str | None) -> None:
-        key = (_truncate(str(record.get("id")), ID_LIMIT), record.get("sample"))
+        sample = record.get("sample")
+        key = (
+            _truncate(str(record.get("id")), ID_LIMIT),
+            sample if isinstance(sample, int | str | None) else str(sample),
+        )
         bit = 1 << number
         known = self.disagreements.get(key)
         if known is not None:
@@ -299,7 +303,7 @@ def write_html(records: Iterable[dict[str, Any]], path: str, *, title: str = "in
 def render_html(collector: ReportCollector, *, title: str = "inferbatch report") -> str:
     """The whole page as one string."""
     s = collector.summary
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     cards = [("rows", f"{s.rows:,}", ""), ("ok", f"{s.ok:,}", "ok"), ("error", f"{s.error:,}", "error"),
              ("invalid", f"{s.invalid:,}", "invalid")]  # fmt: skip
     if collector.variants:
@@ -314,8 +318,11 @@ def render_html(collector: ReportCollector, *, title: str = "inferbatch report")
         f"<title>{escape(title)}</title><style>{_CSS}</style></head><body><main>",
         f'<header><h1>{escape(title)}</h1><p class="sub">{s.rows:,} rows · generated {generated}</p></header>',
         '<div class="cards">',
-        *(f'<div class="card {cls}"><div class="label">{escape(label)}</div>'
-          f'<div class="n" data-field="{escape(label)}">{escape(value)}</div></div>' for label, value, cls in cards),
+        *(
+            f'<div class="card {cls}"><div class="label">{escape(label)}</div>'
+            f'<div class="n" data-field="{escape(label)}">{escape(value)}</div></div>'
+            for label, value, cls in cards
+        ),
         "</div>",
         _summary_section(s),
         '<section><h2>Charts</h2><div class="grid">',
@@ -363,7 +370,7 @@ def _summary_section(s: Summary) -> str:
     ]
     tables = "".join(
         f'<table id="summary-{name}" class="kv">'
-        f'{"".join(f"<tr><th scope=row>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in rows)}</table>'
+        f"{''.join(f'<tr><th scope=row>{escape(k)}</th><td>{escape(v)}</td></tr>' for k, v in rows)}</table>"
         for name, rows in (("outcome", outcome), ("requests", requests))
     )
     return f'<section id="summary"><h2>Summary</h2><div class="grid">{tables}</div></section>'
@@ -399,7 +406,7 @@ def _variants_section(c: ReportCollector) -> str:
                     cells.append('<td class="pass">pass</td>')
                 elif d.failed_mask & bit:
                     why = d.failures.get(c.variant_names[name])
-                    detail = f" <span class=\"why\">{escape(_truncate(why, 120))}</span>" if why else ""
+                    detail = f' <span class="why">{escape(_truncate(why, 120))}</span>' if why else ""
                     cells.append(f'<td class="fail">fail{detail}</td>')
                 else:
                     cells.append('<td class="none">—</td>')
@@ -463,9 +470,11 @@ def _failed_section(c: ReportCollector) -> str:
 def _figure(caption: str, svg: str, *, legend: bool = False) -> str:
     keys = ""
     if legend:
-        keys = '<div class="legend">' + "".join(
-            f'<span><span class="key" style="background:{color}"></span>{name}</span>' for name, color in STATUS_COLORS.items()
-        ) + "</div>"
+        items = "".join(
+            f'<span><span class="key" style="background:{color}"></span>{name}</span>'
+            for name, color in STATUS_COLORS.items()
+        )
+        keys = f'<div class="legend">{items}</div>'
     return f"<figure><figcaption>{escape(caption)}</figcaption>{keys}{svg}</figure>"
 
 
@@ -603,7 +612,7 @@ def _bar_chart(counts: list[list[int]], colors: list[str], labels: list[str], ti
         if share and total:
             biggest = heights.index(max(heights))
             heights[biggest] -= sum(heights) - plot_h
-        base = top + plot_h
+        base = float(top + plot_h)
         for color, h in zip(colors, heights, strict=False):
             if h <= 0:
                 continue
@@ -707,7 +716,7 @@ h1{font-size:22px;margin:0 0 2px}h2{font-size:16px;margin:0 0 12px}h3{font-size:
 .sub{color:#5c6577;margin:0 0 8px}
 .cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(140px,1fr));gap:12px;margin:18px 0}
 .card{background:#fff;border:1px solid #e1e4ea;border-left:4px solid #adb5bd;border-radius:8px;padding:10px 14px}
-.card.ok{border-left-color:#2f9e44}.card.error{border-left-color:#e03131}.card.invalid{border-left-color:#f59f00}
+.card.ok{border-left-color:#69db7c}.card.error{border-left-color:#ff8787}.card.invalid{border-left-color:#ffd43b}
 .card .label{color:#5c6577;font-size:12px;text-transform:uppercase;letter-spacing:.04em}
 .card .n{font-size:26px;font-weight:600;font-variant-numeric:tabular-nums}
 section{background:#fff;border:1px solid #e1e4ea;border-radius:8px;padding:16px 20px;margin:16px 0}
@@ -723,7 +732,8 @@ td.ok,td.pass{color:#2b8a3e}td.error,td.fail{color:#c92a2a}td.invalid{color:#e67
 .why{color:#5c6577}
 .err{font-family:ui-monospace,"DejaVu Sans Mono",Menlo,Consolas,monospace;font-size:12px;word-break:break-word}
 svg{display:block;max-width:100%;height:auto}
-svg text{font-size:11px;fill:#5c6577}svg text.title{font-size:12px;fill:#343a40}svg text.name{font-size:12px;fill:#1d2330}
+svg text{font-size:11px;fill:#5c6577}svg text.title{font-size:12px;fill:#343a40}
+svg text.name{font-size:12px;fill:#1d2330}
 svg .grid{stroke:#e9ecef}svg .axis{stroke:#868e96}svg .whisker{stroke:#1d2330;stroke-width:1.5;fill:none}
 .legend{display:flex;gap:16px;font-size:12px;color:#5c6577;margin:0 0 4px}
 .legend .key{display:inline-block;width:10px;height:10px;border-radius:2px;margin-right:5px;vertical-align:-1px}

@@ -25,6 +25,7 @@ COLUMNS = (
     "id", "index", "status", "status_code", "content", "finish_reason", "model", "prompt_tokens",
     "completion_tokens", "total_tokens", "attempts", "latency_ms", "error", "tool_calls", "request_id",
 )  # fmt: skip
+EVAL_COLUMNS = ("variant", "sample", "passed", "failures", "cached")
 BODY_KEY = "_body"  # the raw response body, kept only for --output-format openai-batch
 PARQUET_BATCH_ROWS = 4096
 
@@ -35,9 +36,16 @@ class Status(StrEnum):
     INVALID = "invalid"
 
 
-def arrow_schema(kept: Iterable[tuple[str, Any]] = ()) -> Any:
+def arrow_schema(kept: Iterable[tuple[str, Any]] = (), *, evaluation: bool = False) -> Any:
     import pyarrow as pa
 
+    eval_fields = [
+        pa.field("variant", pa.string()),
+        pa.field("sample", pa.int64()),
+        pa.field("passed", pa.bool_()),
+        pa.field("failures", pa.string()),
+        pa.field("cached", pa.bool_()),
+    ] if evaluation else []  # fmt: skip
     return pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),
@@ -55,6 +63,7 @@ def arrow_schema(kept: Iterable[tuple[str, Any]] = ()) -> Any:
             pa.field("error", pa.string()),
             pa.field("tool_calls", pa.string()),
             pa.field("request_id", pa.string()),
+            *eval_fields,
             *(pa.field(name, typ) for name, typ in kept),
         ]
     )
@@ -217,7 +226,8 @@ def _as_text(value: Any) -> Any:
 class OutputWriter:
     """Writes records in order to a temporary file next to ``path``; ``commit()`` renames it into place."""
 
-    def __init__(self, path: str, fmt: str, kept_types: list[tuple[str, Any]] | None = None) -> None:
+    def __init__(self, path: str, fmt: str, kept_types: list[tuple[str, Any]] | None = None, *,
+                 evaluation: bool = False) -> None:  # fmt: skip
         self.path = path
         self.fmt = fmt
         self._remote = path.startswith("s3://")
@@ -235,7 +245,7 @@ class OutputWriter:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            self._schema = arrow_schema(self._kept_types)
+            self._schema = arrow_schema(self._kept_types, evaluation=evaluation)
             self._parquet = pq.ParquetWriter(self._file, self._schema, compression="zstd")
 
     def write_line(self, line: bytes, record: dict[str, Any]) -> None:

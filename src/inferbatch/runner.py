@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -27,10 +28,12 @@ from typing import Any
 import orjson
 
 from inferbatch import results, retry
-from inferbatch.checkpoint import Checkpoint, input_identity
+from inferbatch.checkpoint import Checkpoint, SlotLayout, input_identity
 from inferbatch.budget import Budget, Reservation
+from inferbatch.cache import ResponseCache
 from inferbatch.client import Client, Response
 from inferbatch.config import RunConfig
+from inferbatch.evaluation import Variant, check
 from inferbatch.errors import (
     AuthFailed, AuthRejected, BudgetExceeded, DeadlineReached, InferbatchError, InputError, Interrupted, RequestFailed,
     TooManyFailures, UsageError,
@@ -56,19 +59,55 @@ class RunReport:
     stop: InferbatchError | None = None
     complete: bool = False
 
+    fail_under: float | None = None
+
     @property
     def exit_code(self) -> int:
         if self.stop is not None:
             return self.stop.exit_code
-        return 0 if self.summary.error == 0 and self.summary.invalid == 0 else 1
+        if self.summary.error or self.summary.invalid:
+            return 1
+        if self.fail_under is not None and self.summary.variants_below(self.fail_under):
+            return 1
+        return 0
 
 
-def make_shaper(cfg: RunConfig) -> Shaper:
+def make_shaper(cfg: RunConfig, variant: Variant | None = None) -> Shaper:
     return Shaper(
-        model=cfg.model, params=cfg.params, system=cfg.system, template=cfg.template,
+        model=(variant and variant.model) or cfg.model,
+        params={**cfg.params, **((variant and variant.params) or {})},
+        system=(variant and variant.system) or cfg.system,
+        template=(variant and variant.template) or cfg.template,
         id_column=cfg.id_column, keep_columns=cfg.keep_columns,
         location="row" if cfg.input.lower().endswith(".parquet") else "line",
     )  # fmt: skip
+
+
+def slot_layout(cfg: RunConfig) -> SlotLayout:
+    return SlotLayout(tuple(v.name for v in cfg.variants) or ("",), cfg.repeat)
+
+
+def work_items(cfg: RunConfig, rows: Iterator[Row]) -> Iterator[Request | Invalid]:
+    """Every (row, variant, sample) to run, row by row, each with its slot in the checkpoint."""
+    layout = slot_layout(cfg)
+    variants: list[Variant | None] = list(cfg.variants) or [None]
+    shapers = [make_shaper(cfg, v) for v in variants]
+    chosen = [i for i, v in enumerate(variants) if not cfg.selected_variants or (v and v.name in cfg.selected_variants)]
+    columns = sorted({a.column for a in cfg.assertions if a.column})
+    for row in rows:
+        if cfg.limit is not None and row.index >= cfg.limit:
+            return
+        if cfg.shard.count > 1 and shard_of(shapers[0].row_id(row.data, row.index), cfg.shard.count) != cfg.shard.index:
+            continue
+        expect = {c: row.data.get(c) for c in columns} if columns and row.data is not None else None
+        for position in chosen:
+            item = shapers[position].shape(row.index, row.line, row.data, row.error)
+            name = variants[position].name if variants[position] else None  # type: ignore[union-attr]
+            for sample in range(cfg.repeat):
+                work = dataclasses.replace(item) if cfg.repeat > 1 else item
+                work.slot = layout.slot(row.index, position, sample)
+                work.variant, work.sample, work.expect = name, sample, expect
+                yield work
 
 
 def shaped_rows(cfg: RunConfig, rows: Iterator[Row], shaper: Shaper) -> Iterator[Request | Invalid]:
@@ -142,9 +181,8 @@ async def run_batch(
     if cfg.output is None:
         raise UsageError("no output: give -o OUTPUT or `output = ...` in the job file")
     deadline_origin = time.monotonic() if started_at is None else started_at
-    shaper = make_shaper(cfg)
     check_columns(cfg)
-    items = prime(cfg, shaped_rows(cfg, read_rows(cfg.input), shaper))
+    items = prime(cfg, work_items(cfg, read_rows(cfg.input)))
     checkpoint = _open_checkpoint(cfg)
     try:
         if progress is None:
@@ -170,7 +208,7 @@ async def run_batch(
 def _open_checkpoint(cfg: RunConfig) -> Checkpoint:
     if cfg.input == "-":
         log.warning("input is stdin, which cannot be re-read: this run has no checkpoint and cannot be resumed")
-        return Checkpoint.temporary()
+        return Checkpoint.temporary(slot_layout(cfg))
     assert cfg.output is not None
     try:
         identity = input_identity(cfg.input)
@@ -182,9 +220,9 @@ def _open_checkpoint(cfg: RunConfig) -> Checkpoint:
         from inferbatch.checkpoint_s3 import S3Checkpoint
 
         checkpoint = S3Checkpoint.open_for_s3(cfg.output, manifest, restart=cfg.restart,
-                                              interval=cfg.checkpoint_interval)  # fmt: skip
+                                              interval=cfg.checkpoint_interval, layout=slot_layout(cfg))  # fmt: skip
     else:
-        checkpoint = Checkpoint.open_for_run(cfg.output, manifest, restart=cfg.restart)
+        checkpoint = Checkpoint.open_for_run(cfg.output, manifest, restart=cfg.restart, layout=slot_layout(cfg))
     resumed = checkpoint.resumed
     if resumed.finished:
         log.info(
@@ -206,7 +244,7 @@ def _finish(cfg: RunConfig, run: _Run, checkpoint: Checkpoint) -> RunReport:
     kept_types = None
     if cfg.output_format == "parquet" and cfg.keep_columns:
         kept_types = results.kept_column_types((orjson.loads(x) for x in checkpoint.lines_in_order()), cfg.keep_columns)
-    writer = results.OutputWriter(cfg.output, cfg.output_format, kept_types)
+    writer = results.OutputWriter(cfg.output, cfg.output_format, kept_types, evaluation=cfg.evaluation)
     try:
         for line in checkpoint.lines_in_order():
             record = orjson.loads(line)
@@ -228,7 +266,9 @@ def _finish(cfg: RunConfig, run: _Run, checkpoint: Checkpoint) -> RunReport:
     summary.unfinished = max(0, total - summary.rows) if total is not None else run.unfinished
     if complete and summary.error == 0 and summary.invalid == 0 or checkpoint.ephemeral:
         checkpoint.remove()
-    return RunReport(summary, cfg.output, run.stop, complete)
+    if run.cache is not None:
+        summary.cache_stores = run.cache.stores
+    return RunReport(summary, cfg.output, run.stop, complete, cfg.fail_under)
 
 
 def _count(value: Any) -> int:
@@ -266,6 +306,7 @@ class _Run:
         self.consecutive_errors = 0
         self.max_latency_ms = 0.0
         self.keep_body = cfg.output_format == "openai-batch"
+        self.cache = ResponseCache(cfg.cache, "simulator" if cfg.simulate else url) if cfg.cache else None
         self.client: Client | None = None
         self._signals = 0
 
@@ -407,13 +448,13 @@ class _Run:
                 if not batch:
                     break
                 for item in batch:
-                    if not self.checkpoint.needs_sending(item.index, self.cfg.retry_errors):
+                    if not self.checkpoint.needs_sending(item.slot, self.cfg.retry_errors):
                         self.progress.skipped += 1
                         continue
                     self.fed += 1
                     if isinstance(item, Invalid):
-                        self._record(results.invalid_record(item.id, item.index, item.reason, item.keep))
-                    else:
+                        self._record(results.invalid_record(item.id, item.index, item.reason, {}), item)
+                    elif not await self._from_cache(item):
                         await self.queue.put(item)
         except InferbatchError as exc:
             self.request_stop(exc)
@@ -455,17 +496,46 @@ class _Run:
             self.request_stop(AuthFailed(f"{what}: {exc.message}; check INFERENCE_KEY and INFERENCE_MODEL_ID"))
             return
         except RequestFailed as exc:
-            record = results.error_record(request.id, request.index, exc, attempts=attempts, keep=request.keep,
+            record = results.error_record(request.id, request.index, exc, attempts=attempts, keep={},
                                           keep_body=self.keep_body)  # fmt: skip
-            self._record(record)
+            self._record(record, request)
             return
         assert response is not None
         request_id = response.headers.get("x-request-id")
         record = results.ok_record(
             request.id, request.index, response.data, status_code=response.status, attempts=attempts,
-            latency_ms=response.latency_ms, request_id=request_id, keep=request.keep, keep_body=self.keep_body,
+            latency_ms=response.latency_ms, request_id=request_id, keep={}, keep_body=self.keep_body,
         )  # fmt: skip
-        self._record(record)
+        if self.cache is not None:
+            entry = {"data": response.data, "latency_ms": response.latency_ms, "request_id": request_id}
+            await self._cache_io(self.cache.put, self.cache.key(body, request.sample), entry)
+        self._record(record, request)
+
+    async def _cache_io(self, func: Callable[..., Any], *args: Any) -> Any:
+        """Local cache files are read in the loop; S3 objects in a thread, so the loop never waits on a network."""
+        assert self.cache is not None
+        if self.cache.remote:
+            return await asyncio.to_thread(func, *args)
+        return func(*args)
+
+    async def _from_cache(self, request: Request) -> bool:
+        """Answer a row from the response cache; True if it was (no request is sent)."""
+        if self.cache is None:
+            return False
+        key = self.cache.key(orjson.dumps(request.body), request.sample)
+        entry = await self._cache_io(self.cache.get, key)
+        if entry is None or not isinstance(entry.get("data"), dict):
+            return False
+        try:
+            record = results.ok_record(
+                request.id, request.index, entry["data"], status_code=200, attempts=0,
+                latency_ms=float(entry.get("latency_ms") or 0.0), request_id=entry.get("request_id"), keep={},
+                keep_body=self.keep_body,
+            )  # fmt: skip
+        except (KeyError, IndexError, TypeError):
+            return False  # an entry from another version: send the request instead
+        self._record(record, request, cached=True)
+        return True
 
     async def _reserve(self, model: str | None, prompt_tokens: int, completion_tokens: int) -> Reservation | None:
         """Hold budget for one attempt, waiting for in-flight settlements; stop the run at the cap."""
@@ -494,7 +564,7 @@ class _Run:
         try:
             ticket = await self.limiter.acquire(estimate)
             if first:
-                self.checkpoint.mark_sent(request.index)  # the in-doubt ledger: sent, outcome not yet known
+                self.checkpoint.mark_sent(request.slot)  # the in-doubt ledger: sent, outcome not yet known
             try:
                 response = await self.client.send(body)
             except RequestFailed as exc:
@@ -532,9 +602,18 @@ class _Run:
                             wait_s=round(state.upcoming_sleep, 2), error=str(exc)[:200]))  # fmt: skip
 
     # ---- recording -------------------------------------------------------
-    def _record(self, record: dict[str, Any]) -> None:
+    def _record(self, record: dict[str, Any], item: Request | Invalid, *, cached: bool = False) -> None:
+        """A row is final: add the evaluation and kept columns, then checkpoint it."""
+        if self.cfg.evaluation:
+            failures = check(self.cfg.assertions, record, item.expect)
+            record["variant"] = item.variant
+            record["sample"] = item.sample
+            record["passed"] = not failures
+            record["failures"] = orjson.dumps(failures).decode()
+            record["cached"] = cached
+        record.update(item.keep)
         status = record["status"]
-        self.checkpoint.record(record["index"], results.dumps_line(record), status)
+        self.checkpoint.record(item.slot, results.dumps_line(record), status)
         self.finished_now += 1
         if record["latency_ms"] is not None and record["latency_ms"] > self.max_latency_ms:
             self.max_latency_ms = record["latency_ms"]

@@ -39,6 +39,10 @@ class Request:
     line: int
     body: dict[str, Any]
     keep: dict[str, Any]
+    slot: int = -1  # where its result goes (see checkpoint.SlotLayout); the index in a plain run
+    variant: str | None = None
+    sample: int = 0
+    expect: dict[str, Any] | None = None  # the row's values for assertion columns
 
 
 @dataclass(slots=True)
@@ -48,6 +52,10 @@ class Invalid:
     line: int
     reason: str
     keep: dict[str, Any]
+    slot: int = -1
+    variant: str | None = None
+    sample: int = 0
+    expect: dict[str, Any] | None = None
 
 
 class IdSet:

@@ -1,0 +1,160 @@
+"""Offline evaluation: assertions on each answer, and pass rates per variant with Wilson intervals.
+
+Assertion types (``[[assert]]`` in a job file; the expected value is ``value``
+or the row's ``column``):
+
+    equals          content == expected (surrounding whitespace ignored)
+    contains        expected in content
+    icontains       expected in content, ignoring case
+    regex           re.search(expected, content)
+    is-json         content parses as JSON
+    json-path       the value at ``path`` ($.a.b[0]) in the JSON content == expected
+    max-latency-ms  latency_ms <= expected
+    max-tokens      completion_tokens <= expected
+
+A row that did not end ``ok`` fails with the type ``status``. ``passed`` is true
+when every assertion holds; ``failures`` lists the failed types.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from inferbatch.errors import UsageError
+
+ASSERTION_TYPES = ("equals", "contains", "icontains", "regex", "is-json", "json-path", "max-latency-ms", "max-tokens")
+Z_95 = 1.959963984540054
+
+
+@dataclass(frozen=True, slots=True)
+class Assertion:
+    type: str
+    value: Any = None
+    column: str | None = None
+    path: str | None = None
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], number: int) -> Assertion:
+        kind = table.get("type")
+        if kind not in ASSERTION_TYPES:
+            raise UsageError(f"[[assert]] #{number}: type must be one of {', '.join(ASSERTION_TYPES)}, got {kind!r}")
+        unknown = set(table) - {"type", "value", "column", "path"}
+        if unknown:
+            raise UsageError(f"[[assert]] #{number}: unknown key(s) {', '.join(sorted(unknown))}")
+        if kind != "is-json" and "value" not in table and "column" not in table:
+            raise UsageError(f"[[assert]] #{number} ({kind}) needs `value = ...` or `column = ...`")
+        if kind == "json-path" and not isinstance(table.get("path"), str):
+            raise UsageError(f"[[assert]] #{number} (json-path) needs `path = \"$.field\"`")
+        if kind == "regex" and "value" in table:
+            try:
+                re.compile(str(table["value"]))
+            except re.error as exc:
+                raise UsageError(f"[[assert]] #{number}: bad regex {table['value']!r}: {exc}") from None
+        return cls(kind, table.get("value"), table.get("column"), table.get("path"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "value": self.value, "column": self.column, "path": self.path}
+
+    def holds(self, record: Mapping[str, Any], row: Mapping[str, Any] | None) -> bool:
+        expected = self.value
+        if self.column is not None:
+            expected = (row or {}).get(self.column)
+        content = record.get("content")
+        text = content if isinstance(content, str) else ""
+        kind = self.type
+        try:
+            if kind == "equals":
+                return text.strip() == str(expected).strip()
+            if kind == "contains":
+                return str(expected) in text
+            if kind == "icontains":
+                return str(expected).lower() in text.lower()
+            if kind == "regex":
+                return re.search(str(expected), text) is not None
+            if kind == "is-json":
+                json.loads(text)
+                return True
+            if kind == "json-path":
+                return _json_path(json.loads(text), self.path or "$") == _coerce_like(expected)
+            if kind == "max-latency-ms":
+                latency = record.get("latency_ms")
+                return latency is not None and float(latency) <= float(expected)
+            if kind == "max-tokens":
+                tokens = record.get("completion_tokens")
+                return tokens is not None and int(tokens) <= int(expected)
+        except (ValueError, TypeError, KeyError, IndexError, re.error):
+            return False
+        return False
+
+
+def _json_path(data: Any, path: str) -> Any:
+    """A small JSONPath subset: ``$``, ``.name``, ``['name']`` and ``[0]``."""
+    if not path.startswith("$"):
+        raise ValueError(path)
+    for name, quoted, number in re.findall(r"\.([A-Za-z_][\w-]*)|\['([^']*)'\]|\[(\d+)\]", path[1:]):
+        if number:
+            data = data[int(number)]
+        else:
+            data = data[name or quoted]
+    return data
+
+
+def _coerce_like(expected: Any) -> Any:
+    """A column value "42" compares equal to a JSON 42: try JSON first, else keep the text."""
+    if isinstance(expected, str):
+        try:
+            return json.loads(expected)
+        except ValueError:
+            return expected
+    return expected
+
+
+def check(assertions: tuple[Assertion, ...], record: Mapping[str, Any], row: Mapping[str, Any] | None) -> list[str]:
+    """The failed assertion types for one result (``status`` when the row did not end ok)."""
+    if record.get("status") != "ok":
+        return ["status"]
+    return [a.type for a in assertions if not a.holds(record, row)]
+
+
+def wilson(passed: int, total: int, z: float = Z_95) -> tuple[float, float]:
+    """The Wilson score interval for a pass rate (95 % by default); (0, 0) with no rows."""
+    if total <= 0:
+        return (0.0, 0.0)
+    p = passed / total
+    denominator = 1 + z * z / total
+    centre = (p + z * z / (2 * total)) / denominator
+    half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    """One way of asking: a name plus any of template, system, model and request parameters."""
+
+    name: str
+    template: str | None = None
+    system: str | None = None
+    model: str | None = None
+    params: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], number: int) -> Variant:
+        name = table.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise UsageError(f"[[variants]] #{number} needs a `name`")
+        unknown = set(table) - {"name", "template", "system", "model", "params"}
+        if unknown:
+            raise UsageError(f"[[variants]] {name}: unknown key(s) {', '.join(sorted(unknown))}")
+        params = table.get("params")
+        if params is not None and not isinstance(params, dict):
+            raise UsageError(f"[[variants]] {name}: params must be a table ([variants.params])")
+        return cls(name, table.get("template"), table.get("system"), table.get("model"), params)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "template": self.template, "system": self.system, "model": self.model,
+                "params": dict(sorted((self.params or {}).items()))}  # fmt: skip
