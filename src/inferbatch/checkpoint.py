@@ -160,12 +160,7 @@ class Checkpoint:
         try:
             existing = checkpoint._read_manifest()
             if existing is not None and not restart:
-                problem = _mismatch(existing, manifest)
-                if problem:
-                    raise CheckpointError(
-                        f"{directory} belongs to another run ({problem}); "
-                        "rerun with --restart to discard it and start over, or use another --output"
-                    )
+                refuse_mismatch(str(directory), existing, manifest)
             if existing is None or restart:
                 for name in ("results.jsonl", "sent.log"):
                     (directory / name).unlink(missing_ok=True)
@@ -331,6 +326,16 @@ def _index_of(line: bytes) -> int:
     while line[end : end + 1].isdigit():
         end += 1
     return int(line[start:end])
+
+
+def refuse_mismatch(where: str, existing: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """A checkpoint made for another input or other request options is refused, unless --restart."""
+    problem = _mismatch(existing, wanted)
+    if problem:
+        raise CheckpointError(
+            f"{where} belongs to another run ({problem}); "
+            "rerun with --restart to discard it and start over, or use another --output"
+        )
 
 
 def _mismatch(existing: dict[str, Any], wanted: dict[str, Any]) -> str | None:

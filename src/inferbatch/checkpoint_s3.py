@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from inferbatch import storage
-from inferbatch.checkpoint import FORMAT_VERSION, Checkpoint, SlotLayout, _mismatch
+from inferbatch.checkpoint import FORMAT_VERSION, Checkpoint, SlotLayout, refuse_mismatch
 from inferbatch.errors import CheckpointError
 
 log = logging.getLogger("inferbatch")
@@ -58,12 +58,7 @@ class S3Checkpoint(Checkpoint):
             existing_raw = storage.read_bytes(f"{checkpoint.prefix}/manifest.json")
             existing = orjson.loads(existing_raw) if existing_raw else None
             if existing is not None and not restart:
-                problem = _mismatch(existing, manifest)
-                if problem:
-                    raise CheckpointError(
-                        f"{checkpoint.prefix} belongs to another run ({problem}); "
-                        "rerun with --restart to discard it and start over, or use another --output"
-                    )
+                refuse_mismatch(checkpoint.prefix, existing, manifest)
             if existing is None or restart:
                 for folder in ("parts", "sent"):
                     storage.delete_prefix(f"{checkpoint.prefix}/{folder}")

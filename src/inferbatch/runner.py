@@ -22,7 +22,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -41,6 +41,7 @@ from inferbatch.errors import (
 from inferbatch.limits import Limiter, Stopped
 from inferbatch.pricing import Pricing
 from inferbatch.progress import Progress, Summary
+from inferbatch.signals import signal_handlers
 from inferbatch.shaping import Invalid, Request, Shaper, estimate_prompt_tokens, shard_of
 from inferbatch.sources import Row, column_names, read_rows
 
@@ -329,7 +330,7 @@ class _Run:
         api_key = self.cfg.api_key.reveal() if self.cfg.api_key is not None else None
         async with Client(self.url, api_key, timeout=self.cfg.timeout, concurrency=self.cfg.concurrency) as client:
             self.client = client
-            async with self._signal_handlers(handle_signals), self._ticker():
+            async with signal_handlers(self._on_signal, handle_signals), self._ticker():
                 feeder = asyncio.create_task(self._feed(items))
                 workers = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
                 everything = asyncio.gather(feeder, *workers)
@@ -369,23 +370,6 @@ class _Run:
         self.limiter.close()
         self.stopping.set()
         self.budget.wake()
-
-    @contextlib.asynccontextmanager
-    async def _signal_handlers(self, enabled: bool) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        installed = []
-        if enabled:
-            for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
-                try:
-                    loop.add_signal_handler(sig, self._on_signal, sig, code)
-                    installed.append(sig)
-                except (NotImplementedError, RuntimeError, ValueError):
-                    pass
-        try:
-            yield
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
 
     def _on_signal(self, sig: signal.Signals, code: int) -> None:
         self._signals += 1

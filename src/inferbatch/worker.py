@@ -23,7 +23,6 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 from inferbatch import storage
@@ -32,6 +31,7 @@ from inferbatch.errors import CheckpointError, InferbatchError, Interrupted, Saf
 from inferbatch.progress import Progress, logfmt
 from inferbatch.runner import RunReport, StopSwitch, run_batch
 from inferbatch.shaping import shard_of
+from inferbatch.signals import signal_handlers
 from inferbatch.sources import FORMATS
 
 log = logging.getLogger("inferbatch")
@@ -103,7 +103,7 @@ class Worker:
 
     async def serve(self) -> int:
         """Process the inbox, sleep, repeat; returns an exit code only when stopped by a signal (or --once)."""
-        async with self._signal_handlers():
+        async with signal_handlers(self._on_signal):
             while self.stopped is None:
                 await self.process_inbox()
                 if self.once or self.stopped is not None:
@@ -160,20 +160,6 @@ class Worker:
     def _log_report(self, uri: str, report: RunReport) -> None:
         for line in report.summary.lines():
             log.info(line)
-
-    @contextlib.asynccontextmanager
-    async def _signal_handlers(self) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        installed = []
-        for sig, code in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
-            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-                loop.add_signal_handler(sig, self._on_signal, sig, code)
-                installed.append(sig)
-        try:
-            yield
-        finally:
-            for sig in installed:
-                loop.remove_signal_handler(sig)
 
     def _on_signal(self, sig: signal.Signals, code: int) -> None:
         self._signals += 1
