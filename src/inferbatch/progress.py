@@ -93,6 +93,7 @@ class Summary:
     status_codes: Counter[str] = field(default_factory=Counter)
     error_types: Counter[str] = field(default_factory=Counter)
     finish_reasons: Counter[str] = field(default_factory=Counter)
+    soft_failures: int = 0
     attempts: int = 0
     retries: int = 0
     rate_limited: int = 0
@@ -142,6 +143,8 @@ class Summary:
         reason = record.get("finish_reason")
         if reason:
             self.finish_reasons[reason] += 1
+        if status == "ok" and (reason == "length" or not (record.get("content") or record.get("tool_calls"))):
+            self.soft_failures += 1  # answered, but cut off or empty
         prompt, completion = record.get("prompt_tokens") or 0, record.get("completion_tokens") or 0
         self.prompt_tokens += prompt
         self.completion_tokens += completion
@@ -209,6 +212,7 @@ class Summary:
             "status_codes": dict(sorted(self.status_codes.items())),
             "error_types": dict(self.error_types.most_common()),
             "finish_reasons": dict(self.finish_reasons.most_common()),
+            "soft_failures": self.soft_failures,
             "attempts": self.attempts,
             "retries": self.retries,
             "rate_limited": self.rate_limited,
@@ -246,7 +250,7 @@ class Summary:
         for ``report`` on a file."""
         d = self.as_dict()
         lat = d["latency_ms"]
-        rows = dict(rows=d["rows"], ok=d["ok"], error=d["error"], invalid=d["invalid"])
+        rows = dict(rows=d["rows"], ok=d["ok"], error=d["error"], invalid=d["invalid"], soft_failures=d["soft_failures"])
         requests = dict(attempts=d["attempts"], retries=d["retries"])
         if run_figures:
             rows.update(unfinished=d["unfinished"], wall_s=d["wall_s"], rps=d["requests_per_s"])

@@ -384,7 +384,7 @@ class _Run:
     async def _ticker(self) -> AsyncIterator[None]:
         async def tick() -> None:
             while True:
-                await asyncio.sleep(TICK_S)
+                await asyncio.sleep(min(TICK_S, self.cfg.progress_interval))
                 await asyncio.to_thread(self.checkpoint.sync)
                 self.progress.tick()
                 self._check_deadline()
