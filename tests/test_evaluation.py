@@ -85,7 +85,8 @@ def expected_triples(variants: list[str], n: int, repeat: int) -> list[tuple[str
     return [(v, i, s) for v in variants for i in range(n) for s in range(repeat)]
 
 
-def ok_record(content: str | None, latency_ms: float | None = 120.0, completion_tokens: int | None = 7) -> dict[str, Any]:
+def ok_record(content: str | None, latency_ms: float | None = 120.0,
+              completion_tokens: int | None = 7) -> dict[str, Any]:  # fmt: skip
     return {"status": "ok", "content": content, "latency_ms": latency_ms, "completion_tokens": completion_tokens}
 
 
@@ -138,14 +139,17 @@ JSON_CONTENT = '{"answer": 42, "items": [{"name": "first"}, {"name": "second"}]}
         ({"type": "is-json"}, ok_record("{'a': 1}"), None, False),
         ({"type": "is-json"}, ok_record(None), None, False),
         # json-path: a column value "42" equals a JSON 42; nested paths with list indexes
-        ({"type": "json-path", "path": "$.answer", "column": "expected"}, ok_record(JSON_CONTENT), {"expected": "42"}, True),
-        ({"type": "json-path", "path": "$.answer", "column": "expected"}, ok_record(JSON_CONTENT), {"expected": "43"}, False),
+        ({"type": "json-path", "path": "$.answer", "column": "expected"}, ok_record(JSON_CONTENT),
+         {"expected": "42"}, True),
+        ({"type": "json-path", "path": "$.answer", "column": "expected"}, ok_record(JSON_CONTENT),
+         {"expected": "43"}, False),
         ({"type": "json-path", "path": "$.answer", "value": 42}, ok_record(JSON_CONTENT), None, True),
         ({"type": "json-path", "path": "$.answer", "value": 41}, ok_record(JSON_CONTENT), None, False),
         ({"type": "json-path", "path": "$.items[1].name", "value": "second"}, ok_record(JSON_CONTENT), None, True),
         ({"type": "json-path", "path": "$.items[1].name", "value": "first"}, ok_record(JSON_CONTENT), None, False),
         ({"type": "json-path", "path": "$.items[1].name", "column": "expected"}, ok_record(JSON_CONTENT),
          {"expected": "second"}, True),  # fmt: skip
+        ({"type": "json-path", "path": "$['items'][0]['name']", "value": "first"}, ok_record(JSON_CONTENT), None, True),
         ({"type": "json-path", "path": "$.items[5].name", "value": "second"}, ok_record(JSON_CONTENT), None, False),
         ({"type": "json-path", "path": "$.answer", "value": 42}, ok_record("not json"), None, False),
         # max-latency-ms
@@ -188,6 +192,14 @@ def test_check_lists_every_failed_type_in_order_and_a_non_ok_row_fails_status_on
         assert check(assertions, record, None) == ["status"]
         assert check((), record, None) == ["status"]
     assert check((), ok_record("anything"), None) == []
+
+
+@pytest.mark.parametrize("content", ['{"code": 42}', '{"code": "42"}'])
+def test_json_path_column_text_matches_a_json_number_or_the_same_json_string(content: str) -> None:
+    """An input column is text: "42" must match the JSON number 42 and, all the more, the JSON string "42"."""
+    definition = {"type": "json-path", "path": "$.code", "column": "expected"}
+    assert holds(definition, ok_record(content), {"expected": "42"})
+    assert not holds(definition, ok_record(content), {"expected": "43"})
 
 
 @pytest.mark.parametrize(

@@ -64,6 +64,8 @@ class Assertion:
         expected = self.value
         if self.column is not None:
             expected = (row or {}).get(self.column)
+            if expected is None and self.type != "is-json":
+                return False  # the row has no expected value: the assertion cannot hold
         content = record.get("content")
         text = content if isinstance(content, str) else ""
         kind = self.type
@@ -80,7 +82,8 @@ class Assertion:
                 json.loads(text)
                 return True
             if kind == "json-path":
-                return _json_path(json.loads(text), self.path or "$") == _coerce_like(expected)
+                found = _json_path(json.loads(text), self.path or "$")
+                return found == expected or found == _coerce_like(expected)
             if kind == "max-latency-ms":
                 latency = record.get("latency_ms")
                 return latency is not None and float(latency) <= float(expected)
