@@ -367,7 +367,8 @@ def main() -> None:
         print()
         print(table(results))
         print()
-        print("Per 60 s window since the client started (from 1 s samples of `/stats`):")
+        print("Per 60 s window since the client started (from 1 s samples of `/stats`; requests count on arrival, "
+              "200s on completion, so a window can be off by one at its edges):")  # fmt: skip
         print()
         print(window_table(results))
         notes = [(r.client, n) for r in results for n in r.notes]

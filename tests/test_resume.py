@@ -163,3 +163,19 @@ def test_second_sigint_exits_at_once_and_the_checkpoint_survives(tmp_path: Path,
     _, stderr = again.communicate(timeout=60)
     assert again.returncode == 0, stderr
     assert [r["id"] for r in read_jsonl(output)] == [f"r{i}" for i in range(60)]
+
+
+def test_sigterm_with_a_full_queue_exits_as_soon_as_in_flight_rows_finish(tmp_path: Path, sim_process: Any) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", prompt_rows(500))
+    output = tmp_path / "out.jsonl"
+    server = sim_process("--latency-ms", "100")
+    proc = run_process([str(source), "-o", str(output), "-c", "4"], server.url)  # default --drain-timeout 20
+    wait_for_lines(tmp_path / "out.jsonl.checkpoint" / "results.jsonl", 8)
+    sent_at = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 143
+    assert time.monotonic() - sent_at < 5  # the 100 ms requests drain at once; nothing waits 20 s
+    assert "drain timeout" not in stderr
+    done = read_jsonl(output)
+    assert server.stats()["requests"] == len(done)  # every request that was sent has its result

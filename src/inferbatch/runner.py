@@ -451,7 +451,7 @@ class _Run:
     async def _worker(self) -> None:
         me = asyncio.current_task()
         assert me is not None
-        while True:
+        while not self.stopping.is_set():  # a worker that comes back from a stopped row takes no other
             request = await self.queue.get()
             if request is None or self.stopping.is_set():
                 return
