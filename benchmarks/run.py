@@ -417,6 +417,24 @@ def version(name: str) -> str:
         return "not installed"
 
 
+def inferbatch_source() -> str:
+    """Where the measured inferbatch is imported from, and its git commit if that is a checkout."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("inferbatch")
+    if spec is None or spec.origin is None:
+        return "not importable"
+    where = Path(spec.origin).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(where), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return f"{where} (not a git checkout)"
+    return f"{where} at {commit}{' + uncommitted changes' if dirty else ''}"
+
+
 def machine_info() -> str:
     cpu = "unknown"
     try:
@@ -433,7 +451,7 @@ def machine_info() -> str:
         ("nproc", f"{len(os.sched_getaffinity(0))} ({cpu}), {mem_gib:.0f} GiB RAM"),
         ("os", f"{platform.system()} {platform.release()}"),
         ("python", f"{platform.python_version()} ({platform.python_implementation()})"),
-        ("inferbatch", version("inferbatch")),
+        ("inferbatch", f"{version('inferbatch')} from {inferbatch_source()}"),
         ("aiohttp", version("aiohttp")),
         ("openai", version("openai")),
         ("httpx", f"{version('httpx')} / httpx2 {version('httpx2')}"),

@@ -200,14 +200,17 @@ class Limiter:
     def _admit(self, cost: int, now: float, rpm: int | None) -> Ticket:
         self.in_flight += 1
         self.admitted += 1
-        self._requests.add(1, now)
+        # The windows only remember while a limit is in force: a minute of admissions at thousands a
+        # second would otherwise be memory that grows with the run. A limit learned later from the
+        # server's headers starts with an empty window; its remaining/reset headers cover the gap.
         if rpm:
+            self._requests.add(1, now)
             self._next_request_at = max(self._next_request_at, now) + self.window / rpm
         if self._server_requests_left is not None:
             self._server_requests_left -= 1
         if self._server_tokens_left is not None:
             self._server_tokens_left -= cost
-        ticket = Ticket(self._seq, cost, now, self._tokens.add(cost, now))
+        ticket = Ticket(self._seq, cost, now, self._tokens.add(cost, now) if self.tpm else None)
         self._seq += 1
         return ticket
 
