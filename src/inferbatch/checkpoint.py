@@ -15,6 +15,7 @@ as bitmaps over row positions (a bit a row), not as a set of ids.
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import hashlib
@@ -148,6 +149,9 @@ class Checkpoint:
         self._sent_fd = -1
         self._lock_fd = -1
         self._dirty = False
+        self._pending_results = bytearray()
+        self._pending_sent = bytearray()
+        self._flush_scheduled = False
 
     # ---- opening ---------------------------------------------------------
     @classmethod
@@ -259,19 +263,43 @@ class Checkpoint:
         return retry_errors and slot in self.errored
 
     def mark_sent(self, slot: int) -> None:
-        os.write(self._sent_fd, b"%d\n" % slot)
+        self._pending_sent += b"%d\n" % slot
+        self._flush_soon()
 
     def record(self, slot: int, line: bytes, status: str) -> None:
-        """One finished row: to the OS now (survives kill -9), to disk at the next ``sync()``."""
-        os.write(self._results_fd, line)
+        """One finished row: to the OS before the event loop's next turn (survives kill -9), to disk at
+        the next ``sync()``."""
+        self._pending_results += line
         self.finished.set(slot)
         if status == "error":
             self.errored.set(slot)
         else:
             self.errored.clear(slot)
-        self._dirty = True
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
+        # Rows finishing in the same turn of the event loop share one write() instead of one each.
+        if self._flush_scheduled:
+            return
+        try:
+            asyncio.get_running_loop().call_soon(self.flush)
+            self._flush_scheduled = True
+        except RuntimeError:  # no event loop: write now
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand what finished to the operating system (call on the event loop's thread)."""
+        self._flush_scheduled = False
+        if self._pending_sent:
+            _write_all(self._sent_fd, self._pending_sent)
+            self._pending_sent.clear()
+        if self._pending_results:
+            _write_all(self._results_fd, self._pending_results)
+            self._pending_results.clear()
+            self._dirty = True
 
     def sync(self) -> None:
+        """fsync what was flushed; safe from a worker thread."""
         if self._dirty:
             self._dirty = False
             os.fsync(self._results_fd)
@@ -281,6 +309,7 @@ class Checkpoint:
     def lines_in_order(self) -> Iterator[bytes]:
         """Every slot's last result line, in output order, without holding the lines in memory
         (an 8-byte file offset per slot)."""
+        self.flush()
         path = self.dir / "results.jsonl"
         offsets = array("q")
         plain = self.layout.stride == 1
@@ -305,6 +334,7 @@ class Checkpoint:
             if fd >= 0:
                 if name == "_results_fd":
                     try:
+                        self.flush()
                         self.sync()
                     except OSError:
                         pass
@@ -314,6 +344,12 @@ class Checkpoint:
     def remove(self) -> None:
         self.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _write_all(fd: int, data: bytearray) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _index_of(line: bytes) -> int:

@@ -42,8 +42,8 @@ class S3Checkpoint(Checkpoint):
         self.lease_s = 3 * max(interval, 1.0)  # parts go up at most once a second
         self.run_id = f"{time.time_ns():020d}-{os.getpid()}"
         self._guard = threading.Lock()  # record() runs on the event loop, sync() in a worker thread
-        self._pending = bytearray()
-        self._pending_sent = bytearray()
+        self._part_results = bytearray()
+        self._part_sent = bytearray()
         self._part = 0
         self._last_upload = time.monotonic()
         self.parts_written = 0
@@ -117,12 +117,12 @@ class S3Checkpoint(Checkpoint):
     def mark_sent(self, slot: int) -> None:
         super().mark_sent(slot)
         with self._guard:
-            self._pending_sent += b"%d\n" % slot
+            self._part_sent += b"%d\n" % slot
 
     def record(self, slot: int, line: bytes, status: str) -> None:
         super().record(slot, line, status)
         with self._guard:
-            self._pending += line
+            self._part_results += line
 
     def sync(self) -> None:
         super().sync()
@@ -132,9 +132,9 @@ class S3Checkpoint(Checkpoint):
     def upload(self) -> None:
         """Write what finished since the last part as new objects, and renew the lease."""
         with self._guard:
-            results, sent = bytes(self._pending), bytes(self._pending_sent)
-            self._pending.clear()
-            self._pending_sent.clear()
+            results, sent = bytes(self._part_results), bytes(self._part_sent)
+            self._part_results.clear()
+            self._part_sent.clear()
         self._last_upload = time.monotonic()
         name = f"{self.run_id}-{self._part:06d}"
         try:
@@ -149,8 +149,8 @@ class S3Checkpoint(Checkpoint):
         except OSError as exc:
             log.warning("checkpoint upload failed (%s); retrying with the next part", " ".join(str(exc).split())[:200])
             with self._guard:
-                self._pending[:0] = results
-                self._pending_sent[:0] = sent
+                self._part_results[:0] = results
+                self._part_sent[:0] = sent
 
     def close(self) -> None:
         """Upload the last part, give up the lease, drop the local copy."""

@@ -36,7 +36,7 @@ from inferbatch.config import RunConfig
 from inferbatch.evaluation import Variant, check
 from inferbatch.errors import (
     AuthFailed, AuthRejected, BudgetExceeded, DeadlineReached, InferbatchError, InputError, Interrupted, RequestFailed,
-    TooManyFailures, UsageError,
+    Retryable, TooManyFailures, UsageError,
 )  # fmt: skip
 from inferbatch.limits import Limiter, Stopped
 from inferbatch.pricing import Pricing
@@ -376,6 +376,7 @@ class _Run:
         if self._signals > 1 and sig == signal.SIGINT:
             # A second Ctrl-C: leave now. Every finished row is already in the checkpoint.
             with contextlib.suppress(OSError):
+                self.checkpoint.flush()
                 self.checkpoint.sync()
             os._exit(130)
         self.request_stop(Interrupted(sig.name, code))
@@ -385,6 +386,7 @@ class _Run:
         async def tick() -> None:
             while True:
                 await asyncio.sleep(min(TICK_S, self.cfg.progress_interval))
+                self.checkpoint.flush()
                 await asyncio.to_thread(self.checkpoint.sync)
                 self.progress.tick()
                 self._check_deadline()
@@ -396,6 +398,7 @@ class _Run:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            self.checkpoint.flush()
             self.checkpoint.sync()
             self.progress.tick(force=True)
             self.progress.finish()
@@ -465,14 +468,24 @@ class _Run:
         body = orjson.dumps(request.body)
         max_tokens = request.body.get("max_tokens") or request.body.get("max_completion_tokens")
         prompt_estimate = estimate_prompt_tokens(request.body)
-        attempts = 0
+        attempts = 1
         response = None
         try:
-            async for attempt in retry.make_retrying(self.cfg.max_attempts, sleep=self._sleep,
-                                                     before_sleep=self._log_retry):  # fmt: skip
-                with attempt:
-                    attempts += 1
-                    response = await self._attempt(request, body, prompt_estimate, max_tokens, attempts == 1)
+            try:
+                response = await self._attempt(request, body, prompt_estimate, max_tokens, True)
+            except Retryable as first_failure:
+                # The first attempt runs outside tenacity: most rows succeed at once, and tenacity's
+                # per-call machinery cost about a tenth of the client's CPU. A failure is replayed as
+                # tenacity's attempt 1, so the policy (waits, Retry-After, the attempt limit) sees it.
+                replay: Retryable | None = first_failure
+                async for attempt in retry.make_retrying(self.cfg.max_attempts, sleep=self._sleep,
+                                                         before_sleep=self._log_retry):  # fmt: skip
+                    with attempt:
+                        if replay is not None:
+                            failure, replay = replay, None
+                            raise failure
+                        attempts += 1
+                        response = await self._attempt(request, body, prompt_estimate, max_tokens, False)
         except Stopped:
             return  # cut off by a stop: no result, a rerun sends it
         except AuthRejected as exc:
