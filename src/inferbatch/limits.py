@@ -217,6 +217,11 @@ class Limiter:
     # ---- waiting ---------------------------------------------------------
     async def acquire(self, cost: int) -> Ticket:
         """Wait, first come first served, until every limit admits ``cost`` tokens; raises Stopped."""
+        if not self._lock.locked() and not self._closed:
+            # Nobody is waiting: admit without the lock's hand-off (the common case below the limits).
+            decision = self.poll(cost, self.clock())
+            if isinstance(decision, Ticket):
+                return decision
         async with self._lock:
             while True:
                 if self._closed:
@@ -261,7 +266,8 @@ class Limiter:
             if self.limit < self.max_concurrency and self._successes >= self.limit:
                 self.limit = min(self.max_concurrency, int(self.limit) + 1)
                 self._successes = 0
-        self._changed.set()
+        if self._lock.locked():
+            self._changed.set()
 
     def _decrease(self, ticket: Ticket) -> None:
         if ticket.seq > self._last_decrease_seq:
