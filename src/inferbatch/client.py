@@ -50,9 +50,9 @@ class Client:
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Client:
-        connector = aiohttp.TCPConnector(limit=self._concurrency, limit_per_host=self._concurrency)
+        connector = aiohttp.TCPConnector(limit=self._concurrency)
         self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, headers=self._headers, skip_auto_headers=("Accept-Encoding",)
+            connector=connector, timeout=self._timeout, headers=self._headers
         )
         return self
 
