@@ -321,11 +321,12 @@ def scenario_s2(repeats: int, workdir: Path, raw: dict[str, Any]) -> str:
     for client, runs in by_client.items():
         e2e = med(runs, "rps") / ideal
         window = med(runs, "window_rps") / ideal
-        goal = " (goal ≥ 90 %)" if client == "inferbatch" else ""
+        goal = client == "inferbatch"
+        e2e_verdict = f" (goal ≥ 90 %) {verdict(e2e >= 0.9)}" if goal else ""
+        window_verdict = f" (goal ≥ 90 %) {verdict(window >= 0.9)}" if goal else ""
         lines.append(
-            f"- `{client}`: end to end (process start to exit) **{100 * e2e:.0f} %** of ideal{goal} "
-            f"{verdict(e2e >= 0.9) if goal else ''}; in the server window (first request in to last response out) "
-            f"**{100 * window:.0f} %**{goal} {verdict(window >= 0.9) if goal else ''}"
+            f"- `{client}`: end to end (process start to exit) **{100 * e2e:.0f} %** of ideal{e2e_verdict}; "
+            f"in the server window (first request in to last response out) **{100 * window:.0f} %**{window_verdict}"
         )
     return "\n".join(lines)
 
