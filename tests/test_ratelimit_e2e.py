@@ -78,3 +78,17 @@ def test_max_in_flight_follows_concurrency_under_latency(sim, runner, tmp_path: 
                     env=connection_env(server))  # fmt: skip
     assert result.exit_code == 0
     assert server.stats.max_in_flight == 5
+
+
+def test_summary_reports_achieved_tokens_per_minute_without_a_tpm_limit(sim, runner, tmp_path: Path) -> None:
+    server = sim()
+    source = write_jsonl(tmp_path / "in.jsonl", chat_rows(20))
+    summary = tmp_path / "summary.json"
+    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--summary-json", str(summary)],
+                    env=connection_env(server))  # fmt: skip
+    assert result.exit_code == 0
+    figures = json.loads(summary.read_text())
+    assert figures["achieved_tpm"] > 0
+    tokens = sum(r["total_tokens"] for r in read_jsonl(tmp_path / "out.jsonl"))
+    # wall_s is rounded in the JSON, so compare within 1 %
+    assert abs(figures["achieved_tpm"] - tokens / figures["wall_s"] * 60) <= 0.01 * figures["achieved_tpm"]

@@ -247,9 +247,10 @@ class Limiter:
         """Record how an admitted request ended and free its slot."""
         now = self.clock()
         self.in_flight -= 1
-        if total_tokens is not None and ticket.token_entry is not None:
-            self._tokens.settle(ticket.token_entry, total_tokens, now)
+        if total_tokens is not None:
             self.tokens_used += total_tokens
+            if ticket.token_entry is not None:
+                self._tokens.settle(ticket.token_entry, total_tokens, now)
         if completion_tokens is not None:
             self._completion_seen += 1
             weight = 1.0 / min(self._completion_seen, 100)
