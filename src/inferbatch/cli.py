@@ -391,9 +391,15 @@ def main() -> None:
         sys.exit(130)
     except Exception:  # noqa: BLE001 - a bug: show it, redacted
         text = traceback.format_exc()
-        for name in ("INFERENCE_KEY", os.environ.get("INFERBATCH_KEY_ENV", "")):
-            secret = os.environ.get(name) if name else None
-            if secret:
-                text = text.replace(secret, "[REDACTED]")
+        for secret in _secrets_in_env():
+            text = text.replace(secret, "[REDACTED]")
         sys.stderr.write(text)
         sys.exit(1)
+
+
+def _secrets_in_env() -> list[str]:
+    """Values that must never be printed: INFERENCE_KEY, any other *_KEY (--api-key-env), secrets, tokens."""
+    names = [n for n in os.environ if n == "INFERENCE_KEY" or n.endswith(("_KEY", "_KEY_ID", "SECRET", "_TOKEN"))
+             or "SECRET" in n]  # fmt: skip
+    values = {os.environ[n] for n in names if len(os.environ[n]) >= 8}
+    return sorted(values, key=len, reverse=True)
