@@ -739,3 +739,16 @@ def test_report_prints_the_same_variant_lines_and_table_as_the_run(
     assert any(line.split()[:3] == ["plain", "20", "16"] for line in table)
     assert any(line.split()[:3] == ["hint", "20", "20"] for line in table)
     assert table[-1].startswith("variants disagree on 4 row(s)")
+
+
+def test_csv_dataset_with_templates_only_in_variants_runs(sim, runner, tmp_path: Path) -> None:
+    server = sim()
+    (tmp_path / "data.csv").write_text("id,question,expected\nq1,Capital of France? Paris or Rome,Paris\n")
+    job = tmp_path / "job.toml"
+    job.write_text('input = "data.csv"\noutput = "out.jsonl"\n[[variants]]\nname = "v"\ntemplate = "{question}"\n'
+                   '[[assert]]\ntype = "contains"\ncolumn = "expected"\n')  # fmt: skip
+    validated = invoke(runner, ["validate", "--job", str(job)])
+    assert validated.exit_code == 0, validated.stderr
+    result = invoke(runner, ["run", "--job", str(job)], env=connection_env(server))
+    assert result.exit_code == 0, result.stderr
+    assert read_jsonl(tmp_path / "out.jsonl")[0]["passed"] is True

@@ -175,10 +175,13 @@ def _write_summary_json(path: str, data: dict[str, Any]) -> None:
 @click.option("--price-in", type=float, help="USD per million prompt tokens [default: built-in table].")
 @click.option("--price-out", type=float, help="USD per million completion tokens [default: built-in table].")
 def validate(input: str | None, show: int, **flags: Any) -> None:
-    """Read and shape every row of INPUT as `run` would, and report problems; sends nothing."""
+    """Read and shape every row of INPUT as `run` would (every variant and sample of an evaluation job),
+    and report problems and an estimate of tokens and cost; sends nothing."""
+    import dataclasses
+
     from inferbatch.config import resolve
     from inferbatch.pricing import Pricing
-    from inferbatch.runner import check_columns, make_shaper, shaped_rows
+    from inferbatch.runner import check_columns, work_items
     from inferbatch.shaping import Invalid, estimate_prompt_tokens
     from inferbatch.sources import read_rows
 
@@ -187,13 +190,12 @@ def validate(input: str | None, show: int, **flags: Any) -> None:
         cfg = resolve({**flags, "input": input}, os.environ, need_connection=False)
         check_columns(cfg)
         no_model = cfg.model is None
-        shaper = make_shaper(cfg)
-        if no_model:
-            shaper.model = "<model>"
+        if no_model:  # shape as if a model were set; say so at the end
+            cfg = dataclasses.replace(cfg, model="<model>")
         valid = invalid = prompt_tokens = completion_tokens = 0
         pricing = Pricing(cfg.price_in, cfg.price_out)
         cost: float | None = 0.0
-        for item in shaped_rows(cfg, read_rows(cfg.input), shaper):
+        for item in work_items(cfg, read_rows(cfg.input)):
             if isinstance(item, Invalid):
                 invalid += 1
                 if invalid <= show:

@@ -111,19 +111,9 @@ def work_items(cfg: RunConfig, rows: Iterator[Row]) -> Iterator[Request | Invali
                 yield work
 
 
-def shaped_rows(cfg: RunConfig, rows: Iterator[Row], shaper: Shaper) -> Iterator[Request | Invalid]:
-    """Shape rows in order, applying ``--limit`` and ``--shard``."""
-    for row in rows:
-        if cfg.limit is not None and row.index >= cfg.limit:
-            return
-        if cfg.shard.count > 1 and shard_of(shaper.row_id(row.data, row.index), cfg.shard.count) != cfg.shard.index:
-            continue
-        yield shaper.shape(row.index, row.line, row.data, row.error)
-
-
 def check_columns(cfg: RunConfig) -> None:
     """A Parquet/CSV file whose columns can make no request is unreadable input (exit 2), not N invalid rows."""
-    if cfg.template is not None or cfg.input == "-":
+    if cfg.template is not None or any(v.template for v in cfg.variants) or cfg.input == "-":
         return
     columns = column_names(cfg.input)
     if columns is not None and not {"messages", "prompt", "body"} & set(columns):
