@@ -65,6 +65,23 @@ DEFAULTS: dict[str, Any] = {
     "cache": None,
 }
 
+# The TOML type each job-file key must have (numbers are checked again when converted).
+_STRINGS = ("system", "template", "template_file", "id_column", "output_format", "summary_json", "deadline",
+            "api_key_env", "url", "model", "input", "output", "cache", "shard")  # fmt: skip
+_BOOLS = ("retry_errors", "restart", "simulate")
+_NUMBERS = ("concurrency", "rpm", "tpm", "max_attempts", "timeout", "limit", "abort_after", "drain_timeout",
+            "max_total_tokens", "max_cost", "price_in", "price_out", "progress_interval", "checkpoint_interval",
+            "repeat", "fail_under")  # fmt: skip
+_JOB_TYPES: dict[str, type | tuple[type, ...]] = {
+    **{k: str for k in _STRINGS},
+    **{k: bool for k in _BOOLS},
+    **{k: (int, float, str) for k in _NUMBERS},
+    "deadline": (str, int, float),
+    "keep_columns": (str, list),
+    "variant": (str, list),
+    "params": dict,
+}
+
 # Job-file keys holding paths, resolved relative to the job file.
 PATH_KEYS = ("input", "output", "template_file", "summary_json", "cache")
 
@@ -249,6 +266,16 @@ def load_job(path: str) -> dict[str, Any]:
     unknown = sorted(set(data) - known)
     if unknown:
         raise UsageError(f"job file {path}: unknown key(s) {', '.join(unknown)}")
+    for key, value in data.items():
+        expected = _JOB_TYPES.get(key)
+        if expected is not None and not isinstance(value, expected):
+            names = " or ".join(t.__name__.replace("str", "a string").replace("bool", "true/false")
+                                .replace("list", "a list").replace("int", "a number").replace("float", "a number")
+                                for t in (expected if isinstance(expected, tuple) else (expected,)))  # fmt: skip
+            raise UsageError(f"job file {path}: `{key}` must be {names}, got {value!r}")
+    keep = data.get("keep_columns")
+    if isinstance(keep, list) and not all(isinstance(c, str) for c in keep):
+        raise UsageError(f"job file {path}: `keep_columns` must list column names")
     for key in PATH_KEYS:
         value = data.get(key)
         if isinstance(value, str):
@@ -321,6 +348,8 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
             raise UsageError(f"cannot read --template-file {merged['template_file']}: {exc.strerror}") from None
 
     keep = merged["keep_columns"]
+    if isinstance(keep, list):
+        keep = tuple(keep)
     if isinstance(keep, str):
         keep = tuple(c.strip() for c in keep.split(",") if c.strip())
 
@@ -358,7 +387,8 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise UsageError("[[variants]] names must be unique")
-    selected = tuple(flags.get("variant") or ())
+    job_variant = job.get("variant") or ()
+    selected = tuple(flags.get("variant") or ()) or ((job_variant,) if isinstance(job_variant, str) else tuple(job_variant))
     unknown = [name for name in selected if name not in names]
     if unknown:
         raise UsageError(f"--variant {unknown[0]}: no such variant (job file has: {', '.join(names) or 'none'})")
