@@ -347,6 +347,10 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
         except OSError as exc:
             raise UsageError(f"cannot read --template-file {merged['template_file']}: {exc.strerror}") from None
 
+    output = merged["output"]
+    if output and merged["input"] != "-" and _same_path(str(merged["input"]), str(output)):
+        raise UsageError(f"-o {output} is the input file: writing there would destroy the prompts; choose another output")
+
     keep = merged["keep_columns"]
     if isinstance(keep, list):
         keep = tuple(keep)
@@ -439,6 +443,12 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
         checkpoint_interval=_positive_float("checkpoint_interval", merged["checkpoint_interval"]) or 5.0,
         verbosity=int(flags.get("verbosity") or 0),
     )
+
+
+def _same_path(a: str, b: str) -> bool:
+    if "://" in a or "://" in b:
+        return a.rstrip("/") == b.rstrip("/")
+    return os.path.realpath(a) == os.path.realpath(b)
 
 
 def _tables(job: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
