@@ -383,7 +383,8 @@ class Progress:
         else:
             head = f"{done} rows"
         eta = f" eta {f['eta_s']}s" if "eta_s" in f else ""
-        line = f"\r{head} ok={f['ok']} error={f['error']} invalid={f['invalid']} {f['rps']}/s{eta}"
+        line = (f"\r{head} ok={f['ok']} error={f['error']} invalid={f['invalid']} {f['rps']} req/s "
+                f"{f['tpm'] // 60} tok/s{eta}")  # fmt: skip
         self.stream.write(line + "\x1b[K")
         self.stream.flush()
         self._drawn = True
