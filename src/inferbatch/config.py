@@ -18,6 +18,7 @@ import json
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -186,6 +187,13 @@ def endpoint_url(base: str) -> str:
     base = base.strip().rstrip("/")
     if not re.match(r"^https?://[^/\s]+", base):
         raise UsageError(f"--url/INFERENCE_URL must be an http(s) URL, got {base!r}")
+    try:
+        parsed = urllib.parse.urlsplit(base)
+        parsed.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise UsageError(f"--url/INFERENCE_URL is not a valid URL ({exc}): {base!r}") from None
+    if not parsed.hostname:
+        raise UsageError(f"--url/INFERENCE_URL has no host: {base!r}")
     if base.endswith("/chat/completions"):
         return base
     if base.endswith("/v1"):
@@ -268,7 +276,8 @@ def load_job(path: str) -> dict[str, Any]:
         raise UsageError(f"job file {path}: unknown key(s) {', '.join(unknown)}")
     for key, value in data.items():
         expected = _JOB_TYPES.get(key)
-        if expected is not None and not isinstance(value, expected):
+        wrong_bool = key in _NUMBERS and isinstance(value, bool)
+        if expected is not None and (wrong_bool or not isinstance(value, expected)):
             names = " or ".join(t.__name__.replace("str", "a string").replace("bool", "true/false")
                                 .replace("list", "a list").replace("int", "a number").replace("float", "a number")
                                 for t in (expected if isinstance(expected, tuple) else (expected,)))  # fmt: skip
@@ -348,6 +357,18 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
             raise UsageError(f"cannot read --template-file {merged['template_file']}: {exc.strerror}") from None
 
     output = merged["output"]
+    for name in ("output", "summary_json"):
+        target = merged[name]
+        if isinstance(target, str) and "://" not in target and os.path.isdir(target):
+            raise UsageError(f"--{name.replace('_', '-')} {target} is a folder; give a file name")
+    if isinstance(merged["cache"], str) and "://" not in merged["cache"] and os.path.isfile(merged["cache"]):
+        raise UsageError(f"--cache {merged['cache']} is a file; the cache is a folder (or an s3:// prefix)")
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = params.get(key)
+        if value is not None and (type(value) is not int or value < 1):
+            raise UsageError(f"--param {key} must be a positive whole number, got {value!r}")
+    if "model" in params and not isinstance(params["model"], str):
+        raise UsageError(f"--param model must be a string, got {params['model']!r}")
     if output and merged["input"] != "-" and _same_path(str(merged["input"]), str(output)):
         raise UsageError(f"-o {output} is the input file: writing there would destroy the prompts; choose another output")
 
@@ -416,7 +437,7 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
         api_key=api_key,
         model=model or None,
         simulate=simulate,
-        concurrency=_positive_int("concurrency", merged["concurrency"]) or 16,
+        concurrency=_concurrency(merged["concurrency"]),
         rpm=_positive_int("rpm", merged["rpm"]),
         tpm=_positive_int("tpm", merged["tpm"]),
         max_attempts=_positive_int("max_attempts", merged["max_attempts"]) or 6,
@@ -443,6 +464,16 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
         checkpoint_interval=_positive_float("checkpoint_interval", merged["checkpoint_interval"]) or 5.0,
         verbosity=int(flags.get("verbosity") or 0),
     )
+
+
+MAX_CONCURRENCY = 4096
+
+
+def _concurrency(value: Any) -> int:
+    number = _positive_int("concurrency", value) or 16
+    if number > MAX_CONCURRENCY:
+        raise UsageError(f"--concurrency {number} is more than {MAX_CONCURRENCY} requests in flight; no API allows that")
+    return number
 
 
 def _same_path(a: str, b: str) -> bool:

@@ -279,6 +279,7 @@ class OutputWriter:
             self._file.flush()
             os.fsync(self._file.fileno())
             self._file.close()
+            os.chmod(self._tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are ordinary files
             if self._remote:
                 from inferbatch.storage import upload_file
 
@@ -299,6 +300,12 @@ class OutputWriter:
             os.unlink(self._tmp)
         except FileNotFoundError:
             pass
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_output(path: str) -> Iterator[dict[str, Any]]:

@@ -1,0 +1,67 @@
+"""Bad settings found in review: each is one line and exit 2, before anything is sent."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import chat_rows, connection_env, invoke, write_jsonl
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["-c", "10000000"], "--concurrency"),
+        (["--param", "max_tokens=0"], "max_tokens"),
+        (["--param", "max_tokens=NaN"], "max_tokens"),
+        (["--param", "model=5"], "model"),
+        (["--url", "http://[::1"], "not a valid URL"),
+    ],
+)
+def test_bad_values_are_exit_2_and_nothing_is_sent(sim, runner, tmp_path: Path, extra: list[str],
+                                                   message: str) -> None:  # fmt: skip
+    server = sim()
+    source = write_jsonl(tmp_path / "in.jsonl", chat_rows(3))
+    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), *extra], env=connection_env(server))
+    assert result.exit_code == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert server.stats.requests == 0
+
+
+def test_output_or_summary_that_is_a_folder_and_a_cache_that_is_a_file(sim, runner, tmp_path: Path) -> None:
+    server = sim()
+    source = write_jsonl(tmp_path / "in.jsonl", chat_rows(3))
+    (tmp_path / "folder").mkdir()
+    for extra in (["-o", str(tmp_path / "folder")],
+                  ["-o", str(tmp_path / "o.jsonl"), "--summary-json", str(tmp_path / "folder")],
+                  ["-o", str(tmp_path / "o.jsonl"), "--cache", str(source)]):  # fmt: skip
+        result = invoke(runner, ["run", str(source), *extra], env=connection_env(server))
+        assert result.exit_code == 2, extra
+        assert result.stderr.count("\n") == 1
+    assert server.stats.requests == 0
+
+
+def test_output_and_input_the_same_file_is_refused(runner, tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", chat_rows(3))
+    before = source.read_bytes()
+    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "." / "in.jsonl"), "--simulate"])
+    assert result.exit_code == 2 and "input" in result.stderr
+    assert source.read_bytes() == before
+
+
+def test_job_file_values_of_the_wrong_type(runner, tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "in.jsonl", chat_rows(2))
+    for line in ('template = 7', 'keep_columns = 5', 'concurrency = true', 'system = ["a"]', 'retry_errors = "yes"'):
+        job = tmp_path / "job.toml"
+        job.write_text(f'input = "in.jsonl"\noutput = "out.jsonl"\nsimulate = true\n{line}\n')
+        result = invoke(runner, ["run", "--job", str(job)])
+        assert result.exit_code == 2, line
+        assert "job file" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_output_file_gets_ordinary_permissions(runner, tmp_path: Path) -> None:
+    source = write_jsonl(tmp_path / "in.jsonl", chat_rows(2))
+    assert invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--simulate"]).exit_code == 0
+    mode = stat.S_IMODE((tmp_path / "out.jsonl").stat().st_mode)
+    assert mode & stat.S_IRGRP and mode & stat.S_IROTH  # not mkstemp's 0600
