@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -107,3 +109,22 @@ def sim_process() -> Iterator[Any]:
     for proc in procs:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def wait_for_lines(path: Path, minimum: int, timeout: float = 30) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            count = path.read_bytes().count(b"\n")
+            if count >= minimum:
+                return count
+        time.sleep(0.02)
+    raise AssertionError(f"{path} did not reach {minimum} lines")
+
+
+def run_process(args: list[str], url: str, **kwargs: Any) -> subprocess.Popen[str]:
+    env = {**os.environ, "INFERENCE_URL": url, "INFERENCE_KEY": "test-key", "INFERENCE_MODEL_ID": "sim-model"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "inferbatch", "run", *args], env=env, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs,
+    )  # fmt: skip

@@ -5,12 +5,8 @@ the shipped jobs/eval.toml, and `report` on an evaluation output. The simulator 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
-from conftest import connection_env, invoke, read_jsonl, write_jsonl
+from conftest import connection_env, invoke, read_jsonl, run_process, wait_for_lines, write_jsonl
 
 from inferbatch.errors import UsageError
 from inferbatch.evaluation import Assertion, check, wilson
@@ -374,23 +370,6 @@ def test_failures_column_lists_failed_types_and_error_rows_fail_status(
 
 
 # ---- 4. resume after kill -9 ---------------------------------------------------------------------------
-
-
-def wait_for_lines(path: Path, minimum: int, timeout: float = 30) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            count = path.read_bytes().count(b"\n")
-            if count >= minimum:
-                return count
-        time.sleep(0.01)
-    raise AssertionError(f"{path} did not reach {minimum} lines")
-
-
-def run_process(args: list[str], url: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "INFERENCE_URL": url, "INFERENCE_KEY": "test-key", "INFERENCE_MODEL_ID": "sim-model"}
-    return subprocess.Popen([sys.executable, "-m", "inferbatch", "run", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
 
 
 def test_kill_9_then_rerun_gives_every_variant_row_sample_exactly_once(tmp_path: Path, sim_process: Any) -> None:

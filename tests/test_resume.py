@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from conftest import read_jsonl, write_jsonl
-
-
-def run_process(args: list[str], url: str, **kwargs: Any) -> subprocess.Popen[str]:
-    env = {**os.environ, "INFERENCE_URL": url, "INFERENCE_KEY": "test-key", "INFERENCE_MODEL_ID": "sim-model"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "inferbatch", "run", *args], env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs,
-    )  # fmt: skip
+from conftest import read_jsonl, run_process, wait_for_lines, write_jsonl
 
 
 def prompt_rows(n: int) -> list[dict[str, Any]]:
     return [{"id": f"r{i}", "prompt": f"question {i}"} for i in range(n)]
-
-
-def wait_for_lines(path: Path, minimum: int, timeout: float = 30) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists():
-            count = path.read_bytes().count(b"\n")
-            if count >= minimum:
-                return count
-        time.sleep(0.02)
-    raise AssertionError(f"{path} did not reach {minimum} lines")
 
 
 def test_kill_9_at_random_points_then_resume_loses_and_duplicates_nothing(tmp_path: Path, sim_process: Any) -> None:
