@@ -7,7 +7,7 @@ prompt). Never on 400/401/403-JSON/404/413/422.
 
 Wait before attempt n+1 (n = attempts made so far):
 
-    server said Retry-After / retry-after-ms:  min(that, 600 s) + uniform(0, 0.1 s + 10 % of it)
+    server said Retry-After / retry-after-ms:  min(that + uniform(0, 0.1 s + 10 % of it), 600 s)
     otherwise (full jitter):                   uniform(0, min(60 s, 1 s * 2**(n-1)))
 
 Stops after ``max_attempts`` attempts; the time is bounded too, since every
@@ -39,8 +39,8 @@ def wait_for(retry_state: RetryCallState) -> float:
     exc = outcome.exception() if outcome is not None else None
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
-        wait = min(max(retry_after, 0.0), MAX_SERVER_WAIT)
-        return wait + random.uniform(0, 0.1 + 0.1 * wait)
+        wait = max(retry_after, 0.0)
+        return min(wait + random.uniform(0, 0.1 + 0.1 * wait), MAX_SERVER_WAIT)
     return float(_backoff(retry_state))
 
 
