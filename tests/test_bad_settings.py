@@ -65,3 +65,40 @@ def test_output_file_gets_ordinary_permissions(runner, tmp_path: Path) -> None:
     assert invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--simulate"]).exit_code == 0
     mode = stat.S_IMODE((tmp_path / "out.jsonl").stat().st_mode)
     assert mode & stat.S_IRGRP and mode & stat.S_IROTH  # not mkstemp's 0600
+
+
+def test_unreachable_s3_is_one_line_and_exit_2(sim, runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")  # nothing listens there
+    server = sim()
+    source = write_jsonl(tmp_path / "in.jsonl", chat_rows(3))
+    result = invoke(runner, ["run", str(source), "-o", "s3://nobucket/out.jsonl"], env=connection_env(server))
+    assert result.exit_code == 2
+    assert "cannot use the checkpoint" in result.stderr and "Traceback" not in result.stderr
+    assert server.stats.requests == 0
+
+
+def test_an_output_that_cannot_be_written_keeps_the_rows_in_the_checkpoint(
+    sim, runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inferbatch import results
+
+    server = sim()
+    source = write_jsonl(tmp_path / "in.jsonl", chat_rows(4))
+    output = tmp_path / "out.jsonl"
+
+    def disk_full(self: results.OutputWriter) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(results.OutputWriter, "commit", disk_full)
+    failed = invoke(runner, ["run", str(source), "-o", str(output)], env=connection_env(server))
+    assert failed.exit_code == 2
+    assert "No space left on device" in failed.stderr and "Traceback" not in failed.stderr
+    assert (tmp_path / "out.jsonl.checkpoint" / "results.jsonl").read_bytes().count(b"\n") == 4
+    monkeypatch.undo()
+
+    again = invoke(runner, ["run", str(source), "-o", str(output)], env=connection_env(server))
+    assert again.exit_code == 0
+    assert server.stats.requests == 4  # the rerun only wrote the output
+    assert output.read_text().count("\n") == 4

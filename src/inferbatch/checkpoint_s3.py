@@ -68,6 +68,10 @@ class S3Checkpoint(Checkpoint):
                 checkpoint._download()
             checkpoint._load()
             checkpoint._open_logs()
+        except OSError as exc:
+            shutil.rmtree(checkpoint.dir, ignore_errors=True)
+            text = " ".join(str(exc).split())[:300]
+            raise CheckpointError(f"cannot use the checkpoint at {checkpoint.prefix}: {text}") from None
         except BaseException:
             checkpoint._release_lease()
             shutil.rmtree(checkpoint.dir, ignore_errors=True)

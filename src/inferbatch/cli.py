@@ -165,7 +165,8 @@ def _write_summary_json(path: str, data: dict[str, Any]) -> None:
             with open(path, "w", encoding="utf-8") as handle:
                 handle.write(text)
     except OSError as exc:
-        click.echo(f"inferbatch: cannot write --summary-json {path}: {exc.strerror}", err=True)
+        reason = exc.strerror or " ".join(str(exc).split())[:200]
+        click.echo(f"inferbatch: cannot write --summary-json {path}: {reason}", err=True)
 
 
 @cli.command()

@@ -3,7 +3,9 @@
     InferbatchError                 exit_code
     ├── UsageError                  2   bad configuration, missing URL/key/model, bad option value
     ├── InputError                  2   the input file cannot be read at all
-    ├── CheckpointError             2   checkpoint belongs to another input/options, or another run holds it
+    ├── CheckpointError             2   checkpoint belongs to another input/options, another run holds it, or
+    │                                   its storage cannot be reached
+    ├── OutputError                 2   the output cannot be written (finished rows stay in the checkpoint)
     ├── SafetyStop                  3   the run stopped itself; resumable, needs a person
     │   ├── AuthFailed              3   401, or a JSON 403 authorization_error
     │   ├── TooManyFailures         3   --abort-after consecutive failed rows
@@ -40,6 +42,10 @@ class InputError(InferbatchError):
 
 
 class CheckpointError(InferbatchError):
+    exit_code = 2
+
+
+class OutputError(InferbatchError):
     exit_code = 2
 
 

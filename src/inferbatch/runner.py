@@ -35,8 +35,8 @@ from inferbatch.client import Client, Response
 from inferbatch.config import RunConfig
 from inferbatch.evaluation import Variant, check
 from inferbatch.errors import (
-    AuthFailed, AuthRejected, BudgetExceeded, DeadlineReached, InferbatchError, InputError, Interrupted, RequestFailed,
-    Retryable, TooManyFailures, UsageError,
+    AuthFailed, AuthRejected, BudgetExceeded, DeadlineReached, InferbatchError, InputError, Interrupted, OutputError,
+    RequestFailed, Retryable, TooManyFailures, UsageError,
 )  # fmt: skip
 from inferbatch.limits import Limiter, Stopped
 from inferbatch.pricing import Pricing
@@ -235,16 +235,24 @@ def _finish(cfg: RunConfig, run: _Run, checkpoint: Checkpoint) -> RunReport:
     kept_types = None
     if cfg.output_format == "parquet" and cfg.keep_columns:
         kept_types = results.kept_column_types((orjson.loads(x) for x in checkpoint.lines_in_order()), cfg.keep_columns)
-    writer = results.OutputWriter(cfg.output, cfg.output_format, kept_types, evaluation=cfg.evaluation)
+    writer = None
     try:
+        writer = results.OutputWriter(cfg.output, cfg.output_format, kept_types, evaluation=cfg.evaluation)
         for line in checkpoint.lines_in_order():
             record = orjson.loads(line)
             summary.add(record)
             writer.write_line(line, record)
         writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+    except BaseException as exc:
+        if writer is not None:
+            writer.abort()
+        if not isinstance(exc, OSError):
+            raise
+        text = " ".join(str(exc).split())[:300]
+        raise OutputError(
+            f"cannot write {cfg.output} ({text}); every finished row is kept in the checkpoint: "
+            "fix the destination and rerun the same command to write it"
+        ) from None
     summary.wall_s = time.monotonic() - run.started
     summary.sent_this_run = run.limiter.admitted
     summary.rate_limited = run.limiter.rate_limited
