@@ -82,6 +82,8 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
                   help="Output format [default: by the output's extension]."),
         click.option("--drain-timeout", type=float, help="On SIGTERM/SIGINT, seconds in-flight requests may take. [default: 20]"),
         click.option("--deadline", help="Stop admitting so in-flight work ends before this (9m, 23h); exit 75."),
+        click.option("--max-wait", help="Longest wait a server may ask for (Retry-After, a rate-limit reset); "
+                     "longer is a quota stop, exit 3. [default: 10m]"),
         click.option("--max-total-tokens", type=int, help="Budget cap: stop admitting before the job's tokens cross N; exit 3."),
         click.option("--max-cost", type=float, help="Budget cap in USD: stop admitting before the job's cost crosses it; exit 3."),
         click.option("--price-in", type=float, help="USD per million prompt tokens [default: built-in table]."),

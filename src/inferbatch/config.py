@@ -47,6 +47,7 @@ DEFAULTS: dict[str, Any] = {
     "summary_json": None,
     "drain_timeout": 20.0,
     "deadline": None,
+    "max_wait": "10m",
     "max_total_tokens": None,
     "max_cost": None,
     "price_in": None,
@@ -67,7 +68,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 # The TOML type each job-file key must have (numbers are checked again when converted).
-_STRINGS = ("system", "template", "template_file", "id_column", "output_format", "summary_json", "deadline",
+_STRINGS = ("system", "template", "template_file", "id_column", "output_format", "summary_json", "deadline", "max_wait",
             "api_key_env", "url", "model", "input", "output", "cache", "shard")  # fmt: skip
 _BOOLS = ("retry_errors", "restart", "simulate")
 _NUMBERS = ("concurrency", "rpm", "tpm", "max_attempts", "timeout", "limit", "abort_after", "drain_timeout",
@@ -78,6 +79,7 @@ _JOB_TYPES: dict[str, type | tuple[type, ...]] = {
     **{k: bool for k in _BOOLS},
     **{k: (int, float, str) for k in _NUMBERS},
     "deadline": (str, int, float),
+    "max_wait": (str, int, float),
     "keep_columns": (str, list),
     "variant": (str, list),
     "params": dict,
@@ -145,6 +147,7 @@ class RunConfig:
     summary_json: str | None = None
     drain_timeout: float = 20.0
     deadline: float | None = None  # seconds from process start
+    max_wait: float = 600.0  # longest wait a server may ask for; longer is a quota stop (SPEC §4)
     max_total_tokens: int | None = None
     max_cost: float | None = None
     price_in: float | None = None
@@ -407,6 +410,9 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
     deadline = parse_duration(merged["deadline"]) if merged["deadline"] is not None else None
     if deadline is not None and deadline <= 0:
         raise UsageError("--deadline must be positive")
+    max_wait = parse_duration(merged["max_wait"])
+    if max_wait <= 0:
+        raise UsageError("--max-wait must be positive")
 
     variants = tuple(Variant.from_table(t, n) for n, t in enumerate(_tables(job, "variants"), 1))
     names = [v.name for v in variants]
@@ -456,6 +462,7 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
         summary_json=merged["summary_json"],
         drain_timeout=_positive_float("drain_timeout", merged["drain_timeout"], allow_zero=True) or 0.0,
         deadline=deadline,
+        max_wait=max_wait,
         max_total_tokens=_positive_int("max_total_tokens", merged["max_total_tokens"]),
         max_cost=_positive_float("max_cost", merged["max_cost"]),
         price_in=_positive_float("price_in", merged["price_in"], allow_zero=True),

@@ -9,7 +9,8 @@
     ├── SafetyStop                  3   the run stopped itself; resumable, needs a person
     │   ├── AuthFailed              3   401, or a JSON 403 authorization_error
     │   ├── TooManyFailures         3   --abort-after consecutive failed rows
-    │   └── BudgetExceeded          3   --max-total-tokens / --max-cost
+    │   ├── BudgetExceeded          3   --max-total-tokens / --max-cost
+    │   └── QuotaExhausted          3   the server says the quota/credit is gone, or asks for a wait over --max-wait
     ├── DeadlineReached             75  --deadline: stopped early, the next run continues
     └── Interrupted                 130 / 143  SIGINT / SIGTERM, checkpointed
 
@@ -19,7 +20,8 @@ retry loop consumes them:
     RequestFailed                   one attempt failed
     ├── Retryable                   connection error, timeout, 408/409/425/429/5xx, malformed 200
     └── Fatal                       400, 404, 422, other 4xx: the row ends as `error`
-        └── AuthRejected            401, or a JSON 403: the key may not do this; stops the run
+        ├── AuthRejected            401, or a JSON 403: the key may not do this; stops the run
+        └── QuotaRejected           quota/credit/billing exhausted, or a wait longer than --max-wait; stops the run
 
 Only ``cli.py`` turns an ``InferbatchError`` into an exit code.
 """
@@ -62,6 +64,10 @@ class TooManyFailures(SafetyStop):
 
 
 class BudgetExceeded(SafetyStop):
+    pass
+
+
+class QuotaExhausted(SafetyStop):
     pass
 
 
@@ -109,3 +115,7 @@ class Fatal(RequestFailed):
 
 class AuthRejected(Fatal):
     pass
+
+
+class QuotaRejected(Fatal):
+    """"Come back later" rather than "slow down": the message says which limit and when it resets."""
