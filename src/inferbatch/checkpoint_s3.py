@@ -59,15 +59,17 @@ class S3Checkpoint(Checkpoint):
             existing = orjson.loads(existing_raw) if existing_raw else None
             if existing is not None and not restart:
                 refuse_mismatch(checkpoint.prefix, existing, manifest)
+                checkpoint.completion = existing.get("complete")
             if existing is None or restart:
                 for folder in ("parts", "sent"):
                     storage.delete_prefix(f"{checkpoint.prefix}/{folder}")
                 storage.write_bytes(f"{checkpoint.prefix}/manifest.json",
                                     orjson.dumps({"version": FORMAT_VERSION, **manifest}))  # fmt: skip
-            else:
+            elif checkpoint.completion is None:
                 checkpoint._download()
-            checkpoint._load()
-            checkpoint._open_logs()
+            if checkpoint.completion is None:
+                checkpoint._load()
+                checkpoint._open_logs()
         except OSError as exc:
             shutil.rmtree(checkpoint.dir, ignore_errors=True)
             text = " ".join(str(exc).split())[:300]
@@ -167,3 +169,19 @@ class S3Checkpoint(Checkpoint):
     def remove(self) -> None:
         self.close()
         storage.delete_prefix(self.prefix)
+
+    def complete(self, record: dict[str, Any]) -> None:
+        """Keep one object, the manifest with the completion record; parts, ledger and lease go."""
+        manifest_uri = f"{self.prefix}/manifest.json"
+        manifest = orjson.loads(storage.read_bytes(manifest_uri) or b"{}")
+        storage.write_bytes(manifest_uri, orjson.dumps({**manifest, "complete": record}))
+        self._close_logs()
+        storage.delete_prefix(self.prefix, keep=(manifest_uri,))
+        super().close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _close_logs(self) -> None:
+        with self._guard:  # the job is complete: what is pending needs no part of its own
+            self._part_results.clear()
+            self._part_sent.clear()
+        Checkpoint._close_logs(self)

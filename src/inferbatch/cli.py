@@ -150,7 +150,11 @@ def run(input: str | None, quiet: bool, verbose: int, **flags: Any) -> None:
             _write_summary_json(cfg.summary_json, report.summary.as_dict())
         if report.stop is not None:
             click.echo(f"inferbatch: {report.stop}", err=True)
-        click.echo(f"wrote {report.output} rows={report.summary.rows}", err=True)
+        if report.already_complete:
+            click.echo(f"{report.output} is already complete (rows={report.summary.rows}): nothing sent, "
+                       "output untouched; --restart runs the job again", err=True)  # fmt: skip
+        else:
+            click.echo(f"wrote {report.output} rows={report.summary.rows}", err=True)
     raise click.exceptions.Exit(report.exit_code)
 
 

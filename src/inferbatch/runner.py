@@ -35,8 +35,8 @@ from inferbatch.client import Client, Response
 from inferbatch.config import RunConfig
 from inferbatch.evaluation import Variant, check
 from inferbatch.errors import (
-    AuthFailed, AuthRejected, BudgetExceeded, DeadlineReached, InferbatchError, InputError, Interrupted, OutputError,
-    RequestFailed, Retryable, TooManyFailures, UsageError,
+    AuthFailed, AuthRejected, BudgetExceeded, CheckpointError, DeadlineReached, InferbatchError, InputError,
+    Interrupted, OutputError, QuotaExhausted, QuotaRejected, RequestFailed, Retryable, TooManyFailures, UsageError,
 )  # fmt: skip
 from inferbatch.limits import Limiter, Stopped
 from inferbatch.pricing import Pricing
@@ -59,6 +59,7 @@ class RunReport:
     output: str | None
     stop: InferbatchError | None = None
     complete: bool = False
+    already_complete: bool = False  # an earlier run completed this job: nothing was sent (SPEC §8.2)
 
     fail_under: float | None = None
 
@@ -176,6 +177,8 @@ async def run_batch(
     items = prime(cfg, work_items(cfg, read_rows(cfg.input)))
     checkpoint = _open_checkpoint(cfg)
     try:
+        if checkpoint.completion is not None:
+            return await asyncio.to_thread(_already_complete, cfg, checkpoint.completion)
         if progress is None:
             progress = Progress(total=None, quiet=True)
         if cfg.simulate:
@@ -228,8 +231,49 @@ def _open_checkpoint(cfg: RunConfig) -> Checkpoint:
     return checkpoint
 
 
+def _already_complete(cfg: RunConfig, completion: dict[str, Any]) -> RunReport:
+    """The job completed before: count the output as it is, touch nothing, send nothing."""
+    assert cfg.output is not None
+    if _output_size(cfg.output) is None:
+        raise CheckpointError(
+            f"{cfg.output} is gone, but its checkpoint says the job completed "
+            f"({completion.get('rows')} rows, {completion.get('finished_at')}); "
+            "rerun with --restart to run it again"
+        )
+    summary = Summary(pricing=Pricing(cfg.price_in, cfg.price_out), default_model=cfg.model)
+    try:
+        for record in results.read_output(cfg.output):
+            summary.add(record)
+    except (ValueError, OSError) as exc:
+        text = " ".join(str(exc).split())[:200]
+        raise CheckpointError(
+            f"{cfg.output} cannot be read ({text}), but its checkpoint says the job completed; "
+            "rerun with --restart to run it again"
+        ) from None
+    log.info("already complete: %s (%d rows, finished %s); nothing sent; --restart runs it again",
+             cfg.output, summary.rows, completion.get("finished_at"))  # fmt: skip
+    return RunReport(summary, cfg.output, None, complete=True, already_complete=True, fail_under=cfg.fail_under)
+
+
+def _output_size(output: str) -> int | None:
+    if output.startswith("s3://"):
+        from inferbatch.storage import object_size
+
+        return object_size(output)
+    try:
+        return os.path.getsize(output)
+    except OSError:
+        return None
+
+
+def _covers_whole_input(cfg: RunConfig) -> bool:
+    """A pilot (--limit) or a subset of the variants leaves the rest of the job to a later run."""
+    every_variant = not cfg.selected_variants or set(cfg.selected_variants) >= {v.name for v in cfg.variants}
+    return cfg.limit is None and every_variant
+
+
 def _finish(cfg: RunConfig, run: _Run, checkpoint: Checkpoint) -> RunReport:
-    """Write the output in input order, count it, and drop the checkpoint if every row is ok."""
+    """Write the output in input order, count it, and mark the job complete if every row of it is ok."""
     assert cfg.output is not None
     summary = run.summary
     kept_types = None
@@ -260,14 +304,19 @@ def _finish(cfg: RunConfig, run: _Run, checkpoint: Checkpoint) -> RunReport:
     summary.effective_concurrency = run.limiter.effective_concurrency
     summary.tokens_this_run = run.limiter.tokens_used
     summary.in_doubt_resumed = checkpoint.resumed.in_doubt
-    complete = run.stop is None and run.fed_all and run.unfinished == 0
+    complete = run.stop is None and run.fed_all and run.unfinished == 0 and checkpoint.failure is None
     total = run.progress.total
     summary.unfinished = max(0, total - summary.rows) if total is not None else run.unfinished
-    if complete and summary.error == 0 and summary.invalid == 0 or checkpoint.ephemeral:
+    if checkpoint.ephemeral:
         checkpoint.remove()
+    elif complete and summary.error == 0 and summary.invalid == 0 and _covers_whole_input(cfg):
+        checkpoint.complete({
+            "rows": summary.rows, "output": cfg.output, "output_bytes": _output_size(cfg.output),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        })  # fmt: skip
     if run.cache is not None:
         summary.cache_stores = run.cache.stores
-    return RunReport(summary, cfg.output, run.stop, complete, cfg.fail_under)
+    return RunReport(summary, cfg.output, run.stop, complete=complete, fail_under=cfg.fail_under)
 
 
 def _count(value: Any) -> int:
@@ -308,7 +357,10 @@ class _Run:
         self.blocking_input = cfg.input == "-" or cfg.input.startswith("s3://")
         self.cache = ResponseCache(cfg.cache, "simulator" if cfg.simulate else url) if cfg.cache else None
         self.client: Client | None = None
+        self.loop = asyncio.get_running_loop()
         self._signals = 0
+        self.own_models = {cfg.model, *(v.model for v in cfg.variants)} - {None}
+        checkpoint.on_failure = self._checkpoint_failed
 
     @property
     def unfinished(self) -> int:
@@ -369,6 +421,15 @@ class _Run:
         self.limiter.close()
         self.stopping.set()
         self.budget.wake()
+
+    def _checkpoint_failed(self, exc: OSError) -> None:
+        """A finished row could not be saved (a full disk): stop paying for rows that cannot be kept."""
+        stop = CheckpointError(
+            f"cannot write the checkpoint {self.checkpoint.dir} ({exc.strerror or exc}): stopped sending; "
+            "make room and rerun the same command to continue"
+        )
+        with contextlib.suppress(RuntimeError):  # the loop is gone: the run is over anyway
+            self.loop.call_soon_threadsafe(self.request_stop, stop)
 
     def _on_signal(self, sig: signal.Signals, code: int) -> None:
         self._signals += 1
@@ -493,9 +554,19 @@ class _Run:
                         response = await self._attempt(request, body, prompt_estimate, max_tokens, False)
         except Stopped:
             return  # cut off by a stop: no result, a rerun sends it
+        except QuotaRejected as exc:
+            self.request_stop(QuotaExhausted(f"quota stop: {exc.message}; finished rows are saved, rerun once it resets"))
+            return
         except AuthRejected as exc:
-            what = "the key was rejected (401)" if exc.status == 401 else "the key may not use this model (403)"
-            self.request_stop(AuthFailed(f"{what}: {exc.message}; check INFERENCE_KEY and INFERENCE_MODEL_ID"))
+            model = request.body.get("model")
+            if exc.status == 401 or model in self.own_models:
+                what = "the key was rejected (401)" if exc.status == 401 else f"the key may not use model {model!r} (403)"
+                self.request_stop(AuthFailed(f"{what}: {exc.message}; check INFERENCE_KEY and the model"))
+                return
+            # A model only this row names: that row's error, the run goes on (SPEC §4).
+            record = results.error_record(request.id, request.index, exc, attempts=attempts, keep={},
+                                          keep_body=self.keep_body)  # fmt: skip
+            self._record(record, request)
             return
         except RequestFailed as exc:
             record = results.error_record(request.id, request.index, exc, attempts=attempts, keep={},

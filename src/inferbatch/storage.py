@@ -188,13 +188,47 @@ def object_size(uri: str) -> int | None:
     return info.size if info.type == pafs.FileType.File else None
 
 
-def delete_prefix(prefix_uri: str) -> None:
-    for uri, _ in list_objects(prefix_uri):
-        delete(uri)
+# Deleting goes through botocore, not pyarrow: pyarrow's S3 delete re-creates the parent "folder" as an
+# empty `key/` marker object after every delete (apache/arrow#36275; the C++ option that turns this off
+# is not exposed in Python), which would litter the user's bucket with directory markers.
+
+
+@lru_cache(maxsize=4)
+def _s3_client(settings: S3Settings) -> Any:
+    import botocore.config
+    import botocore.session
+
+    config = botocore.config.Config(s3={"addressing_style": "path"} if settings.endpoint else {},
+                                    retries={"max_attempts": 3, "mode": "standard"})  # fmt: skip
+    return botocore.session.get_session().create_client(
+        "s3", region_name=settings.region or "us-east-1", endpoint_url=settings.endpoint,
+        aws_access_key_id=settings.access_key, aws_secret_access_key=settings.secret_key, config=config,
+    )  # fmt: skip
+
+
+def _bucket_key(uri: str) -> tuple[str, str]:
+    bucket, _, key = s3_path(uri).partition("/")
+    return bucket, key
+
+
+def delete_prefix(prefix_uri: str, *, keep: tuple[str, ...] = ()) -> None:
+    """Delete every object under ``prefix_uri/`` (directory markers included), except the ``keep`` URIs."""
+    bucket, key = _bucket_key(prefix_uri.rstrip("/"))
+    kept = {_bucket_key(uri)[1] for uri in keep}
+    client = _s3_client(S3Settings.from_env(os.environ))
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key + "/"):
+            doomed = [{"Key": o["Key"]} for o in page.get("Contents", ()) if o["Key"] not in kept]
+            if doomed:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": doomed, "Quiet": True})
+    except Exception as exc:  # botocore's errors share no base with OSError
+        raise OSError(f"cannot delete {prefix_uri}/*: {exc}") from None
 
 
 def delete(uri: str) -> None:
+    """Delete one object; a missing one is fine (S3 answers a delete of a missing key with success)."""
+    bucket, key = _bucket_key(uri)
     try:
-        filesystem().delete_file(s3_path(uri))
-    except FileNotFoundError:
-        pass
+        _s3_client(S3Settings.from_env(os.environ)).delete_object(Bucket=bucket, Key=key)
+    except Exception as exc:  # botocore's errors share no base with OSError
+        raise OSError(f"cannot delete {uri}: {exc}") from None
