@@ -366,6 +366,8 @@ class Checkpoint:
         with open(path, "rb") as handle:
             position = 0
             for line in handle:
+                if not line.endswith(b"\n"):
+                    break  # the rest of it is still pending after a failed write
                 slot = _index_of(line) if plain else self.layout.slot_of(orjson.loads(line))
                 if slot >= len(offsets):
                     offsets.extend([-1] * (slot + 1 - len(offsets)))
@@ -463,7 +465,7 @@ def _mismatch(existing: dict[str, Any], wanted: dict[str, Any]) -> str | None:
     if (
         old_input.get("size") != new_input.get("size")
         or old_input.get("hash") != new_input.get("hash")
-        or False  # PLANTED-B2b
+        or (both_content and old_input["content"] != new_input["content"])
     ):
         return f"input was {old_input.get('path')} ({old_input.get('size')} bytes), now its content differs"
     old_shape, new_shape = existing.get("shaping") or {}, wanted.get("shaping") or {}
