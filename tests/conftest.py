@@ -128,3 +128,16 @@ def run_process(args: list[str], url: str, **kwargs: Any) -> subprocess.Popen[st
         [sys.executable, "-m", "inferbatch", "run", *args], env=env, text=True,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs,
     )  # fmt: skip
+
+
+def wait_for_stats(server: SimProcess, timeout: float = 30, **minimums: int) -> dict[str, Any]:
+    """Poll the simulator's /stats until each named figure reaches its minimum, e.g. ``in_flight=4, hung=4``
+    for "every slot now holds a hanging request": a fixed sleep checks less on a slow machine."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = server.stats()
+        if all(stats[name] >= minimum for name, minimum in minimums.items()):
+            return stats
+        if time.monotonic() > deadline:
+            raise AssertionError(f"simulator never reached {minimums}: {stats}")
+        time.sleep(0.02)

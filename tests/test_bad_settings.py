@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -12,11 +13,11 @@ from conftest import chat_rows, connection_env, invoke, write_jsonl
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["-c", "10000000"], "--concurrency"),
-        (["--param", "max_tokens=0"], "max_tokens"),
-        (["--param", "max_tokens=NaN"], "max_tokens"),
-        (["--param", "model=5"], "model"),
-        (["--url", "http://[::1"], "not a valid URL"),
+        (["-c", "10000000"], "inferbatch: --concurrency 10000000 "),
+        (["--param", "max_tokens=0"], "inferbatch: --param max_tokens"),
+        (["--param", "max_tokens=NaN"], "inferbatch: --param max_tokens"),
+        (["--param", "model=5"], "inferbatch: --param model "),
+        (["--url", "http://[::1"], "is not a valid URL"),
     ],
 )
 def test_bad_values_are_exit_2_and_nothing_is_sent(sim, runner, tmp_path: Path, extra: list[str],
@@ -46,7 +47,7 @@ def test_output_and_input_the_same_file_is_refused(runner, tmp_path: Path) -> No
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(3))
     before = source.read_bytes()
     result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "." / "in.jsonl"), "--simulate"])
-    assert result.exit_code == 2 and "input" in result.stderr
+    assert result.exit_code == 2 and f"-o {tmp_path / 'in.jsonl'} is the input" in result.stderr
     assert source.read_bytes() == before
 
 
@@ -57,7 +58,8 @@ def test_job_file_values_of_the_wrong_type(runner, tmp_path: Path) -> None:
         job.write_text(f'input = "in.jsonl"\noutput = "out.jsonl"\nsimulate = true\n{line}\n')
         result = invoke(runner, ["run", "--job", str(job)])
         assert result.exit_code == 2, line
-        assert "job file" in result.stderr and "Traceback" not in result.stderr
+        key = line.split(" = ")[0]
+        assert f"job file {job}: `{key}` must be" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_output_file_gets_ordinary_permissions(runner, tmp_path: Path) -> None:
@@ -82,19 +84,26 @@ def test_unreachable_s3_is_one_line_and_exit_2(sim, runner, tmp_path: Path, monk
 def test_an_output_that_cannot_be_written_keeps_the_rows_in_the_checkpoint(
     sim, runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from inferbatch import results
-
+    """SPEC §3/§4: the output is written to a temp file and renamed into place; when that fails (a full disk),
+    the run says so in one line (exit 2), leaves no temp file and no half output, keeps every finished row in
+    the checkpoint, and a rerun writes the output without sending anything again."""
     server = sim()
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(4))
     output = tmp_path / "out.jsonl"
+    real_replace = os.replace
 
-    def disk_full(self: results.OutputWriter) -> None:
-        raise OSError(28, "No space left on device")
+    def disk_full_at_the_rename(src: str, dst: str, *args: object, **kwargs: object) -> None:
+        if os.fspath(dst) == str(output):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst, *args, **kwargs)  # the checkpoint's own files are written as usual
 
-    monkeypatch.setattr(results.OutputWriter, "commit", disk_full)
+    monkeypatch.setattr(os, "replace", disk_full_at_the_rename)
     failed = invoke(runner, ["run", str(source), "-o", str(output)], env=connection_env(server))
     assert failed.exit_code == 2
+    assert f"inferbatch: cannot write {output} (" in failed.stderr
     assert "No space left on device" in failed.stderr and "Traceback" not in failed.stderr
+    assert not output.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.jsonl.checkpoint"]  # no temp file left
     assert (tmp_path / "out.jsonl.checkpoint" / "results.jsonl").read_bytes().count(b"\n") == 4
     monkeypatch.undo()
 

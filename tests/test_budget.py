@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,33 @@ def test_max_total_tokens_stops_before_crossing_then_raising_it_continues(sim, r
     final = read_jsonl(output)
     assert [r["id"] for r in final] == [f"row{i}" for i in range(60)]
     assert server.stats.requests == 60  # nothing sent twice
+
+
+def test_max_total_tokens_counts_the_whole_job_across_resumed_runs(sim, runner, tmp_path: Path) -> None:
+    """SPEC budgets: --max-total-tokens caps the whole job, so a rerun with the same cap after a cap stop starts
+    from the tokens the checkpoint recorded and sends nothing, or at most one row that still fits."""
+    server = sim()
+    source = write_jsonl(tmp_path / "in.jsonl", chat_rows(60))
+    output = tmp_path / "out.jsonl"
+    env = connection_env(server)
+    args = ["run", str(source), "-o", str(output), "-c", "4", "--param", "max_tokens=20", "--max-total-tokens", "400"]
+    first = invoke(runner, args, env=env)
+    assert first.exit_code == 3, first.stderr
+    done = read_jsonl(output)
+    assert 0 < len(done) < 60
+    spent = sum(r["total_tokens"] for r in done)
+    assert spent <= 400
+    sent = server.stats.requests
+
+    again = invoke(runner, args, env=env)  # same cap: the earlier run's spend counts
+    assert again.exit_code == 3, again.stderr
+    assert server.stats.requests - sent <= 1
+    final = read_jsonl(output)
+    assert len(final) - len(done) <= 1
+    assert sum(r["total_tokens"] for r in final) <= 400
+    said = re.search(r"--max-total-tokens 400 \(spent (\d+)\)", again.stderr)
+    assert said is not None, again.stderr
+    assert int(said.group(1)) >= spent  # the stop counts the whole job, not only this run
 
 
 def test_max_cost_counts_the_whole_job_across_resumed_runs(sim, runner, tmp_path: Path) -> None:

@@ -324,6 +324,7 @@ class Checkpoint:
         self._flush_scheduled = False
         try:
             if self._pending_sent:
+                self._dirty = True  # the ledger is fsynced too, even while no row finishes
                 _write_all(self._sent_fd, self._pending_sent)
             if self._pending_results:
                 self._dirty = True
