@@ -519,7 +519,8 @@ def test_bad_rows_become_invalid_naming_the_line(runner: CliRunner, sim: Any, tm
     assert [r["index"] for r in rows] == [0, 1, 2, 3, 4, 5]
     assert [r["status"] for r in rows] == ["ok", "invalid", "invalid", "invalid", "invalid", "ok"]
     assert (rows[0]["id"], rows[5]["id"]) == ("a", "b")
-    assert rows[3]["id"] == "a"  # the later duplicate is the invalid one
+    # The later duplicate is the invalid one, named by its position so output ids stay unique (§8.30).
+    assert rows[3]["id"] == "<index 3>" and "duplicate id 'a'" in rows[3]["error"]
     for row, line, word in zip(rows[1:5], (3, 4, 5, 6), ("json", "messages", "duplicate", "utf-8"), strict=True):
         assert row["status_code"] is None
         assert row["attempts"] == 0

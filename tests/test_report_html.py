@@ -238,7 +238,7 @@ def test_report_from_a_real_run_renders_in_chromium(real_output: Path, tmp_path:
         assert fills[color] > 0, f"no bar drawn in #{color}: {fills}"
 
     failed = page.table("failed")
-    assert [row[1] for row in failed[1:]] == ["row3", "row7", EVIL_ID, "20"]
+    assert [row[1] for row in failed[1:]] == ["row3", "row7", EVIL_ID, "<index 20>"]
     assert [row[3] for row in failed[1:]] == ["400", "500", "400", "—"]
     assert failed[4][5].startswith("invalid_row: line 21")
 

@@ -191,6 +191,18 @@ def test_template_missing_column_is_invalid_and_names_it() -> None:
     assert "topic" in result.reason
 
 
+def test_template_shows_objects_and_lists_as_json_and_indexes_into_them() -> None:
+    data = {"meta": {"name": "é", "tags": ["a", "b"]}, "n": [1, 2]}
+    result = request(data, template="{meta} | {n} | {meta[name]} | {meta[tags]} | {n[1]}")
+    assert result.body["messages"][-1]["content"] == '{"name": "é", "tags": ["a", "b"]} | [1, 2] | é | ["a", "b"] | 2'
+
+
+@pytest.mark.parametrize("template", ["{n[x]}", "{meta[0]}", "{meta.name}", "{n:d}"])
+def test_template_that_cannot_index_a_value_is_invalid_not_a_crash(template: str) -> None:
+    result = invalid({"meta": {"name": "x"}, "n": [1, 2]}, template=template)
+    assert "template" in result.reason
+
+
 def test_template_fields_lists_placeholders() -> None:
     assert _template_fields("Q: {question} ({lang}) {question}") == ("question", "lang")
 
@@ -281,9 +293,78 @@ def test_duplicate_id_later_row_is_invalid_first_stays_valid() -> None:
     assert isinstance(first, Request) and first.id == "same"
     assert isinstance(other, Request)
     assert isinstance(second, Invalid)
-    assert second.id == "same" and second.index == 2
+    assert second.id == "<index 2>" and second.index == 2  # SPEC §8.30: output ids are unique
     assert names_line(second.reason, 3)
-    assert "duplicate" in second.reason
+    assert "duplicate" in second.reason and "'same'" in second.reason
+
+
+# --- Ids never collide (SPEC §8.30) -------------------------------------------------------------------------------
+
+
+def test_input_without_ids_names_every_row_by_position() -> None:
+    s = shaper(has_ids=False)
+    assert s.shape(0, 1, {"messages": USER}).id == "0"
+    assert s.shape(1, 2, None, "line 2: invalid JSON").id == "1"
+
+
+def test_in_input_with_ids_a_missing_or_empty_id_is_invalid_and_named_by_position() -> None:
+    s = shaper(has_ids=True)
+    missing = s.shape(3, 4, {"messages": USER})
+    empty = s.shape(4, 5, {"id": "", "messages": USER})
+    real = s.shape(5, 6, {"id": "3", "messages": USER})
+    assert isinstance(missing, Invalid) and missing.id == "<index 3>" and "no id" in missing.reason
+    assert isinstance(empty, Invalid) and empty.id == "<index 4>" and names_line(empty.reason, 5)
+    assert isinstance(real, Request) and real.id == "3"
+
+
+def test_unreadable_row_is_named_by_position_and_never_makes_a_duplicate() -> None:
+    s = shaper(has_ids=True)
+    bad = s.shape(2, 3, None, "line 3: invalid JSON")
+    later = s.shape(3, 4, {"id": "<index 2>x", "messages": USER})
+    assert isinstance(bad, Invalid) and bad.id == "<index 2>"
+    assert isinstance(later, Request)
+
+
+def test_a_bad_row_with_a_readable_id_keeps_it_but_none_of_its_other_values() -> None:
+    s = shaper(has_ids=True, keep_columns=("question",))
+    bad = s.shape(0, 2, {"id": "q1", "question": "shifted?"}, "line 2: 3 fields, the header has 2")
+    again = s.shape(1, 3, {"id": "q1", "messages": USER})
+    assert isinstance(bad, Invalid) and bad.id == "q1" and bad.keep == {"question": None}
+    assert isinstance(again, Invalid) and again.id == "<index 1>" and "duplicate" in again.reason
+
+
+def test_an_id_of_the_reserved_position_form_is_invalid() -> None:
+    s = shaper(has_ids=True)
+    result = s.shape(0, 1, {"id": "<index 7>", "messages": USER})
+    assert isinstance(result, Invalid) and result.id == "<index 0>"
+    assert "<index 7>" in result.reason
+
+
+def test_the_first_readable_row_decides_whether_rows_have_ids() -> None:
+    with_ids = shaper()
+    assert with_ids.shape(0, 1, None, "line 1: invalid JSON").id == "<index 0>"  # undecided: the safe form
+    assert with_ids.shape(1, 2, {"id": "a", "messages": USER}).id == "a"
+    later = with_ids.shape(2, 3, {"messages": USER})
+    assert isinstance(later, Invalid) and "no id" in later.reason
+
+    without = shaper()
+    assert without.shape(0, 1, {"messages": USER}).id == "0"
+    stray = without.shape(1, 2, {"id": "0", "messages": USER})
+    assert isinstance(stray, Invalid) and stray.id == "1" and "first row has none" in stray.reason
+
+
+def test_row_id_for_sharding_is_the_own_id_even_for_a_duplicate() -> None:
+    s = shaper(has_ids=True)
+    s.shape(0, 1, {"id": "same", "messages": USER})
+    assert s.row_id({"id": "same"}, 5) == "same"
+    assert s.row_id({"messages": USER}, 6) == "<index 6>"
+    assert s.row_id(None, 7, "line 8: invalid JSON") == "<index 7>"
+
+
+def test_kept_integer_past_64_bits_becomes_text() -> None:
+    s = shaper(keep_columns=("n", "m"))
+    result = s.shape(0, 1, {"messages": USER, "n": 2**64 - 1, "m": 2**63 - 1})
+    assert result.keep == {"n": str(2**64 - 1), "m": 2**63 - 1}
 
 
 def test_keep_columns_are_carried_on_requests_and_invalid_rows() -> None:
@@ -341,7 +422,7 @@ def test_second_message_problem_names_that_message() -> None:
 
 
 def test_parse_error_from_the_source_becomes_invalid() -> None:
-    result = invalid(None, index=3, line=8, error="line 8: invalid JSON (unexpected character)")
+    result = invalid(None, index=3, line=8, error="line 8: invalid JSON (unexpected character)", has_ids=False)
     assert result.id == "3"
     assert names_line(result.reason, 8)
     assert "invalid JSON" in result.reason

@@ -43,7 +43,7 @@ from inferbatch.pricing import Pricing
 from inferbatch.progress import Progress, Summary
 from inferbatch.signals import signal_handlers
 from inferbatch.shaping import Invalid, Request, Shaper, estimate_prompt_tokens, shard_of
-from inferbatch.sources import Row, column_names, read_rows
+from inferbatch.sources import Row, column_names, input_has_ids, read_rows, survey
 
 log = logging.getLogger("inferbatch")
 
@@ -94,12 +94,17 @@ def work_items(cfg: RunConfig, rows: Iterator[Row]) -> Iterator[Request | Invali
     layout = slot_layout(cfg)
     variants: list[Variant | None] = list(cfg.variants) or [None]
     shapers = [make_shaper(cfg, v) for v in variants]
+    has_ids = input_has_ids(cfg.input, cfg.id_column)  # SPEC §8.30: named by id or by position, for every row
+    for shaper in shapers:
+        shaper.has_ids = has_ids
     chosen = [i for i, v in enumerate(variants) if not cfg.selected_variants or (v and v.name in cfg.selected_variants)]
     columns = sorted({a.column for a in cfg.assertions if a.column})
     for row in rows:
         if cfg.limit is not None and row.index >= cfg.limit:
             return
-        if cfg.shard.count > 1 and shard_of(shapers[0].row_id(row.data, row.index), cfg.shard.count) != cfg.shard.index:
+        if cfg.shard.count > 1 and (
+            shard_of(shapers[0].row_id(row.data, row.index, row.error), cfg.shard.count) != cfg.shard.index
+        ):
             continue
         expect = {c: row.data.get(c) for c in columns} if columns and row.data is not None else None
         for position in chosen:
@@ -113,16 +118,23 @@ def work_items(cfg: RunConfig, rows: Iterator[Row]) -> Iterator[Request | Invali
 
 
 def check_columns(cfg: RunConfig) -> None:
-    """A Parquet/CSV file whose columns can make no request is unreadable input (exit 2), not N invalid rows."""
-    if cfg.template is not None or any(v.template for v in cfg.variants) or cfg.input == "-":
-        return
+    """Refuse, before anything is sent, input that cannot run as a whole: exit 2, not N invalid rows.
+
+    A Parquet/CSV file whose columns can make no request or lack the --id-column, and damage that a whole
+    read of a local input finds (SPEC §8.32: a cut-short .gz is found before the first request, not after).
+    """
     columns = column_names(cfg.input)
-    if columns is not None and not {"messages", "prompt", "body"} & set(columns):
+    if columns is not None:
         shown = ", ".join(columns[:12]) or "none"
-        raise InputError(
-            f"{cfg.input}: no usable column: rows need `messages`, `prompt` or `body`, or give --template "
-            f"(columns: {shown})"
-        )
+        if cfg.id_column and cfg.id_column not in columns:
+            raise InputError(f"{cfg.input}: --id-column {cfg.id_column!r} is not a column (columns: {shown})")
+        templated = cfg.template is not None or any(v.template for v in cfg.variants)
+        if not templated and not {"messages", "prompt", "body"} & set(columns):
+            raise InputError(
+                f"{cfg.input}: no usable column: rows need `messages`, `prompt` or `body`, or give --template "
+                f"(columns: {shown})"
+            )
+    survey(cfg.input)
 
 
 def prime(cfg: RunConfig, items: Iterator[Request | Invalid]) -> Iterator[Request | Invalid]:
@@ -349,6 +361,7 @@ class _Run:
         self.workers = cfg.concurrency * 2 + 4  # more rows than slots, so rows waiting to retry don't idle the slots
         self.busy: set[asyncio.Task[Any]] = set()
         self.fed_all = False
+        self.input_damage: InferbatchError | None = None
         self.fed = 0
         self.finished_now = 0
         self.consecutive_errors = 0
@@ -390,6 +403,8 @@ class _Run:
                 if everything.done():
                     stop_wait.cancel()
                     everything.result()  # a bug in a worker surfaces here
+                    if self.input_damage is not None and self.stop is None:
+                        self.request_stop(self.input_damage)
                     return
                 await self._drain(feeder, workers)
                 everything.cancel()
@@ -486,33 +501,40 @@ class _Run:
 
     # ---- reading ---------------------------------------------------------
     async def _feed(self, items: Iterator[Request | Invalid]) -> None:
-        def take() -> list[Request | Invalid]:
-            return list(itertools.islice(items, FEED_BATCH))
+        """Queue every row that still needs sending. A stream found damaged part-way (stdin, s3://) is
+        an end of input that stops the run (exit 2) once the rows read before the damage are done."""
 
-        try:
-            while True:
-                if self.blocking_input:
-                    batch = await asyncio.to_thread(take)  # stdin and S3 reads can block
-                else:
-                    # A local file's batch takes well under a millisecond to read and shape: doing it on
-                    # the loop costs less than a thread hand-off and the GIL contention that follows.
-                    batch = take()
-                    await asyncio.sleep(0)
-                if not batch:
-                    break
-                for item in batch:
-                    if not self.checkpoint.needs_sending(item.slot, self.cfg.retry_errors):
-                        self.progress.skipped += 1
-                        continue
-                    self.fed += 1
-                    if isinstance(item, Invalid):
-                        self._record(results.invalid_record(item.id, item.index, item.reason, {}), item)
-                    elif not await self._from_cache(item):
-                        await self.queue.put(item)
-        except InferbatchError as exc:
-            self.request_stop(exc)
-            return
-        self.fed_all = True
+        def take() -> tuple[list[Request | Invalid], InferbatchError | None]:
+            batch: list[Request | Invalid] = []
+            try:
+                batch.extend(itertools.islice(items, FEED_BATCH))
+            except InferbatchError as exc:
+                return batch, exc
+            return batch, None
+
+        while True:
+            if self.blocking_input:
+                batch, damage = await asyncio.to_thread(take)  # stdin and S3 reads can block
+            else:
+                # A local file's batch takes well under a millisecond to read and shape: doing it on
+                # the loop costs less than a thread hand-off and the GIL contention that follows.
+                batch, damage = take()
+                await asyncio.sleep(0)
+            for item in batch:
+                if not self.checkpoint.needs_sending(item.slot, self.cfg.retry_errors):
+                    self.progress.skipped += 1
+                    continue
+                self.fed += 1
+                if isinstance(item, Invalid):
+                    self._record(results.invalid_record(item.id, item.index, item.reason, {}), item)
+                elif not await self._from_cache(item):
+                    await self.queue.put(item)
+            if damage is not None:
+                self.input_damage = damage
+                break
+            if not batch:
+                self.fed_all = True
+                break
         for _ in range(self.workers):
             await self.queue.put(None)
 

@@ -9,11 +9,25 @@ Row shapes, detected per row (SPEC §2):
 
 Body precedence: row > ``--param`` > job ``[params]`` > defaults; ``stream`` is
 always false. Pure: no I/O, so ``validate`` and ``run`` shape identically.
+
+Row names (SPEC §8.4, §8.11, §8.30). An input *has ids* when it has an id
+column (``--id-column``, ``custom_id`` or ``id`` in a CSV header or Parquet
+schema) or, for JSONL, when a row carries such a key: the whole local file
+decides (``sources.survey``); on stdin or S3 the first row that parses does.
+
+- Input without ids: every row is named by its 0-based position, ``"3"``.
+- Input with ids: a row is named by its id. A row that cannot use its own id
+  is named ``"<index 3>"`` and is invalid: its id is missing or empty ("no
+  id"), unreadable (a bad line), a duplicate of an earlier row's, or itself
+  of that reserved form. Such names never enter the duplicate check, so a bad
+  row never makes a good one a "duplicate", and output ids are unique.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import string
 from array import array
 from collections.abc import Mapping
@@ -30,6 +44,9 @@ BODY_PARAMS = frozenset(
     }
 )  # fmt: skip
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
+ID_COLUMNS = ("custom_id", "id")
+_POSITION_NAME = re.compile(r"<index \d+>")
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 @dataclass(slots=True)
@@ -118,41 +135,73 @@ class Shaper:
         id_column: str | None = None,
         keep_columns: tuple[str, ...] = (),
         location: str = "line",
+        has_ids: bool | None = None,
     ) -> None:
         self.location = location  # "line" (JSONL, CSV) or "row" (Parquet), as an editor would say
+        # True: rows are named by id; False: by position; None: the first row that parses decides.
+        self.has_ids = has_ids
         self.model = model
         self.params = dict(params)
         self.system = system
         self.template = template
         self.template_fields = _template_fields(template) if template else ()
         self.id_column = id_column
+        self.id_columns = (id_column,) if id_column else ID_COLUMNS
         self.keep_columns = keep_columns
         self._seen = IdSet()
 
-    def row_id(self, data: dict[str, Any] | None, index: int) -> str:
-        if data is not None:
-            for column in (self.id_column,) if self.id_column else ("custom_id", "id"):
-                value = data.get(column)
-                if value is not None and value != "":
-                    return str(value)
-        return str(index)
+    def row_id(self, data: dict[str, Any] | None, index: int, error: str | None = None) -> str:
+        """The name ``--shard`` hashes: the row's own id (before the duplicate check, so every copy of an id
+        lands in one shard and is found there), else its position name."""
+        own, _ = self._identify(data, error)
+        return own if own is not None else self._position_name(index)
 
     def shape(self, index: int, line: int, data: dict[str, Any] | None, error: str | None = None) -> Request | Invalid:
-        row_id = self.row_id(data, index)
-        keep = {c: data.get(c) for c in self.keep_columns} if data is not None else dict.fromkeys(self.keep_columns)
-        if error is not None or data is None:
-            self._seen.add(row_id)
-            return Invalid(row_id, index, line, error or f"{self.location} {line}: empty row", keep)
-        if self.id_column and data.get(self.id_column) in (None, ""):
-            self._seen.add(row_id)
-            return Invalid(row_id, index, line, f"{self.location} {line}: no value in id column {self.id_column!r}", keep)
-        if not self._seen.add(row_id):
-            return Invalid(row_id, index, line, f"{self.location} {line}: duplicate id {_clip(row_id)!r}", keep)
+        own, problem = self._identify(data, error)
+        if own is not None and not self._seen.add(own):
+            problem = problem or f"duplicate id {_clip(own)!r}"
+            own = None
+        row_id = own if own is not None else self._position_name(index)
+        if error is not None or data is None:  # whatever else `data` holds may be shifted: keep none of it
+            return Invalid(row_id, index, line, error or f"{self.location} {line}: empty row",
+                           dict.fromkeys(self.keep_columns))  # fmt: skip
+        keep = {c: _keepable(data.get(c)) for c in self.keep_columns}
+        if problem is not None:
+            return Invalid(row_id, index, line, f"{self.location} {line}: {problem}", keep)
         try:
             body = self._body(data)
-        except RowProblem as problem:
-            return Invalid(row_id, index, line, f"{self.location} {line}: {problem}", keep)
+        except RowProblem as exc:
+            return Invalid(row_id, index, line, f"{self.location} {line}: {exc}", keep)
         return Request(row_id, index, line, body, keep)
+
+    def _identify(self, data: dict[str, Any] | None, error: str | None) -> tuple[str | None, str | None]:
+        """The row's own id (None: it is named by position) and the identity problem that makes it invalid."""
+        readable = error is None and data is not None
+        if self.has_ids is None and error is None and data is not None:
+            self.has_ids = self.id_column is not None or any(c in data for c in self.id_columns)
+        own = None
+        if data is not None:
+            for column in self.id_columns:
+                value = data.get(column)
+                if value is not None and value != "":
+                    own = str(value)
+                    break
+        if not self.has_ids:
+            if readable and own is not None:
+                return None, "has an id, but the first row has none: give every row an id, or none"
+            return None, None
+        if own is None:
+            if not readable:
+                return None, None
+            if self.id_column:
+                return None, f"no id: no value in id column {self.id_column!r}"
+            return None, "no id (this input names its rows by `custom_id` or `id`: give every row one)"
+        if own.startswith("<index ") and _POSITION_NAME.fullmatch(own):
+            return None, f"id {own!r} has the form used for rows without a usable id; rename it"
+        return own, None
+
+    def _position_name(self, index: int) -> str:
+        return f"<index {index}>" if self.has_ids is not False else str(index)
 
     def _body(self, data: dict[str, Any]) -> dict[str, Any]:
         if "body" in data and ("custom_id" in data or "method" in data or "url" in data):
@@ -211,7 +260,7 @@ class Shaper:
             raise RowProblem(f"template needs column(s) {', '.join(missing)} which the row lacks")
         try:
             return self.template.format_map(_TemplateValues(data))  # type: ignore[union-attr]
-        except (KeyError, IndexError, AttributeError, ValueError) as exc:
+        except (KeyError, IndexError, AttributeError, TypeError, ValueError) as exc:
             raise RowProblem(f"template could not be filled ({exc})") from None
 
 
@@ -220,11 +269,41 @@ class RowProblem(ValueError):
 
 
 class _TemplateValues(dict):  # type: ignore[type-arg]
-    """Row values for str.format_map: None shows as an empty string, not 'None'."""
+    """Row values for str.format_map: None shows as an empty string, not 'None'; objects and lists as JSON."""
 
     def __getitem__(self, key: str) -> Any:
         value = super().__getitem__(key)
-        return "" if value is None else value
+        if value is None:
+            return ""
+        return _AsJson(value) if isinstance(value, (dict, list)) else value
+
+
+class _AsJson:
+    """A nested value that a template shows as JSON text (not Python's repr), while ``{col[key]}`` still works."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        return json.dumps(self.value, ensure_ascii=False, default=str)
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+    def __getitem__(self, key: Any) -> Any:
+        item = self.value[key]
+        return _AsJson(item) if isinstance(item, (dict, list)) else item
+
+
+def _keepable(value: Any) -> Any:
+    """A kept value every output can hold: an integer past 64 bits (JSON allows it, Parquet does not) as text."""
+    if type(value) is int and not _INT64_MIN <= value <= _INT64_MAX:
+        return str(value)
+    return value
 
 
 def _template_fields(template: str) -> tuple[str, ...]:
@@ -243,8 +322,6 @@ def _template_fields(template: str) -> tuple[str, ...]:
 
 
 def _messages_from_json_text(text: str) -> Any:
-    import json
-
     try:
         return json.loads(text)
     except ValueError:
