@@ -4,6 +4,11 @@ It answers ``POST /v1/chat/completions`` (and ``/chat/completions``) with OpenAI
 completions whose reply is derived from the request, so the same request always gets the
 same answer. ``GET /v1/models``, ``GET /health``, ``GET /stats`` and ``POST /stats/reset``
 (``POST /reset`` also forgets attempt counts and the rate-limit window) complete it.
+``GET /stats?prompts=1`` adds ``prompts``: for each distinct last user message (its first
+200 characters; at most 50,000 of them, later ones only counted in ``prompts_untracked``),
+``{"requests": n, "answered": m}``: the requests that reached the model with it, and the
+completions (200 answers with choices) given to it. Tests use it to check that a row
+recorded by a run is never sent again; the plain ``/stats`` leaves it out, so it stays small.
 
 Misbehaviour comes from :class:`SimOptions` (latency, fault rates drawn from a seeded RNG,
 a sliding-window RPM/TPM limit, a required key, a redirect) or, row by row, from directives
@@ -77,6 +82,8 @@ except ImportError:  # pragma: no cover - orjson is optional
 
 DEFAULT_MODELS = ("claude-4-sonnet", "claude-3-7-sonnet", "claude-3-5-haiku")
 _SHUTDOWN_TIMEOUT = 1.0
+PROMPT_KEY_CHARS = 200
+MAX_TRACKED_PROMPTS = 50_000
 _JSON = "application/json"
 _DIRECTIVE = re.compile(r"\[\[sim:([^\[\]]*)\]\]")
 _FAULT = re.compile(r"(\d{3})(html|auth)?(?:x(\d+))?|(hang|drop|malformed|empty)(?:x(\d+))?")
@@ -140,9 +147,32 @@ class SimStats:
     hung: int = 0
     # monotonic arrival time of the most recent chat requests, for pacing checks
     arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
+    # per last user message (cut to PROMPT_KEY_CHARS): [requests, answered]; at most MAX_TRACKED_PROMPTS keys
+    prompts: dict[str, list[int]] = field(default_factory=dict)
+    prompts_untracked: int = 0
 
-    def snapshot(self) -> dict[str, Any]:
-        """A JSON-able copy; ``by_status`` keys are strings, as they are after a JSON round trip."""
+    def prompt_sent(self, text: str) -> list[int] | None:
+        """Count a request for this prompt; returns its counters (None once the table is full)."""
+        key = text[:PROMPT_KEY_CHARS]
+        counts = self.prompts.get(key)
+        if counts is None:
+            if len(self.prompts) >= MAX_TRACKED_PROMPTS:
+                self.prompts_untracked += 1
+                return None
+            counts = self.prompts[key] = [0, 0]
+        counts[0] += 1
+        return counts
+
+    def snapshot(self, prompts: bool = False) -> dict[str, Any]:
+        """A JSON-able copy; ``by_status`` keys are strings, as they are after a JSON round trip.
+
+        With ``prompts``, also the per-prompt counts (``prompts`` and ``prompts_untracked``)."""
+        extra: dict[str, Any] = {}
+        if prompts:
+            extra = {
+                "prompts": {text: {"requests": n, "answered": m} for text, (n, m) in self.prompts.items()},
+                "prompts_untracked": self.prompts_untracked,
+            }
         return {
             "requests": self.requests,
             "in_flight": self.in_flight,
@@ -152,6 +182,7 @@ class SimStats:
             "stream_requested": self.stream_requested,
             "dropped": self.dropped,
             "hung": self.hung,
+            **extra,
         }
 
     def reset(self) -> None:
@@ -164,6 +195,8 @@ class SimStats:
         self.dropped = 0
         self.hung = 0
         self.arrivals.clear()
+        self.prompts.clear()
+        self.prompts_untracked = 0
 
 
 STATS_KEY = web.AppKey("inferbatch_sim_stats", SimStats)
@@ -416,6 +449,7 @@ class _Simulator:
         if max_tokens is not None and (type(max_tokens) is not int or max_tokens < 1):
             raise _BadRequest(400, "invalid_request", "'max_tokens' must be a positive integer")
         prompt_chars, last_user, last_role, digest = _summarise(messages)
+        counts = self.stats.prompt_sent(last_user)
         plan = _parse_directives(last_user) if "[[sim:" in last_user else None
 
         prompt_tokens = max(1, math.ceil(prompt_chars / 4))
@@ -453,6 +487,8 @@ class _Simulator:
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+        if counts is not None:
+            counts[1] += 1
         return web.Response(body=_dumps(completion), headers=headers, content_type=_JSON)
 
     async def _read_json(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
@@ -565,7 +601,8 @@ class _Simulator:
         return web.Response(body=b'{"status":"ok"}', content_type=_JSON)
 
     async def get_stats(self, request: web.Request) -> web.Response:
-        return web.Response(body=_dumps(self.stats.snapshot()), content_type=_JSON)
+        prompts = request.query.get("prompts", "") not in ("", "0", "false")
+        return web.Response(body=_dumps(self.stats.snapshot(prompts)), content_type=_JSON)
 
     async def reset_stats(self, request: web.Request) -> web.Response:
         self.stats.reset()
