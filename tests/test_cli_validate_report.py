@@ -212,6 +212,59 @@ def test_report_unreadable_file_exits_2(runner: CliRunner, tmp_path: Path, kind:
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize("spelling", ["same", "dot", "symlink"])
+def test_report_html_may_not_be_the_result_file(runner: CliRunner, finished_run: Any, tmp_path: Path,
+                                                spelling: str) -> None:  # fmt: skip
+    """SPEC §8.28: `report --html F` may not be the result file it reads, however spelled: exit 2 in one line,
+    the results untouched (it used to overwrite them with the HTML page)."""
+    out = finished_run["jsonl"][0]
+    target = {"same": str(out), "dot": str(tmp_path / "." / out.name)}.get(spelling)
+    if spelling == "symlink":
+        (tmp_path / "page.html").symlink_to(out)
+        target = str(tmp_path / "page.html")
+    before = out.read_bytes()
+
+    result = invoke(runner, ["report", str(out), "--html", str(target)])
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and "is the result file" in result.stderr
+    assert out.read_bytes() == before
+
+
+def test_report_html_in_a_folder_that_cannot_exist_is_refused_first(runner: CliRunner, finished_run: Any,
+                                                                     tmp_path: Path) -> None:  # fmt: skip
+    """SPEC §8.28: the --html folder is checked writable before the result file is read: one line, exit 2,
+    nothing on stdout."""
+    out = finished_run["jsonl"][0]
+
+    result = invoke(runner, ["report", str(out), "--html", str(out / "report.html")])
+
+    assert result.exit_code == 2, result.output
+    assert result.stdout == "" and result.stderr.count("\n") == 1 and "not a folder" in result.stderr
+
+
+def test_report_html_creates_missing_folders(runner: CliRunner, finished_run: Any, tmp_path: Path) -> None:
+    """Decision on SPEC §8.28: like -o, a missing folder of --html is created."""
+    page = tmp_path / "reports" / "today" / "run.html"
+
+    result = invoke(runner, ["report", str(finished_run["jsonl"][0]), "--html", str(page)])
+
+    assert result.exit_code == 0, result.output
+    assert page.read_text(encoding="utf-8").lstrip().lower().startswith("<!doctype html")
+
+
+@pytest.mark.parametrize("column", ["status", "parsed", "judge", "variant"])
+def test_validate_refuses_keep_columns_naming_an_output_column(runner: CliRunner, tmp_path: Path,
+                                                               column: str) -> None:  # fmt: skip
+    """SPEC §8.27 and §8.6: validate holds --keep-columns to the run's rule: exit 2 in one line naming it."""
+    src = write_jsonl(tmp_path / "in.jsonl", chat_rows(2))
+
+    result = validate(runner, [str(src), "--keep-columns", column])
+
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and f"--keep-columns {column}:" in result.stderr
+
+
 # ---- --version and --help -------------------------------------------------------------------------
 
 

@@ -475,3 +475,160 @@ def test_params_must_be_a_table(tmp_path: Path) -> None:
 
 def test_bad_job_file_value_is_a_usage_error(tmp_path: Path) -> None:
     usage_error(flags(job=job_file(tmp_path, "concurrency = 0\n")))
+
+
+# --- Through the CLI: kept columns, numbers, URLs with credentials (SPEC §8.27, §8.33, §8.34) ----------------------
+
+# Every column SPEC §3 names, the evaluation columns, `parsed` (§8.42) and `judge` (§8.44): written out here,
+# not imported, so the test holds the code to the SPEC's list.
+OUTPUT_COLUMNS = [
+    "id", "index", "status", "status_code", "content", "finish_reason", "model", "prompt_tokens",
+    "completion_tokens", "total_tokens", "attempts", "latency_ms", "error", "tool_calls", "request_id",
+    "cached_tokens", "reasoning_tokens", "parsed", "variant", "sample", "passed", "failures", "cached", "judge",
+]  # fmt: skip
+
+
+def cli_run(runner: Any, server: Any, tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> Any:
+    from conftest import connection_env, invoke, write_jsonl
+
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "prompt": f"q{i}", "topic": "t"} for i in range(3)])
+    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), *extra],
+                    env=connection_env(server) if env is None else env)  # fmt: skip
+    assert "Traceback" not in result.output
+    return result
+
+
+def refused_in_one_line(result: Any) -> str:
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1, result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize("column", OUTPUT_COLUMNS)
+def test_keep_columns_naming_an_output_column_is_refused(sim, runner, tmp_path: Path, column: str) -> None:
+    """SPEC §8.27: kept columns never shadow results: --keep-columns naming an output column is exit 2 in one
+    line naming it, before anything is sent (a kept `status` used to overwrite every row's status)."""
+    server = sim()
+
+    result = cli_run(runner, server, tmp_path, "--keep-columns", f"topic,{column}")
+
+    assert f"--keep-columns {column}:" in refused_in_one_line(result)
+    assert server.stats.requests == 0
+    assert not (tmp_path / "out.jsonl").exists()
+
+
+def test_job_file_keep_columns_naming_an_output_column_is_refused(sim, runner, tmp_path: Path) -> None:
+    """SPEC §8.27 and §8.5: the job file's `keep_columns` is held to the same rule as the flag."""
+    server = sim()
+    job = job_file(tmp_path, 'keep_columns = ["topic", "content"]\n', name="job.toml")
+
+    result = cli_run(runner, server, tmp_path, "--job", job)
+
+    assert "`content` is an output column" in refused_in_one_line(result)
+    assert server.stats.requests == 0
+
+
+NON_FINITE_FLAGS = [
+    ["--timeout", "inf"], ["--timeout", "-inf"], ["--max-cost", "nan"], ["--rpm", "inf"], ["--tpm", "nan"],
+    ["--price-in", "nan"], ["--price-out", "inf"], ["--drain-timeout", "inf"], ["--progress-interval", "nan"],
+    ["--checkpoint-interval", "inf"], ["--fail-under", "nan"], ["--deadline", "inf"], ["--deadline", "nan"],
+    ["--max-wait", "inf"], ["--max-wait", "1e999"], ["-c", "nan"], ["--max-attempts", "inf"],
+    ["--abort-after", "nan"], ["--max-total-tokens", "1e999"], ["--repeat", "inf"], ["--limit", "inf"],
+    ["--param", "temperature=NaN"], ["--param", "top_p=Infinity"], ["--param", "max_tokens=1e999"],
+    ["--param", "stop=[1, -Infinity]"],
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("extra", NON_FINITE_FLAGS, ids=lambda e: " ".join(e))
+def test_nan_and_inf_flags_are_refused(sim, runner, tmp_path: Path, extra: list[str]) -> None:
+    """SPEC §8.34: nan and inf are refused wherever a number is taken: exit 2 in one line naming the option,
+    nothing sent (--max-cost nan silently disabled the cap, --timeout inf crashed mid-run)."""
+    server = sim()
+
+    result = cli_run(runner, server, tmp_path, *extra)
+
+    named = {"-c": "--concurrency", "--param": f"--param {extra[1].split('=')[0]}"}.get(extra[0], extra[0])
+    assert f"inferbatch: {named}" in refused_in_one_line(result)
+    assert server.stats.requests == 0
+
+
+@pytest.mark.parametrize("line", ["timeout = nan", "max_cost = inf", "rpm = inf", "limit = inf", "concurrency = -inf",
+                                  'deadline = inf', 'max_wait = "inf"', "fail_under = nan", "progress_interval = 1e999",
+                                  "[params]\ntemperature = nan",
+                                  '[[variants]]\nname = "a"\ntemplate = "{prompt}"\n[variants.params]\ntop_p = inf',
+                                  '[[assert]]\ntype = "max-latency-ms"\nvalue = inf'])  # fmt: skip
+def test_nan_and_inf_in_job_files_are_refused(sim, runner, tmp_path: Path, line: str) -> None:
+    """SPEC §8.34 and §6: a job file's nan or inf, in any table, is exit 2 in one line naming the key (`limit = inf`
+    was an OverflowError traceback, `timeout = nan` was taken), nothing sent."""
+    server = sim()
+    job = job_file(tmp_path, f"{line}\n", name="job.toml")
+
+    result = cli_run(runner, server, tmp_path, "--job", job)
+
+    key = line.split("\n")[-1].split(" = ")[0]
+    assert key in refused_in_one_line(result).replace("-", "_")
+    assert server.stats.requests == 0
+
+
+@pytest.mark.parametrize("command", [["worker", "--inbox", "in", "--outbox", "out", "--once", "--simulate",
+                                      "--poll", "nan"], ["simulate", "--rate-429", "nan"],
+                                     ["simulate", "--latency-ms", "inf"], ["report", "r.jsonl", "--price-in", "nan"],
+                                     ["validate", "in.jsonl", "--price-out", "inf"]],
+                         ids=["worker --poll", "simulate --rate-429", "simulate --latency-ms", "report --price-in",
+                              "validate --price-out"])  # fmt: skip
+def test_nan_and_inf_are_refused_by_every_command(runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  command: list[str]) -> None:  # fmt: skip
+    """SPEC §8.34: the other commands' numbers too: exit 2 in one line (a simulator would otherwise serve
+    with a nan rate, a worker poll with nan, a report price nan)."""
+    from conftest import invoke, write_jsonl
+
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "prompt": "q"}])
+    write_jsonl(tmp_path / "r.jsonl", [{"id": "a", "index": 0, "status": "ok"}])
+    (tmp_path / "in").mkdir()
+
+    result = invoke(runner, command)
+
+    assert command[-2] in refused_in_one_line(result)
+
+
+CREDENTIAL_URLS = ["https://alice:hunter2-Pa55w0rd@inference.example.com", "http://:hunter2-Pa55w0rd@127.0.0.1:9/v1",
+                   "https://hunter2-Pa55w0rd@inference.example.com", "ftp://alice:hunter2-Pa55w0rd@example.com"]  # fmt: skip
+
+
+@pytest.mark.parametrize("url", CREDENTIAL_URLS)
+@pytest.mark.parametrize("source", ["--url", "INFERENCE_URL", "job file"])
+def test_url_with_user_and_password_is_refused_without_echoing_it(runner, tmp_path: Path, url: str,
+                                                                  source: str) -> None:  # fmt: skip
+    """SPEC §8.33: a URL carrying `user:password@` (flag, env or job file) is exit 2 in one line naming where it
+    came from, and the message shows neither the password nor the URL holding it."""
+    env = {"INFERENCE_KEY": "k" * 20, "INFERENCE_MODEL_ID": "m"}
+    extra: list[str] = []
+    if source == "--url":
+        extra = ["--url", url]
+    elif source == "INFERENCE_URL":
+        env["INFERENCE_URL"] = url
+    else:
+        extra = ["--job", job_file(tmp_path, f'url = "{url}"\n', name="job.toml")]
+
+    result = cli_run(runner, None, tmp_path, *extra, env=env)
+
+    message = refused_in_one_line(result)
+    assert source.split()[0] in message
+    assert "hunter2-Pa55w0rd" not in result.output and "alice" not in result.output
+    assert "***@" in message
+
+
+def test_parse_duration_refuses_nan_and_inf() -> None:
+    """SPEC §8.34: a duration is a finite number of seconds."""
+    for text in ("inf", "nan", "-inf", "1e999", float("inf"), float("nan"), "9" * 400 + "s"):
+        with pytest.raises(UsageError):
+            parse_duration(text)  # type: ignore[arg-type]
+
+
+def test_resolve_refuses_overlapping_s3_paths_by_their_text() -> None:
+    """SPEC §8.28: for s3:// only the text can be compared: s3://b//k and s3://b/k/ are the same object."""
+    error = usage_error(flags(output="s3://b/out.jsonl", summary_json="s3://b//out.jsonl/"))
+    assert "--summary-json" in str(error)
+    cfg = resolve(flags(output="s3://b/out.jsonl", summary_json="s3://b/out.summary.json"), ENV)
+    assert cfg.summary_json == "s3://b/out.summary.json"

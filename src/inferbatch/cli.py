@@ -17,7 +17,8 @@ from typing import Any
 
 import click
 
-from inferbatch.errors import InferbatchError
+from inferbatch.config import DEFAULTS
+from inferbatch.errors import InferbatchError, OutputError
 
 _PROCESS_START = time.monotonic()
 
@@ -55,7 +56,7 @@ def shaping_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--id-column", help="Column holding the row id [default: custom_id, else id, else position]."),
         click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
                      help="Request body parameter (JSON value), e.g. temperature=0. Repeatable."),  # fmt: skip
-        click.option("--limit", type=int, help="Only the first N rows."),
+        click.option("--limit", metavar="N", help="Only the first N rows."),
         click.option("--shard", help="Only rows whose id hashes to shard I of N, as I/N."),
         click.option("--keep-columns", help="Comma-separated input columns to copy into the output."),
     ]
@@ -64,36 +65,50 @@ def shaping_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _default(name: str) -> str:
+    """``[default: …]`` for help text, from the one table of defaults."""
+    value = DEFAULTS[name]
+    return f"[default: {value:g}]" if isinstance(value, float) else f"[default: {value}]"
+
+
 def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Connection and run options: shared by `run` and `worker`."""
+    """Connection and run options: shared by `run` and `worker`. Numbers are taken as text and checked by
+    ``config.resolve``, so a bad one (``nan``, ``inf``, ``abc``) is the same one line from a flag or a job file."""
     decorators = [
         click.option("--url", help="API base URL [env: INFERENCE_URL]; /v1/chat/completions is appended."),
         click.option("--api-key-env", help="Read the key from this variable instead of INFERENCE_KEY."),
         click.option("--simulate", is_flag=True, default=None, help="Run against the built-in simulator (no key needed)."),
-        click.option("-c", "--concurrency", type=int, help="Most requests in flight at once. [default: 16]"),
-        click.option("--rpm", type=int, help="Requests-per-minute ceiling."),
-        click.option("--tpm", type=int, help="Tokens-per-minute ceiling."),
-        click.option("--max-attempts", type=int, help="Attempts per row, the first included. [default: 6]"),
-        click.option("--timeout", type=float, help="Seconds per attempt. [default: 300]"),
+        click.option("-c", "--concurrency", metavar="N",
+                     help=f"Most requests in flight at once. {_default('concurrency')}"),
+        click.option("--rpm", metavar="N", help="Requests-per-minute ceiling."),
+        click.option("--tpm", metavar="N", help="Tokens-per-minute ceiling."),
+        click.option("--max-attempts", metavar="N",
+                     help=f"Attempts per row, the first included. {_default('max_attempts')}"),
+        click.option("--timeout", metavar="S", help=f"Seconds per attempt. {_default('timeout')}"),
         click.option("--retry-errors", is_flag=True, default=None, help="On resume, send rows that ended as error again."),
         click.option("--restart", is_flag=True, default=None, help="Discard an existing checkpoint and start over."),
-        click.option("--abort-after", type=int, help="Stop after N consecutive failed rows (0: never). [default: 25]"),
+        click.option("--abort-after", metavar="N",
+                     help=f"Stop after N consecutive failed rows (0: never). {_default('abort_after')}"),
         click.option("--output-format", type=click.Choice(["jsonl", "parquet", "openai-batch"]),
                   help="Output format [default: by the output's extension]."),
-        click.option("--drain-timeout", type=float, help="On SIGTERM/SIGINT, seconds in-flight requests may take. [default: 20]"),
+        click.option("--drain-timeout", metavar="S",
+                     help=f"On SIGTERM/SIGINT, seconds in-flight requests may take. {_default('drain_timeout')}"),
         click.option("--deadline", help="Stop admitting so in-flight work ends before this (9m, 23h); exit 75."),
         click.option("--max-wait", help="Longest wait a server may ask for (Retry-After, a rate-limit reset); "
-                     "longer is a quota stop, exit 3. [default: 10m]"),
-        click.option("--max-total-tokens", type=int, help="Budget cap: stop admitting before the job's tokens cross N; exit 3."),
-        click.option("--max-cost", type=float, help="Budget cap in USD: stop admitting before the job's cost crosses it; exit 3."),
-        click.option("--price-in", type=float, help="USD per million prompt tokens [default: built-in table]."),
-        click.option("--price-out", type=float, help="USD per million completion tokens [default: built-in table]."),
-        click.option("--checkpoint-interval", type=float,
-                  help="With an s3:// output, seconds between checkpoint parts. [default: 5]"),
-        click.option("--progress-interval", type=float, help="Seconds between logfmt progress lines off a terminal. [default: 10]"),
-        click.option("--repeat", type=int, help="Evaluation: send each (row, variant) K times (a `sample` column)."),
+                     f"longer is a quota stop, exit 3. {_default('max_wait')}"),
+        click.option("--max-total-tokens", metavar="N",
+                     help="Budget cap: stop admitting before the job's tokens cross N; exit 3."),
+        click.option("--max-cost", metavar="USD",
+                     help="Budget cap in USD: stop admitting before the job's cost crosses it; exit 3."),
+        click.option("--price-in", metavar="USD", help="USD per million prompt tokens [default: built-in table]."),
+        click.option("--price-out", metavar="USD", help="USD per million completion tokens [default: built-in table]."),
+        click.option("--checkpoint-interval", metavar="S",
+                     help=f"With an s3:// output, seconds between checkpoint parts. {_default('checkpoint_interval')}"),
+        click.option("--progress-interval", metavar="S",
+                     help=f"Seconds between logfmt progress lines off a terminal. {_default('progress_interval')}"),
+        click.option("--repeat", metavar="K", help="Evaluation: send each (row, variant) K times (a `sample` column)."),
         click.option("--variant", multiple=True, help="Evaluation: run only this [[variants]] entry. Repeatable."),
-        click.option("--fail-under", type=float,
+        click.option("--fail-under", metavar="RATE",
                      help="Evaluation: exit 1 if any variant's pass rate is below this fraction (e.g. 0.9)."),
         click.option("--cache", help="Response cache folder or s3:// prefix: identical requests are answered from it."),
         click.option("-q", "--quiet", is_flag=True, help="No progress, only warnings and the result."),
@@ -146,8 +161,6 @@ def run(input: str | None, quiet: bool, verbose: int, **flags: Any) -> None:
         below = report.summary.variants_below(cfg.fail_under) if cfg.fail_under is not None else []
         if below and report.stop is None:
             click.echo(f"inferbatch: pass rate under --fail-under {cfg.fail_under:g}: {', '.join(below)}", err=True)
-        if cfg.summary_json:
-            _write_summary_json(cfg.summary_json, report.summary.as_dict())
         if report.stop is not None:
             click.echo(f"inferbatch: {report.stop}", err=True)
         if report.already_complete:
@@ -155,24 +168,47 @@ def run(input: str | None, quiet: bool, verbose: int, **flags: Any) -> None:
                        "output untouched; --restart runs the job again", err=True)  # fmt: skip
         else:
             click.echo(f"wrote {report.output} rows={report.summary.rows}", err=True)
+        if cfg.summary_json:
+            import json
+
+            try:
+                _write_side_output("--summary-json", cfg.summary_json, json.dumps(report.summary.as_dict(), indent=2))
+            except OutputError as exc:
+                failed = OutputError(f"{exc}; the output {report.output} is written")
+                if report.exit_code > 1:  # a stop's own code (3, 75, 130, 143) says more: resumable
+                    failed.exit_code = report.exit_code
+                raise failed from None
     raise click.exceptions.Exit(report.exit_code)
 
 
-def _write_summary_json(path: str, data: dict[str, Any]) -> None:
-    import json
+def _write_side_output(option: str, path: str, text: str) -> None:
+    """Write a side output whole (a temp file renamed into place, or one S3 object), creating missing folders.
 
-    text = json.dumps(data, indent=2) + "\n"
+    Its path was checked before the run (``config.check_paths``); a failure now is an OutputError (exit 2)."""
+    import tempfile
+
+    data = (text if text.endswith("\n") else text + "\n").encode()
     try:
         if path.startswith("s3://"):
             from inferbatch.storage import write_bytes
 
-            write_bytes(path, text.encode())
-        else:
-            with open(path, "w", encoding="utf-8") as handle:
-                handle.write(text)
-    except OSError as exc:
-        reason = exc.strerror or " ".join(str(exc).split())[:200]
-        click.echo(f"inferbatch: cannot write --summary-json {path}: {reason}", err=True)
+            write_bytes(path, data)
+            return
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is an ordinary file
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except (OSError, InferbatchError) as exc:
+        reason = (exc.strerror if isinstance(exc, OSError) else None) or " ".join(str(exc).split())[:200]
+        raise OutputError(f"cannot write {option} {path}: {reason}") from None
 
 
 @cli.command()
@@ -241,11 +277,18 @@ def report(output: str, as_json: bool, html_file: str | None, price_in: float | 
     """Print the summary of a result file (JSONL or Parquet); with --html, write a report page too."""
     import json
 
+    from inferbatch.config import PathUse, check_paths, positive_float
     from inferbatch.pricing import Pricing
     from inferbatch.progress import Summary
     from inferbatch.report_html import ReportCollector, render_html
     from inferbatch.results import read_output
 
+    with error_boundary():
+        price_in = positive_float("price_in", price_in, allow_zero=True)
+        price_out = positive_float("price_out", price_out, allow_zero=True)
+        if html_file:
+            check_paths([PathUse("OUTPUT", output, "the result file reported on"),
+                         PathUse("--html", html_file, "the --html report", writes=True)])  # fmt: skip
     collector = ReportCollector() if html_file else None
     summary = collector.summary if collector is not None else Summary()
     summary.pricing = Pricing(price_in, price_out)
@@ -275,33 +318,15 @@ def report(output: str, as_json: bool, html_file: str | None, price_in: float | 
         for line in summary.comparison_table():
             click.echo(line)
     if collector is not None and html_file:
-        _write_text(html_file, render_html(collector, title=f"inferbatch report: {output.rsplit('/', 1)[-1]}"))
+        with error_boundary():
+            page = render_html(collector, title=f"inferbatch report: {output.rsplit('/', 1)[-1]}")
+            _write_side_output("--html", html_file, page)
         click.echo(f"wrote {html_file}", err=True)
-
-
-def _write_text(path: str, text: str) -> None:
-    import tempfile
-
-    try:
-        if path.startswith("s3://"):
-            from inferbatch.storage import write_bytes
-
-            write_bytes(path, text.encode())
-            return
-        folder = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".report-", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as exc:
-        click.echo(f"inferbatch: cannot write {path}: {exc.strerror or exc}", err=True)
-        raise click.exceptions.Exit(2) from None
 
 
 @cli.command()
 @click.option("--inbox", required=True, help="Folder or s3:// prefix of input files to process.")
-@click.option("--outbox", required=True, help="Folder or s3:// prefix for NAME.results.* and NAME.done.json.")
+@click.option("--outbox", required=True, help="Folder or s3:// prefix for FILE.results.* and FILE.done.json (FILE: the whole input name).")
 @click.option("--poll", type=float, default=30.0, show_default=True, help="Seconds between looks at the inbox.")
 @click.option("--output-ext", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True,
               help="Format of the results files.")  # fmt: skip
@@ -311,17 +336,16 @@ def _write_text(path: str, text: str) -> None:
 def worker(inbox: str, outbox: str, poll: float, output_ext: str, once: bool, quiet: bool, verbose: int,
            **flags: Any) -> None:  # fmt: skip
     """Process every input file in INBOX, resumably, one after another, then poll; never exits on success
-    (a Heroku worker dyno that exits is restarted). Finished inputs get OUTBOX/NAME.done.json and are
+    (a Heroku worker dyno that exits is restarted). Finished inputs get OUTBOX/FILE.done.json and are
     never run again. With --shard auto, N worker dynos split the inbox by file name."""
     import asyncio
 
-    from inferbatch.config import resolve
+    from inferbatch.config import positive_float, resolve
     from inferbatch.worker import Worker
 
     _setup_logging(quiet, verbose)
     with error_boundary():
-        if poll <= 0:
-            raise click.UsageError("--poll must be positive")
+        positive_float("poll", poll)
         cfg = resolve({**flags, "input": inbox, "verbosity": verbose}, os.environ)
         service = Worker(cfg, inbox=inbox, outbox=outbox, poll=poll, output_ext=output_ext, once=once, quiet=quiet)
         code = asyncio.run(service.serve())
@@ -331,12 +355,17 @@ def worker(inbox: str, outbox: str, poll: float, output_ext: str, once: bool, qu
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, help="Merged output: .jsonl or .parquet (or s3://).")
-def merge(inputs: tuple[str, ...], output: str) -> None:
-    """Combine --shard outputs into one file in input order; overlapping shards are refused."""
+@click.option("--allow-gaps", is_flag=True,
+              help="Write the merge even if row indexes leave a gap (a shard missing or unfinished).")  # fmt: skip
+def merge(inputs: tuple[str, ...], output: str, allow_gaps: bool) -> None:
+    """Combine --shard outputs into one file in input order. Refused (exit 2): shards that overlap, an
+    output that is one of the inputs, and indexes that leave a gap, unless --allow-gaps. Indexes must run
+    0, 1, 2, ... up to the largest one present (per variant in an evaluation); rows missing after it, at
+    the very end of the input, cannot be seen without the input."""
     from inferbatch.merge import merge_outputs
 
     with error_boundary():
-        count = merge_outputs(list(inputs), output)
+        count = merge_outputs(list(inputs), output, allow_gaps=allow_gaps)
     click.echo(f"wrote {output} rows={count}", err=True)
 
 
@@ -365,8 +394,18 @@ def simulate(host: str, port: int, latency_ms: float, jitter_ms: float, seed: in
     """Serve an OpenAI-compatible chat-completions API on loopback, with deterministic replies,
     latency, fault injection and rate limits. Put [[sim:500x2]]-style directives in a prompt
     to script one row's answers (see README)."""
+    from inferbatch.config import positive_float
+    from inferbatch.errors import UsageError
     from inferbatch.simulator import SimOptions, serve
 
+    with error_boundary():
+        for name, value in (("latency_ms", latency_ms), ("jitter_ms", jitter_ms), ("retry_after", retry_after)):
+            positive_float(name, value, allow_zero=True)
+        positive_float("window_s", window_s)
+        for name, value in (("rate_429", rate_429), ("rate_500", rate_500), ("rate_503", rate_503),
+                            ("rate_hang", rate_hang), ("rate_drop", rate_drop), ("rate_malformed", rate_malformed)):
+            if (positive_float(name, value, allow_zero=True) or 0.0) > 1:
+                raise UsageError(f"--{name.replace('_', '-')} is a share of requests, between 0 and 1; got {value}")
     require_key = None
     if require_key_env:
         require_key = os.environ.get(require_key_env)
@@ -399,9 +438,11 @@ def main() -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception:  # noqa: BLE001 - a bug: show it, redacted
+        from inferbatch.redact import Redactor
+
         text = traceback.format_exc()
         for secret in _secrets_in_env():
-            text = text.replace(secret, "[REDACTED]")
+            text = Redactor(secret).scrub(text)  # the whole value and every piece of 8+ characters (SPEC §8.33)
         sys.stderr.write(text)
         sys.exit(1)
 

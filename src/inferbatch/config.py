@@ -15,17 +15,20 @@ Environment variables read here:
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import tempfile
 import tomllib
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from inferbatch.errors import UsageError
 from inferbatch.evaluation import Assertion, Variant
+from inferbatch.results import BODY_KEY, COLUMNS, EVAL_COLUMNS
 
 DEFAULTS: dict[str, Any] = {
     "concurrency": 16,
@@ -89,6 +92,11 @@ _JOB_TYPES: dict[str, type | tuple[type, ...]] = {
 PATH_KEYS = ("input", "output", "template_file", "summary_json", "cache")
 
 OUTPUT_FORMATS = ("jsonl", "parquet", "openai-batch")
+
+# Output columns SPEC §3 and §8.42-44 name that results.py does not define yet; drop them from here once it does.
+_PENDING_COLUMNS = ("cached_tokens", "reasoning_tokens", "parsed", "judge")
+# Names a kept column may not take (SPEC §8.27): every result column, and the internal raw-body key.
+RESERVED_COLUMNS = tuple(dict.fromkeys((*COLUMNS, *EVAL_COLUMNS, *_PENDING_COLUMNS, BODY_KEY)))
 
 
 class Secret:
@@ -161,6 +169,8 @@ class RunConfig:
     selected_variants: tuple[str, ...] = ()
     fail_under: float | None = None
     cache: str | None = None
+    job: str | None = None  # the job file read, kept so no written path may be it (SPEC §8.28)
+    template_file: str | None = None  # likewise; its text is in ``template``
 
     @property
     def evaluation(self) -> bool:
@@ -185,23 +195,39 @@ class RunConfig:
         }
 
 
-def endpoint_url(base: str) -> str:
-    """``https://host`` → ``https://host/v1/chat/completions``; a base ending in ``/v1`` gets ``/chat/completions``."""
+def endpoint_url(base: str, source: str = "--url/INFERENCE_URL") -> str:
+    """``https://host`` → ``https://host/v1/chat/completions``; a base ending in ``/v1`` gets ``/chat/completions``.
+
+    A URL carrying ``user:password@`` is refused (SPEC §8.33): the key belongs in INFERENCE_KEY, and a
+    password in the URL would be sent as Basic auth and stored in the checkpoint. No message here shows it.
+    """
     base = base.strip().rstrip("/")
+    shown = _redact_userinfo(base)
+    authority = re.split(r"[/?#]", base.split("://", 1)[1] if "://" in base else base, maxsplit=1)[0]
+    if "@" in authority:
+        raise UsageError(
+            f"{source} carries a user name or password ({shown}); remove the `user:password@` part: "
+            "the key goes in INFERENCE_KEY (or the variable named by --api-key-env), never in the URL"
+        )
     if not re.match(r"^https?://[^/\s]+", base):
-        raise UsageError(f"--url/INFERENCE_URL must be an http(s) URL, got {base!r}")
+        raise UsageError(f"{source} must be an http(s) URL, got {shown!r}")
     try:
         parsed = urllib.parse.urlsplit(base)
         parsed.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as exc:
-        raise UsageError(f"--url/INFERENCE_URL is not a valid URL ({exc}): {base!r}") from None
+        raise UsageError(f"{source} is not a valid URL ({exc}): {shown!r}") from None
     if not parsed.hostname:
-        raise UsageError(f"--url/INFERENCE_URL has no host: {base!r}")
+        raise UsageError(f"{source} has no host: {shown!r}")
     if base.endswith("/chat/completions"):
         return base
     if base.endswith("/v1"):
         return base + "/chat/completions"
     return base + "/v1/chat/completions"
+
+
+def _redact_userinfo(url: str) -> str:
+    """``https://user:pw@host/x`` → ``https://***@host/x``, also for malformed URLs; other URLs unchanged."""
+    return re.sub(r"[^/\s@]+@", "***@", url)
 
 
 def parse_param(text: str) -> tuple[str, Any]:
@@ -211,10 +237,41 @@ def parse_param(text: str) -> tuple[str, Any]:
     if not sep or not key:
         raise UsageError(f"--param needs KEY=VALUE, got {text!r}")
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=_refuse_constant)
+        finite = non_finite(value) is None
+    except _NonFinite:
+        value, finite = None, False
     except ValueError:
-        value = raw
+        value, finite = raw, True
+    if not finite:  # SPEC §8.34: Python's json takes NaN, Infinity and 1e999
+        hint = "" if raw.strip()[:1] in "[{" else f"; to send it as text, quote it as JSON: {key}='\"{raw.strip()}\"'"
+        raise UsageError(f"--param {key}: {raw.strip()!r} holds a number that is not finite (nan, infinity){hint}")
     return key, value
+
+
+class _NonFinite(Exception):
+    pass
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NonFinite(name)
+
+
+def non_finite(value: Any, where: str = "") -> str | None:
+    """The dotted path of the first nan or ±inf inside ``value`` (a number, list or table), else None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "value"
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = non_finite(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
 
 
 def parse_shard(text: str, env: Mapping[str, str] | None = None) -> Shard:
@@ -247,8 +304,15 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def parse_duration(text: str | float | int) -> float:
-    """``9m`` → 540.0, ``1h30m`` → 5400.0, ``20ms`` → 0.02, a bare number is seconds."""
+def parse_duration(text: str | float | int, option: str | None = None) -> float:
+    """``9m`` → 540.0, ``1h30m`` → 5400.0, ``20ms`` → 0.02, a bare number is seconds; nan and inf are refused."""
+    seconds = _duration_seconds(text)
+    if not math.isfinite(seconds):
+        raise UsageError(f"{option + ': ' if option else ''}{text!r} is not a finite duration (use e.g. 90s, 9m, 23h)")
+    return seconds
+
+
+def _duration_seconds(text: str | float | int) -> float:
     if isinstance(text, (int, float)):
         return float(text)
     text = text.strip()
@@ -273,6 +337,9 @@ def load_job(path: str) -> dict[str, Any]:
         raise UsageError(f"cannot read job file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"job file {path} is not valid TOML: {exc}") from None
+    where = non_finite(data)
+    if where is not None:
+        raise UsageError(f"job file {path}: `{where}` is not a finite number (nan and inf are refused)")
     known = set(DEFAULTS) | {"variants", "assert"}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -299,27 +366,46 @@ def load_job(path: str) -> dict[str, Any]:
     return data
 
 
-def _positive_int(name: str, value: Any, *, minimum: int = 1) -> int | None:
-    if value is None:
-        return None
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _finite(name: str, value: Any) -> float:
+    """``value`` as a float; nan and ±inf are refused (SPEC §8.34): a nan limit would silently be no limit."""
     try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}") from None
-    if number < minimum or number != float(value):
-        raise UsageError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value!r}")
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise UsageError(f"{_flag(name)} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise UsageError(f"{_flag(name)} must be a finite number, got {value!r}")
     return number
 
 
-def _positive_float(name: str, value: Any, *, allow_zero: bool = False) -> float | None:
+def _positive_int(name: str, value: Any, *, minimum: int = 1) -> int | None:
     if value is None:
         return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise UsageError(f"--{name.replace('_', '-')} must be a number, got {value!r}") from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        try:
+            number = int(str(value).strip())
+        except ValueError:
+            as_float = _finite(name, value)
+            if not as_float.is_integer():
+                raise UsageError(f"{_flag(name)} must be a whole number, got {value!r}") from None
+            number = int(as_float)
+    if number < minimum:
+        raise UsageError(f"{_flag(name)} must be at least {minimum}, got {value!r}")
+    return number
+
+
+def positive_float(name: str, value: Any, *, allow_zero: bool = False) -> float | None:
+    """A finite number > 0 (≥ 0 with ``allow_zero``) for option ``name``, or None; else a UsageError naming it."""
+    if value is None:
+        return None
+    number = _finite(name, value)
     if number < 0 or (number == 0 and not allow_zero):
-        raise UsageError(f"--{name.replace('_', '-')} must be {'≥' if allow_zero else '>'} 0, got {value!r}")
+        raise UsageError(f"{_flag(name)} must be {'≥' if allow_zero else '>'} 0, got {value!r}")
     return number
 
 
@@ -359,39 +445,38 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
         except OSError as exc:
             raise UsageError(f"cannot read --template-file {merged['template_file']}: {exc.strerror}") from None
 
-    output = merged["output"]
-    for name in ("output", "summary_json"):
-        target = merged[name]
-        if isinstance(target, str) and "://" not in target and os.path.isdir(target):
-            raise UsageError(f"--{name.replace('_', '-')} {target} is a folder; give a file name")
-    if isinstance(merged["cache"], str) and "://" not in merged["cache"] and os.path.isfile(merged["cache"]):
-        raise UsageError(f"--cache {merged['cache']} is a file; the cache is a folder (or an s3:// prefix)")
     for key in ("max_tokens", "max_completion_tokens"):
         value = params.get(key)
         if value is not None and (type(value) is not int or value < 1):
             raise UsageError(f"--param {key} must be a positive whole number, got {value!r}")
     if "model" in params and not isinstance(params["model"], str):
         raise UsageError(f"--param model must be a string, got {params['model']!r}")
-    if output and merged["input"] != "-" and _same_path(str(merged["input"]), str(output)):
-        raise UsageError(f"-o {output} is the input file: writing there would destroy the prompts; choose another output")
 
     keep = merged["keep_columns"]
     if isinstance(keep, list):
         keep = tuple(keep)
     if isinstance(keep, str):
         keep = tuple(c.strip() for c in keep.split(",") if c.strip())
+    shadowing = [c for c in keep if c in RESERVED_COLUMNS]
+    if shadowing:
+        raise UsageError(
+            f"--keep-columns {shadowing[0]}: `{shadowing[0]}` is an output column, and a kept column may not "
+            "replace a result; rename that input column or leave it out"
+        )
 
     simulate = bool(merged["simulate"])
     url = api_key = None
     model = flags.get("model") or env.get("INFERENCE_MODEL_ID") or job.get("model")
     if need_connection and not simulate:
-        raw_url = flags.get("url") or env.get("INFERENCE_URL") or job.get("url")
+        sources = (("--url", flags.get("url")), ("INFERENCE_URL", env.get("INFERENCE_URL")),
+                   (f"job file `url` ({flags.get('job')})", job.get("url")))  # fmt: skip
+        source, raw_url = next(((name, value) for name, value in sources if value), ("", None))
         if not raw_url:
             raise UsageError(
                 "no API URL: set INFERENCE_URL (e.g. export INFERENCE_URL=$(heroku config:get -a APP INFERENCE_URL)) "
                 "or pass --url; or try --simulate"
             )
-        url = endpoint_url(raw_url)
+        url = endpoint_url(raw_url, source)
         key_env = merged["api_key_env"]
         key = env.get(key_env)
         if not key:
@@ -407,10 +492,10 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
         abort_after = _positive_int("abort_after", merged["abort_after"], minimum=0)
     else:
         abort_after = 0
-    deadline = parse_duration(merged["deadline"]) if merged["deadline"] is not None else None
+    deadline = parse_duration(merged["deadline"], "--deadline") if merged["deadline"] is not None else None
     if deadline is not None and deadline <= 0:
         raise UsageError("--deadline must be positive")
-    max_wait = parse_duration(merged["max_wait"])
+    max_wait = parse_duration(merged["max_wait"], "--max-wait")
     if max_wait <= 0:
         raise UsageError("--max-wait must be positive")
 
@@ -426,14 +511,14 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
     assertions = tuple(Assertion.from_table(t, n) for n, t in enumerate(_tables(job, "assert"), 1))
     fail_under = merged["fail_under"]
     if fail_under is not None:
-        fail_under = _positive_float("fail_under", fail_under, allow_zero=True)
+        fail_under = positive_float("fail_under", fail_under, allow_zero=True)
         if fail_under is not None and fail_under > 1:
             raise UsageError("--fail-under is a fraction between 0 and 1 (e.g. 0.9)")
 
-    return RunConfig(
+    cfg = RunConfig(
         variants=variants,
         assertions=assertions,
-        repeat=_positive_int("repeat", merged["repeat"]) or 1,
+        repeat=_positive_int("repeat", merged["repeat"]) or DEFAULTS["repeat"],
         selected_variants=selected,
         fail_under=fail_under,
         cache=merged["cache"],
@@ -446,8 +531,8 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
         concurrency=_concurrency(merged["concurrency"]),
         rpm=_positive_int("rpm", merged["rpm"]),
         tpm=_positive_int("tpm", merged["tpm"]),
-        max_attempts=_positive_int("max_attempts", merged["max_attempts"]) or 6,
-        timeout=_positive_float("timeout", merged["timeout"]) or 300.0,
+        max_attempts=_positive_int("max_attempts", merged["max_attempts"]) or DEFAULTS["max_attempts"],
+        timeout=positive_float("timeout", merged["timeout"]) or DEFAULTS["timeout"],
         system=merged["system"],
         template=template,
         id_column=merged["id_column"],
@@ -460,33 +545,170 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
         abort_after=abort_after or 0,
         output_format=output_format_for(merged["output"], merged["output_format"]),
         summary_json=merged["summary_json"],
-        drain_timeout=_positive_float("drain_timeout", merged["drain_timeout"], allow_zero=True) or 0.0,
+        drain_timeout=positive_float("drain_timeout", merged["drain_timeout"], allow_zero=True) or 0.0,
         deadline=deadline,
         max_wait=max_wait,
         max_total_tokens=_positive_int("max_total_tokens", merged["max_total_tokens"]),
-        max_cost=_positive_float("max_cost", merged["max_cost"]),
-        price_in=_positive_float("price_in", merged["price_in"], allow_zero=True),
-        price_out=_positive_float("price_out", merged["price_out"], allow_zero=True),
-        progress_interval=_positive_float("progress_interval", merged["progress_interval"]) or 10.0,
-        checkpoint_interval=_positive_float("checkpoint_interval", merged["checkpoint_interval"]) or 5.0,
+        max_cost=positive_float("max_cost", merged["max_cost"]),
+        price_in=positive_float("price_in", merged["price_in"], allow_zero=True),
+        price_out=positive_float("price_out", merged["price_out"], allow_zero=True),
+        progress_interval=(positive_float("progress_interval", merged["progress_interval"])
+                           or DEFAULTS["progress_interval"]),
+        checkpoint_interval=(positive_float("checkpoint_interval", merged["checkpoint_interval"])
+                             or DEFAULTS["checkpoint_interval"]),
         verbosity=int(flags.get("verbosity") or 0),
+        job=flags.get("job") or None,
+        template_file=merged["template_file"] or None,
     )
+    check_paths(run_paths(cfg), writable=need_connection)  # validate (no connection) writes nothing
+    return cfg
 
 
 MAX_CONCURRENCY = 4096
 
 
 def _concurrency(value: Any) -> int:
-    number = _positive_int("concurrency", value) or 16
+    number = _positive_int("concurrency", value) or DEFAULTS["concurrency"]
     if number > MAX_CONCURRENCY:
         raise UsageError(f"--concurrency {number} is more than {MAX_CONCURRENCY} requests in flight; no API allows that")
     return number
 
 
-def _same_path(a: str, b: str) -> bool:
-    if "://" in a or "://" in b:
-        return a.rstrip("/") == b.rstrip("/")
-    return os.path.realpath(a) == os.path.realpath(b)
+# ---- paths: what a command reads and writes (SPEC §8.28) --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PathUse:
+    """One path a command touches, named as the user gave it.
+
+    ``kind`` is ``file``; ``folder`` (created and filled with entries of its own: the cache); or ``tree``
+    (a folder the run also deletes, the checkpoint: nothing else may live inside it).
+    """
+
+    option: str  # how the user gave it: "-o", "--summary-json", "INPUT", ...
+    path: str
+    what: str  # for messages: "the input"
+    writes: bool = False
+    kind: Literal["file", "folder", "tree"] = "file"
+
+
+def run_paths(cfg: RunConfig) -> list[PathUse]:
+    """Every path ``run`` reads or writes: the output and its checkpoint, the side outputs, the files it reads."""
+    uses: list[PathUse] = []
+    if cfg.output:
+        uses.append(PathUse("-o", cfg.output, "the output", writes=True))
+        uses.append(PathUse("-o", cfg.output + ".checkpoint", "the output's checkpoint folder", writes=True,
+                            kind="tree"))  # fmt: skip
+    if cfg.summary_json:
+        uses.append(PathUse("--summary-json", cfg.summary_json, "the --summary-json file", writes=True))
+    if cfg.cache:
+        uses.append(PathUse("--cache", cfg.cache, "the --cache folder", writes=True, kind="folder"))
+    if cfg.input != "-":
+        uses.append(PathUse("INPUT", cfg.input, "the input"))
+    if cfg.job:
+        uses.append(PathUse("--job", cfg.job, "the job file"))
+    if cfg.template_file:
+        uses.append(PathUse("--template-file", cfg.template_file, "the --template-file"))
+    return uses
+
+
+def check_paths(uses: list[PathUse], *, writable: bool = True) -> None:
+    """The one check of every path a command will write (SPEC §8.28), before anything is sent or written.
+
+    No written path may be another path of the command (the input, the output, a side output, the job or
+    template file), however spelled (``./a.jsonl`` and ``a.jsonl``, a symlink: real paths are compared; for
+    ``s3://`` only the text can be). Nothing may live inside a ``tree``. A written file may not be a folder,
+    nor the cache a file. With ``writable``, the folder each local path will be written in (or its nearest
+    existing parent: missing folders are created when written) must be a writable folder.
+    """
+    for position, first in enumerate(uses):
+        for second in uses[position + 1 :]:
+            if first.writes or second.writes:
+                _refuse_overlap(first, second)
+    for use in uses:
+        if use.writes and _remote(use.path):
+            bucket, _, key = _normal_remote(use.path).partition("://")[2].partition("/")
+            if use.kind == "file" and not (bucket and key):
+                raise UsageError(f"{use.option} {use.path}: an s3:// path needs a bucket and a key")
+        elif use.writes:
+            _check_target(use, writable)
+
+
+def _refuse_overlap(first: PathUse, second: PathUse) -> None:
+    if _remote(first.path) != _remote(second.path):
+        return
+    if _same_location(first.path, second.path):
+        writer, other = (second, first) if second.writes else (first, second)  # blame the later, a side output
+        spelled = "" if other.path == writer.path else f" ({other.option} {other.path})"
+        raise UsageError(
+            f"{writer.option} {writer.path} is {other.what}{spelled}: writing there would destroy it; "
+            f"give {writer.option} a path of its own"
+        )
+    for tree, inner in ((first, second), (second, first)):
+        if tree.kind == "tree" and _inside(inner.path, tree.path):
+            raise UsageError(
+                f"{inner.option} {inner.path} is inside {tree.what} {tree.path}, which the run manages and "
+                "removes; choose a path outside it"
+            )
+
+
+def _check_target(use: PathUse, writable: bool) -> None:
+    path = use.path
+    if use.kind == "file" and os.path.isdir(path):
+        raise UsageError(f"{use.option} {path} is a folder; give a file name")
+    if use.kind == "folder" and os.path.isfile(path):
+        raise UsageError(f"{use.option} {path} is a file; the cache is a folder (or an s3:// prefix)")
+    if use.kind == "tree" and os.path.lexists(path) and not os.path.isdir(path):
+        raise UsageError(f"{path} is in the way: {use.what} must be a folder of that name; move it away")
+    if not writable:
+        return
+    folder = path if use.kind != "file" and os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise UsageError(f"{use.option} {path}: {folder} is not a folder")
+    if not _writable(folder):
+        raise UsageError(f"{use.option} {path}: cannot write in the folder {folder} (permission denied or read-only)")
+
+
+def _writable(folder: str) -> bool:
+    """Whether a file can be created in ``folder``: asked, then tried (root passes os.access even where
+    creating fails, as in /sys), with a hidden probe file removed at once."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".inferbatch-probe-")
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(probe)
+    return True
+
+
+def _remote(path: str) -> bool:
+    return "://" in path
+
+
+def _normal_remote(path: str) -> str:
+    scheme, _, rest = path.partition("://")
+    return f"{scheme.lower()}://{re.sub('/+', '/', rest.strip('/'))}"  # s3://b//k may be s3://b/k: refuse both
+
+
+def _same_location(a: str, b: str) -> bool:
+    if _remote(a):
+        return _normal_remote(a) == _normal_remote(b)
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)  # a hard link, or another spelling on a case-insensitive disk
+    except OSError:
+        return False
+
+
+def _inside(path: str, folder: str) -> bool:
+    if _remote(path):
+        return _normal_remote(path).startswith(_normal_remote(folder) + "/")
+    return os.path.realpath(path).startswith(os.path.realpath(folder) + os.sep)
 
 
 def _tables(job: Mapping[str, Any], key: str) -> list[dict[str, Any]]:

@@ -32,7 +32,7 @@ from inferbatch.checkpoint import Checkpoint, SlotLayout, input_identity
 from inferbatch.budget import Budget, Reservation
 from inferbatch.cache import ResponseCache
 from inferbatch.client import Client, Response
-from inferbatch.config import RunConfig
+from inferbatch.config import RunConfig, check_paths, run_paths
 from inferbatch.evaluation import Variant, check
 from inferbatch.errors import (
     AuthFailed, AuthRejected, BudgetExceeded, CheckpointError, DeadlineReached, InferbatchError, InputError,
@@ -185,6 +185,7 @@ async def run_batch(
     if cfg.output is None:
         raise UsageError("no output: give -o OUTPUT or `output = ...` in the job file")
     deadline_origin = time.monotonic() if started_at is None else started_at
+    check_paths(run_paths(cfg))  # library callers and the worker's per-file configs skip resolve()
     check_columns(cfg)
     items = prime(cfg, work_items(cfg, read_rows(cfg.input)))
     checkpoint = _open_checkpoint(cfg)
@@ -601,10 +602,10 @@ class _Run:
             request.id, request.index, response.data, status_code=response.status, attempts=attempts,
             latency_ms=response.latency_ms, request_id=request_id, keep={}, keep_body=self.keep_body,
         )  # fmt: skip
+        self._record(record, request)  # first: a paid answer is kept whatever the cache does
         if self.cache is not None:
             entry = {"data": response.data, "latency_ms": response.latency_ms, "request_id": request_id}
             await self._cache_io(self.cache.put, self.cache.key(body, request.sample), entry)
-        self._record(record, request)
 
     async def _cache_io(self, func: Callable[..., Any], *args: Any) -> Any:
         """Local cache files are read in the loop; S3 objects in a thread, so the loop never waits on a network."""
