@@ -33,7 +33,7 @@ def test_procfile_worker_processes_the_inbox_and_stops_on_sigterm(tmp_path: Path
                             text=True, start_new_session=True)  # fmt: skip
     try:
         deadline = time.monotonic() + 60
-        while not (outbox / "prompts.done.json").exists():
+        while not (outbox / "prompts.jsonl.done.json").exists():
             assert time.monotonic() < deadline and proc.poll() is None, "the worker did not finish the inbox"
             time.sleep(0.1)
         time.sleep(1)
@@ -41,7 +41,7 @@ def test_procfile_worker_processes_the_inbox_and_stops_on_sigterm(tmp_path: Path
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         output, _ = proc.communicate(timeout=30)
-    assert len(read_jsonl(outbox / "prompts.results.jsonl")) == 25
+    assert len(read_jsonl(outbox / "prompts.jsonl.results.jsonl")) == 25
     assert "worker_done" in output
     assert server.stats()["requests"] == 25
 

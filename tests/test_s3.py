@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -25,8 +27,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def moto_endpoint() -> Iterator[str]:
+def start_moto() -> tuple[subprocess.Popen[bytes], str]:
+    """A moto_server process on a free loopback port, once it answers; returns it and its URL."""
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -35,12 +37,25 @@ def moto_endpoint() -> Iterator[str]:
     while True:
         try:
             urllib.request.urlopen(url + "/moto-api/", timeout=1).close()
-            break
+            return proc, url
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:
                 proc.kill()
                 raise RuntimeError("moto_server did not start") from None
             time.sleep(0.1)
+
+
+def create_bucket(endpoint: str, name: str) -> None:
+    from pyarrow import fs as pafs
+
+    pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
+                      endpoint_override=endpoint.split("://")[1], scheme="http",
+                      allow_bucket_creation=True).create_dir(name)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    proc, url = start_moto()
     yield url
     proc.terminate()
     proc.wait(timeout=10)
@@ -49,14 +64,11 @@ def moto_endpoint() -> Iterator[str]:
 @pytest.fixture
 def bucket(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
     """A fresh bucket; AWS_* variables point the code under test at moto."""
-    from pyarrow import fs as pafs
-
     for name, value in {**CREDENTIALS, "AWS_ENDPOINT_URL": moto_endpoint}.items():
         monkeypatch.setenv(name, value)
-    name = "bkt-" + request.node.name.lower().replace("_", "-")[:40].strip("-")
-    pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
-                      endpoint_override=moto_endpoint.split("://")[1], scheme="http",
-                      allow_bucket_creation=True).create_dir(name)  # fmt: skip
+    readable = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower().replace("_", "-"))[:40].strip("-")
+    name = f"bkt-{readable}-{hashlib.blake2b(request.node.name.encode(), digest_size=3).hexdigest()}"
+    create_bucket(moto_endpoint, name)
     return name
 
 
@@ -160,8 +172,7 @@ def test_kill_9_with_the_checkpoint_on_s3_then_resume(sim_process: Any, bucket: 
             time.sleep(0.1)
         proc.kill()
         proc.wait(timeout=10)
-        kills += 1
-        time.sleep(3.5)  # the killed run's lease (3 intervals, at least 3 s) runs out
+        kills += 1  # the rerun starts at once: the killed run's lease names a gone process on this host (§8.36)
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     result = [json.loads(line) for line in (get(output) or b"").splitlines()]
@@ -193,3 +204,117 @@ def test_a_live_lease_refuses_a_second_run(sim, runner, bucket: str) -> None:
     again = invoke(runner, ["run", f"s3://{bucket}/in.jsonl", "-o", f"s3://{bucket}/out.jsonl"],
                    env=connection_env(server))  # fmt: skip
     assert again.exit_code == 0, again.stderr
+
+
+def test_a_run_killed_with_9_on_this_host_leaves_a_lease_taken_over_at_once(
+    sim_process: Any, bucket: str, tmp_path: Path
+) -> None:
+    """Promise (SPEC §8.36): a lease whose holder ran on this host and whose process is gone (kill -9) is taken
+    over at once: the rerun starts immediately (it was refused until the lease expired, 15 s by default)."""
+    server = sim_process("--latency-ms", "50")
+    rows = 600
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "prompt": f"q {i}"} for i in range(rows)])
+    output = f"s3://{bucket}/results.jsonl"
+    env = {**os.environ, "INFERENCE_URL": server.url, "INFERENCE_KEY": "k", "INFERENCE_MODEL_ID": "m"}
+    args = [sys.executable, "-m", "inferbatch", "run", str(source), "-o", output, "-q"]  # default interval: 15 s lease
+    holder = subprocess.Popen([*args, "-c", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while get(f"{output}.checkpoint/lease.json") is None:
+        assert time.monotonic() < deadline and holder.poll() is None, "the run took no lease"
+        time.sleep(0.05)
+    assert json.loads(get(f"{output}.checkpoint/lease.json") or b"{}")["pid"] == holder.pid
+    holder.kill()
+    holder.wait(timeout=10)
+
+    rerun = subprocess.run([*args, "-c", "16"], env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "taking over the checkpoint lease" in rerun.stderr
+    result = [json.loads(line) for line in (get(output) or b"").splitlines()]
+    assert [r["id"] for r in result] == [f"r{i}" for i in range(rows)]
+    assert {r["status"] for r in result} == {"ok"}
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to read a process's start time")
+@pytest.mark.parametrize(
+    ("holder", "taken_over"),
+    [("alive", False), ("gone", True), ("pid-reused", True), ("zombie", True), ("other-boot", False),
+     ("other-host", False)],
+)  # fmt: skip
+def test_which_leases_a_rerun_takes_over(holder: str, taken_over: bool, sim, runner, bucket: str) -> None:
+    """Promise (SPEC §8.36, §8.20): only a lease whose holder is on this host (same host name, boot and pid
+    namespace) and provably gone (no such pid, a zombie, or the pid now names a process started at another
+    time) is taken over at once; a live holder, or one on another host or boot, still refuses the run."""
+    import orjson
+
+    from inferbatch.checkpoint_s3 import _process_status, this_process
+
+    server = sim()
+    put(f"s3://{bucket}/in.jsonl", jsonl_bytes(chat_rows(3)))
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    try:
+        status = _process_status(sleeper.pid)
+        assert status is not None
+        lease = {"run_id": "another-run", **this_process(), "pid": sleeper.pid, "started": status[1],
+                 "expires_at": time.time() + 600}  # fmt: skip
+        if holder == "pid-reused":
+            lease["started"] = str(int(status[1]) - 1)
+        elif holder == "zombie":
+            sleeper.kill()  # killed, not reaped: os.kill(pid, 0) still succeeds
+            deadline = time.monotonic() + 30
+            while (_process_status(sleeper.pid) or ("",))[0] != "Z":
+                assert time.monotonic() < deadline, "the killed process never became a zombie"
+                time.sleep(0.01)
+        elif holder != "alive":
+            sleeper.kill()
+            sleeper.wait()
+            if holder == "other-boot":
+                lease["boot_id"] = f"not-{lease['boot_id']}"
+            elif holder == "other-host":
+                lease["host"] = "web.1"
+        put(f"s3://{bucket}/out.jsonl.checkpoint/lease.json", orjson.dumps(lease))
+        result = invoke(runner, ["run", f"s3://{bucket}/in.jsonl", "-o", f"s3://{bucket}/out.jsonl"],
+                        env=connection_env(server))  # fmt: skip
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    if taken_over:
+        assert result.exit_code == 0, result.stderr
+        assert server.stats.requests == 3
+    else:
+        assert result.exit_code == 2
+        assert "another inferbatch run" in result.stderr
+        assert server.stats.requests == 0
+
+
+def test_worker_on_s3_names_outputs_by_the_whole_key_and_resumes_an_old_checkpoint(sim, runner, bucket: str) -> None:
+    """Promise (SPEC §8.19, §8.2): on S3, `a.jsonl`, `a.csv` and `day1/a.jsonl` under the inbox are three inputs with
+    three results, named by their whole key below the inbox (they were one name, `a`, and two were never run);
+    an unfinished checkpoint an older worker left under the stem name is resumed, not paid for again."""
+    from inferbatch import storage
+
+    server = sim()
+    inbox, outbox = f"s3://{bucket}/inbox", f"s3://{bucket}/outbox"
+    rows = chat_rows(4, "j")
+    rows[1]["messages"][0]["content"] += " [[sim:400]]"  # an error row keeps the checkpoint
+    put(f"{inbox}/a.jsonl", jsonl_bytes(rows))
+    put(f"{inbox}/a.csv", b"id,prompt\n" + b"".join(b"c%d,question %d\n" % (i, i) for i in range(3)))
+    put(f"{inbox}/day1/a.jsonl", jsonl_bytes(chat_rows(2, "d")))
+    old = invoke(runner, ["run", f"{inbox}/a.jsonl", "-o", f"{outbox}/a.results.jsonl"], env=connection_env(server))
+    assert old.exit_code == 1, old.stderr
+    assert storage.object_size(f"{outbox}/a.results.jsonl.checkpoint/manifest.json") is not None
+    sent_before = server.stats.requests
+
+    args = ["worker", "--inbox", inbox, "--outbox", outbox, "--once", "--poll", "0.2"]
+    result = invoke(runner, args, env=connection_env(server))
+    assert result.exit_code == 0, result.stderr
+    assert server.stats.requests == sent_before + 3 + 2  # a.jsonl's finished rows were not sent again
+    assert [r["status"] for r in map(json.loads, (get(f"{outbox}/a.jsonl.results.jsonl") or b"").splitlines())] == [
+        "ok", "error", "ok", "ok"]  # fmt: skip
+    assert len((get(f"{outbox}/a.csv.results.jsonl") or b"").splitlines()) == 3
+    assert len((get(f"{outbox}/day1/a.jsonl.results.jsonl") or b"").splitlines()) == 2
+    for name in ("a.jsonl", "a.csv", "day1/a.jsonl"):
+        assert json.loads(get(f"{outbox}/{name}.done.json") or b"{}")["input"] == f"{inbox}/{name}"
+    assert storage.list_objects(f"{outbox}/a.results.jsonl.checkpoint") == []
+
+    again = invoke(runner, args, env=connection_env(server))
+    assert again.exit_code == 0 and server.stats.requests == sent_before + 5

@@ -47,17 +47,17 @@ def test_worker_processes_the_inbox_stays_up_and_never_reruns_finished_work(tmp_
     write_jsonl(inbox / "second.jsonl", chat_rows(30, "b"))
     proc = worker_process(inbox, outbox, server.url)
     try:
-        wait_for(lambda: (outbox / "first.done.json").exists() and (outbox / "second.done.json").exists())
-        assert len(read_jsonl(outbox / "first.results.jsonl")) == 20
-        assert len(read_jsonl(outbox / "second.results.jsonl")) == 30
-        done = json.loads((outbox / "second.done.json").read_text())
+        wait_for(lambda: (outbox / "first.jsonl.done.json").exists() and (outbox / "second.jsonl.done.json").exists())
+        assert len(read_jsonl(outbox / "first.jsonl.results.jsonl")) == 20
+        assert len(read_jsonl(outbox / "second.jsonl.results.jsonl")) == 30
+        done = json.loads((outbox / "second.jsonl.done.json").read_text())
         assert done["ok"] == 30 and done["rows"] == 30
         time.sleep(1.5)  # several polls
         assert proc.poll() is None  # idle, still running
         assert server.stats()["requests"] == 50  # finished inputs are not run again
 
         write_jsonl(inbox / "third.jsonl", chat_rows(5, "c"))  # new work is picked up on the next poll
-        wait_for(lambda: (outbox / "third.done.json").exists())
+        wait_for(lambda: (outbox / "third.jsonl.done.json").exists())
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
@@ -80,7 +80,7 @@ def test_killed_worker_resumes_the_unfinished_input_without_resending_finished_r
     inbox.mkdir()
     write_jsonl(inbox / "big.jsonl", chat_rows(1500))
     proc = worker_process(inbox, outbox, server.url, "-c", "16", "-q")
-    results_log = outbox / "big.results.jsonl.checkpoint" / "results.jsonl"
+    results_log = outbox / "big.jsonl.results.jsonl.checkpoint" / "results.jsonl"
     wait_for(lambda: results_log.exists() and results_log.read_bytes().count(b"\n") >= 300)
     proc.kill()
     proc.communicate(timeout=10)
@@ -89,9 +89,9 @@ def test_killed_worker_resumes_the_unfinished_input_without_resending_finished_r
     restarted = worker_process(inbox, outbox, server.url, "-c", "16", "-q", "--once")
     _, stderr = restarted.communicate(timeout=120)
     assert restarted.returncode == 0, stderr
-    rows = read_jsonl(outbox / "big.results.jsonl")
+    rows = read_jsonl(outbox / "big.jsonl.results.jsonl")
     assert [r["id"] for r in rows] == [f"row{i}" for i in range(1500)]
-    assert (outbox / "big.done.json").exists()
+    assert (outbox / "big.jsonl.done.json").exists()
     # The restart sent only what had no result (plus at most the 16 that were in flight).
     assert server.stats()["requests"] <= 1500 + 16
     assert server.stats()["requests"] >= 1500
@@ -117,7 +117,7 @@ def test_two_workers_with_shard_auto_never_process_the_same_input(tmp_path: Path
     assert inputs_one and inputs_two
     assert not inputs_one & inputs_two
     assert len(inputs_one | inputs_two) == 12
-    assert all((outbox / f"{name}.done.json").exists() for name in names)
+    assert all((outbox / f"{name}.jsonl.done.json").exists() for name in names)
     assert server.stats()["requests"] == 36
 
 

@@ -15,6 +15,8 @@ until it expires (three intervals, at least 3 s; 15 s by default).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -90,15 +92,20 @@ class S3Checkpoint(Checkpoint):
                 lease = {}
             left = float(lease.get("expires_at", 0)) - time.time()
             if left > 0 and lease.get("run_id") != self.run_id:
-                raise CheckpointError(
-                    f"another inferbatch run (host {lease.get('host')}, pid {lease.get('pid')}) is writing {output}; "
-                    f"its lease ends in {left:.0f} s unless renewed: wait for it, or stop it, before running again"
-                )
+                if not holder_is_gone(lease):
+                    raise CheckpointError(
+                        f"another inferbatch run (host {lease.get('host')}, pid {lease.get('pid')}) is writing "
+                        f"{output}; its lease ends in {left:.0f} s unless renewed: wait for it, or stop it, before "
+                        "running again"
+                    )
+                log.warning("taking over the checkpoint lease of a run on this host that is gone (pid %s)",
+                            lease.get("pid"))  # fmt: skip
         self._write_lease()
 
     def _write_lease(self) -> None:
-        lease = {"run_id": self.run_id, "host": socket.gethostname(), "pid": os.getpid(),
-                 "expires_at": time.time() + self.lease_s}  # fmt: skip
+        """The lease names its holder (SPEC §8.36): host, pid and the process's start time, so a rerun on the
+        same host can tell that the holder is gone without waiting for the lease to expire."""
+        lease = {"run_id": self.run_id, **this_process(), "expires_at": time.time() + self.lease_s}
         storage.write_bytes(f"{self.prefix}/lease.json", orjson.dumps(lease))
 
     def _release_lease(self) -> None:
@@ -185,3 +192,61 @@ class S3Checkpoint(Checkpoint):
             self._part_results.clear()
             self._part_sent.clear()
         Checkpoint._close_logs(self)
+
+
+# ---- lease holders (SPEC §8.36) ---------------------------------------------
+@functools.lru_cache(maxsize=1)
+def _this_host() -> dict[str, str | None]:
+    """What makes a pid mean the same process: the host name, the kernel's boot id and the pid namespace.
+
+    A host name alone is not enough: containers sharing a host name (``--uts=host``) have pid namespaces of
+    their own, and a machine that rebooted has the same name and reused pids. Where ``/proc`` is missing
+    (macOS), the host name is all there is."""
+    boot_id = pid_ns = None
+    with contextlib.suppress(OSError):
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    with contextlib.suppress(OSError):
+        pid_ns = os.readlink("/proc/self/ns/pid")
+    return {"host": socket.gethostname(), "boot_id": boot_id, "pid_ns": pid_ns}
+
+
+def _process_status(pid: int) -> tuple[str, str] | None:
+    """``(state, start time in clock ticks since boot)`` from ``/proc/PID/stat``, or None where unavailable."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2 :].split()  # the command name in (...) may hold spaces
+    return (fields[0], fields[19]) if len(fields) > 19 else None
+
+
+def this_process() -> dict[str, Any]:
+    """The lease fields that identify the running process."""
+    status = _process_status(os.getpid())
+    return {**_this_host(), "pid": os.getpid(), "started": status[1] if status else None}
+
+
+def holder_is_gone(lease: dict[str, Any]) -> bool:
+    """True only if the lease's holder ran on this host and its process is gone: no such pid, a zombie, or a
+    pid now used by a process that started at another time. Anything else (another host, a lease from an older
+    version, a process that may be alive) is False: the lease holds until it expires."""
+    if any(lease.get(key) != value for key, value in _this_host().items()):
+        return False
+    pid = lease.get("pid")
+    if type(pid) is not int or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, another user's
+    except OSError:
+        return False
+    status = _process_status(pid)
+    if status is None:
+        return False
+    state, started = status
+    if state in ("Z", "X"):  # killed, not yet reaped by its parent: it writes nothing more
+        return True
+    return lease.get("started") is not None and lease.get("started") != started

@@ -181,6 +181,46 @@ def list_objects(prefix_uri: str) -> list[tuple[str, int]]:
     return sorted((f"s3://{info.path}", info.size) for info in infos if info.type == pafs.FileType.File)
 
 
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """One object under a prefix: its ``s3://`` URI, its key relative to the prefix, size and modification time."""
+
+    uri: str
+    name: str
+    size: int
+    mtime_ns: int | None
+
+
+def list_files(prefix_uri: str) -> list[ObjectInfo]:
+    """Every object under a prefix (a directory-marker key ending in ``/`` is not an object), sorted by key."""
+    from pyarrow import fs as pafs
+
+    prefix = prefix_uri[len("s3://") :].strip("/")
+    try:
+        infos = filesystem().get_file_info(pafs.FileSelector(prefix, recursive=True, allow_not_found=True))
+    except OSError as exc:
+        raise _read_error(prefix_uri, exc) from None
+    found = [
+        ObjectInfo(f"s3://{info.path}", info.path[len(prefix) :].lstrip("/"), info.size, info.mtime_ns)
+        for info in infos
+        if info.type == pafs.FileType.File
+    ]
+    return sorted(found, key=lambda item: item.uri)
+
+
+def stat(uri: str) -> tuple[int, int | None] | None:
+    """``(size, mtime_ns)`` of an object, or None if it does not exist."""
+    from pyarrow import fs as pafs
+
+    info = filesystem().get_file_info(s3_path(uri))
+    return (info.size, info.mtime_ns) if info.type == pafs.FileType.File else None
+
+
+def copy(source_uri: str, target_uri: str) -> None:
+    """A server-side copy of one object."""
+    filesystem().copy_file(s3_path(source_uri), s3_path(target_uri))
+
+
 def object_size(uri: str) -> int | None:
     from pyarrow import fs as pafs
 
