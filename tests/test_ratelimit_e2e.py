@@ -20,9 +20,11 @@ def test_rpm_flag_paces_requests_instead_of_bursting(sim, runner, tmp_path: Path
     assert result.exit_code == 0
     arrivals = list(server.stats.arrivals)
     assert len(arrivals) == 8
-    # 240 per minute is one every 0.25 s: never two at once although 8 slots are free.
-    assert min(gaps(arrivals)) >= 0.2
-    assert arrivals[-1] - arrivals[0] >= 7 * 0.24
+    # 240 per minute is one every 0.25 s: never two at once although 8 slots are free. Arrival times carry
+    # the sender's scheduling jitter, so the bounds leave room for a busy CI runner (issue 16): a burst
+    # would arrive within a few milliseconds of each other.
+    assert min(gaps(arrivals)) >= 0.1
+    assert arrivals[-1] - arrivals[0] >= 7 * 0.25 - 0.25
 
 
 def test_limits_announced_in_headers_pace_the_run_without_flags(sim, runner, tmp_path: Path) -> None:
@@ -32,8 +34,8 @@ def test_limits_announced_in_headers_pace_the_run_without_flags(sim, runner, tmp
                     env=connection_env(server))  # fmt: skip
     assert result.exit_code == 0
     arrivals = list(server.stats.arrivals)
-    # The first response teaches the limit; from then on requests are 0.25 s apart.
-    assert min(gaps(arrivals)[1:]) >= 0.2
+    # The first response teaches the limit; from then on requests are 0.25 s apart (room for jitter: issue 16).
+    assert min(gaps(arrivals)[1:]) >= 0.1
     assert server.stats.by_status.get(429, 0) == 0
 
 

@@ -107,6 +107,13 @@ def test_retry_after_garbage_is_none(value: str) -> None:
     assert parse_retry_after({"retry-after": value}, now=NOW) is None
 
 
+@pytest.mark.parametrize("value", ["inf", "Infinity", "nan", "1e400", "-5"])
+def test_retry_after_that_is_no_wait_is_ignored(value: str) -> None:
+    """A Retry-After of `inf` must not become an endless sleep or a crash: it is garbage, as if absent."""
+    assert parse_retry_after({"retry-after": value}, now=NOW) is None
+    assert parse_retry_after({"retry-after-ms": value, "retry-after": "3"}, now=NOW) == pytest.approx(3.0)
+
+
 @pytest.mark.parametrize("headers", [{}, {"content-type": "application/json"}, {"retry-after": ""}])
 def test_retry_after_absent_is_none(headers: dict[str, str]) -> None:
     assert parse_retry_after(headers, now=NOW) is None
@@ -131,11 +138,12 @@ def test_server_retry_after_zero_waits_at_most_the_base_jitter() -> None:
     assert all(0.0 <= w <= 0.1 for w in waits)
 
 
-def test_server_retry_after_is_capped_at_ten_minutes_jitter_included() -> None:
-    waits = samples(2, Retryable("x", status=429, retry_after=86_400.0))
-    assert all(w == 600.0 for w in waits)  # SPEC §8.13: the wait, jitter and all, is capped at 10 minutes
-    near = samples(2, Retryable("x", status=429, retry_after=590.0))
-    assert all(590.0 <= w <= 600.0 for w in near)
+def test_server_retry_after_is_honoured_whole_with_a_little_jitter() -> None:
+    """SPEC §8.13: the server's wait plus a little jitter; no silent 10-minute cap (a wait over --max-wait is a
+    quota stop raised by the client, so it never reaches the policy)."""
+    waits = samples(2, Retryable("x", status=429, retry_after=900.0))
+    assert all(900.0 <= w <= 990.1 for w in waits)
+    assert min(waits) < 950.0 < max(waits)
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 4, 5, 6])
@@ -303,3 +311,96 @@ async def test_each_row_gets_a_fresh_controller() -> None:
         with pytest.raises(Retryable):
             await drive(2, [Retryable("x", status=500)], sleep)
     assert len(sleep.waits) == 3  # one wait per row: attempts are not shared between rows
+
+
+# ---- time bound (SPEC §8.41) ---------------------------------------------------
+
+
+class Clock:
+    """A fake monotonic clock that the injected sleep (and each attempt) moves forward."""
+
+    def __init__(self, now: float = 1_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ClockSleep(Recorder):
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.clock.now += seconds
+
+
+@pytest.fixture
+def real_waits() -> Any:
+    """The time bound counts waits as they will really be slept: measure them unscaled."""
+    retry.set_testing(False)
+    yield
+    retry.set_testing(True)
+
+
+async def bounded_run(clock: Clock, failure: Retryable, *, max_attempts: int, max_elapsed: float,
+                      attempt_s: float = 0.0, started_at: float | None = None,
+                      sleep: Recorder | None = None) -> tuple[int, BaseException]:  # fmt: skip
+    sleep = sleep or ClockSleep(clock)
+    attempts = 0
+    with pytest.raises(Retryable) as info:
+        async for attempt in make_retrying(max_attempts, sleep=sleep, max_elapsed=max_elapsed,
+                                           started_at=started_at, clock=clock):  # fmt: skip
+            with attempt:
+                attempts += 1
+                clock.now += attempt_s
+                raise failure
+    return attempts, info.value
+
+
+async def test_retries_stop_before_a_wait_that_would_end_past_the_time_bound(real_waits: Any) -> None:
+    """A row stops retrying when its next wait would take it past max_elapsed from its first attempt."""
+    clock = Clock()
+    failure = Retryable("rate_limit_exceeded", status=429, retry_after=4.0)  # waits of 4.0-4.5 s
+    attempts, raised = await bounded_run(clock, failure, max_attempts=100, max_elapsed=10.0)
+    assert attempts == 3  # at 0, ~4.2, ~8.4; a third wait would end past 10 s
+    assert raised is failure  # the last failure itself (reraise=True)
+    assert clock.now - 1_000.0 < 10.0
+
+
+async def test_the_first_attempt_before_the_controller_counts(real_waits: Any) -> None:
+    """The runner's first attempt runs before the controller exists: `started_at` puts it on the clock."""
+    clock = Clock()
+    failure = Retryable("x", status=503, retry_after=4.0)
+    attempts, _ = await bounded_run(clock, failure, max_attempts=100, max_elapsed=10.0, started_at=clock.now - 8.0)
+    assert attempts == 1
+
+
+async def test_default_limits_end_a_slow_failing_row_within_the_bound(real_waits: Any) -> None:
+    """Defaults (6 attempts, --timeout 300): each attempt times out and each 429 asks for 590 s. Unbounded, that
+    row takes 6 x 300 + 5 x 590 s, over an hour; bounded, it ends by 6 x 300 s plus at most its last attempt."""
+    clock = Clock()
+    failure = Retryable("timeout", status=429, retry_after=590.0)
+    started = clock.now
+    attempts, _ = await bounded_run(clock, failure, max_attempts=6, max_elapsed=6 * 300.0, attempt_s=300.0,
+                                    started_at=started)  # fmt: skip
+    assert attempts < 6
+    assert clock.now - started <= 6 * 300.0 + 300.0
+    assert clock.now - started < 3600.0
+
+
+async def test_the_time_bound_does_not_cut_ordinary_backoff_short(real_waits: Any) -> None:
+    clock = Clock()
+    attempts, _ = await bounded_run(clock, Retryable("http_500", status=500), max_attempts=6, max_elapsed=6 * 300.0,
+                                    attempt_s=1.0)  # fmt: skip
+    assert attempts == 6
+
+
+async def test_test_mode_waits_do_not_count_against_the_bound() -> None:
+    """Under set_testing() the runner sleeps 0 s, so the bound sees no wait (a suite with --timeout 0.5 keeps its
+    attempts)."""
+    clock = Clock()
+    failure = Retryable("x", status=429, retry_after=60.0)
+    attempts, _ = await bounded_run(clock, failure, max_attempts=4, max_elapsed=1.0, sleep=Recorder())
+    assert attempts == 4

@@ -94,6 +94,7 @@ class RequestFailed(Exception):
         body: object = None,
         headers: object = None,
         latency_ms: float | None = None,
+        request_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -103,6 +104,7 @@ class RequestFailed(Exception):
         self.body = body
         self.headers = headers
         self.latency_ms = latency_ms
+        self.request_id = request_id  # x-request-id, else the body's id; redacted by the client
 
 
 class Retryable(RequestFailed):

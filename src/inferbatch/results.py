@@ -71,6 +71,7 @@ def arrow_schema(kept: Iterable[tuple[str, Any]] = (), *, evaluation: bool = Fal
 
 def ok_record(row_id: str, index: int, data: dict[str, Any], *, status_code: int, attempts: int, latency_ms: float,
               request_id: str | None, keep: dict[str, Any], keep_body: bool = False) -> dict[str, Any]:  # fmt: skip
+    """``request_id``: pass ``Response.request_id`` (x-request-id, else the body's id; redacted by the client)."""
     choice = data["choices"][0]
     message = choice.get("message") or {}
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
@@ -101,11 +102,8 @@ def ok_record(row_id: str, index: int, data: dict[str, Any], *, status_code: int
 
 def error_record(row_id: str, index: int, exc: RequestFailed, *, attempts: int, keep: dict[str, Any],
                  keep_body: bool = False) -> dict[str, Any]:  # fmt: skip
-    headers = exc.headers or {}
     body = exc.body if isinstance(exc.body, dict) else None
-    request_id = headers.get("x-request-id") if hasattr(headers, "get") else None
-    if request_id is None and body is not None and isinstance(body.get("id"), str):
-        request_id = body["id"]
+    request_id = exc.request_id  # set (redacted) by the client; never read from raw headers here (SPEC §8.33)
     record = {
         "id": row_id,
         "index": index,

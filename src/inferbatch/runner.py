@@ -348,7 +348,7 @@ class _Run:
         self.started = time.monotonic()
         self.deadline_origin = deadline_origin
         self.summary = Summary(pricing=Pricing(cfg.price_in, cfg.price_out), default_model=cfg.model)
-        self.limiter = Limiter(cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm)
+        self.limiter = Limiter(cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm, max_wait=cfg.max_wait)
         self.pricing = Pricing(cfg.price_in, cfg.price_out)
         resumed = checkpoint.resumed
         self.budget = Budget(
@@ -393,7 +393,8 @@ class _Run:
 
     async def _execute(self, items: Iterator[Request | Invalid], handle_signals: bool) -> None:
         api_key = self.cfg.api_key.reveal() if self.cfg.api_key is not None else None
-        async with Client(self.url, api_key, timeout=self.cfg.timeout, concurrency=self.cfg.concurrency) as client:
+        async with Client(self.url, api_key, timeout=self.cfg.timeout, concurrency=self.cfg.concurrency,
+                          max_wait=self.cfg.max_wait) as client:  # fmt: skip
             self.client = client
             async with signal_handlers(self._on_signal, handle_signals), self._ticker():
                 feeder = asyncio.create_task(self._feed(items))
@@ -559,6 +560,7 @@ class _Run:
         prompt_estimate = estimate_prompt_tokens(request.body)
         attempts = 1
         response = None
+        started = time.monotonic()
         try:
             try:
                 response = await self._attempt(request, body, prompt_estimate, max_tokens, True)
@@ -567,8 +569,10 @@ class _Run:
                 # per-call machinery cost about a tenth of the client's CPU. A failure is replayed as
                 # tenacity's attempt 1, so the policy (waits, Retry-After, the attempt limit) sees it.
                 replay: Retryable | None = first_failure
-                async for attempt in retry.make_retrying(self.cfg.max_attempts, sleep=self._sleep,
-                                                         before_sleep=self._log_retry):  # fmt: skip
+                async for attempt in retry.make_retrying(
+                    self.cfg.max_attempts, sleep=self._sleep, before_sleep=self._log_retry,
+                    max_elapsed=self.cfg.max_attempts * self.cfg.timeout, started_at=started,  # SPEC §8.41
+                ):  # fmt: skip
                     with attempt:
                         if replay is not None:
                             failure, replay = replay, None
@@ -597,7 +601,7 @@ class _Run:
             self._record(record, request)
             return
         assert response is not None
-        request_id = response.headers.get("x-request-id")
+        request_id = response.request_id  # redacted by the client: a proxy may echo the key there
         record = results.ok_record(
             request.id, request.index, response.data, status_code=response.status, attempts=attempts,
             latency_ms=response.latency_ms, request_id=request_id, keep={}, keep_body=self.keep_body,
@@ -664,7 +668,9 @@ class _Run:
             try:
                 response = await self.client.send(body)
             except RequestFailed as exc:
-                self.limiter.release(ticket, status=exc.status, headers=exc.headers, retry_after=exc.retry_after)
+                # A body cut off after its status line is no success, whatever the status said.
+                status = None if exc.code == "connection_error" else exc.status
+                self.limiter.release(ticket, status=status, headers=exc.headers, retry_after=exc.retry_after)
                 raise
             usage = response.data.get("usage")
             if isinstance(usage, dict):
