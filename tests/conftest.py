@@ -23,7 +23,7 @@ from inferbatch.simulator import SimOptions, SimServer, in_thread
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the developer's real INFERENCE_* variables."""
-    for name in ("INFERENCE_URL", "INFERENCE_KEY", "INFERENCE_MODEL_ID", "AWS_ENDPOINT_URL"):
+    for name in ("INFERENCE_URL", "INFERENCE_KEY", "INFERENCE_MODEL_ID", "AWS_ENDPOINT_URL", "DYNO", "INFERBATCH_SHARDS"):
         monkeypatch.delenv(name, raising=False)
 
 

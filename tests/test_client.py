@@ -634,3 +634,12 @@ async def test_a_429_whose_exhausted_limit_resets_beyond_max_wait_is_quota_rejec
     assert type(exc) is QuotaRejected
     assert "x-ratelimit-remaining-requests: 0" in exc.message
     assert re.search(r"resets in (19d23h|20d) \(at ", exc.message), exc.message
+
+
+async def test_a_short_key_never_mangles_a_completion(canned: Canned) -> None:
+    """A key under 8 characters (a test key like "k") is no reason to rewrite the model's words."""
+    url = await canned({"ok": Answer(200, {"choices": [{"message": {"role": "assistant", "content": "the haiku"},
+                                                        "finish_reason": "stop"}]})})  # fmt: skip
+    async with Client(url, "k", timeout=5, concurrency=1) as client:
+        response = await client.send(body("ok"))
+    assert response.data["choices"][0]["message"]["content"] == "the haiku"

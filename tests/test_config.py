@@ -632,3 +632,131 @@ def test_resolve_refuses_overlapping_s3_paths_by_their_text() -> None:
     assert "--summary-json" in str(error)
     cfg = resolve(flags(output="s3://b/out.jsonl", summary_json="s3://b/out.summary.json"), ENV)
     assert cfg.summary_json == "s3://b/out.summary.json"
+
+
+# --- Heroku's two inference plans (SPEC §8.39), job-file variables, shares and prices (§8.31, §8.38) -----------------
+
+STANDARD_PLAN = {"INFERENCE_URL": "https://us.inference.heroku.com", "INFERENCE_KEY": "std-secret-key"}
+PER_MODEL_PLAN = {**STANDARD_PLAN, "INFERENCE_MODEL_ID": "claude-4-5-haiku"}
+
+
+@pytest.mark.parametrize(
+    ("env", "given", "job_text", "expected"),
+    [
+        (STANDARD_PLAN, {}, None, None),  # the rows must name it: decided by the first valid row (SPEC §8.7)
+        (STANDARD_PLAN, {"model": "claude-4-5-sonnet"}, None, "claude-4-5-sonnet"),
+        (STANDARD_PLAN, {}, 'model = "nova-lite"\n', "nova-lite"),
+        (STANDARD_PLAN, {"model": "claude-4-5-sonnet"}, 'model = "nova-lite"\n', "claude-4-5-sonnet"),
+        (PER_MODEL_PLAN, {}, None, "claude-4-5-haiku"),
+        (PER_MODEL_PLAN, {}, 'model = "nova-lite"\n', "claude-4-5-haiku"),  # env > job file
+        (PER_MODEL_PLAN, {"model": "claude-4-5-sonnet"}, None, "claude-4-5-sonnet"),  # flag > env
+        (PER_MODEL_PLAN, {"model": ""}, None, "claude-4-5-haiku"),  # the Procfile's --model "$INFERBATCH_MODEL", unset
+    ],
+    ids=["standard-rows", "standard-flag", "standard-job", "standard-flag-over-job", "per-model-env",
+         "per-model-env-over-job", "per-model-flag-over-env", "per-model-empty-flag"],
+)  # fmt: skip
+def test_model_on_the_standard_plan_and_on_a_per_model_plan(tmp_path: Path, env: dict[str, str],
+                                                            given: dict[str, Any], job_text: str | None,
+                                                            expected: str | None) -> None:  # fmt: skip
+    """SPEC §8.39: the standard plan sets INFERENCE_URL and INFERENCE_KEY only; the connection resolves without
+    INFERENCE_MODEL_ID and the model comes from --model, the job file or the rows. Per-model plans keep working."""
+    job = job_file(tmp_path, job_text) if job_text is not None else None
+    cfg = resolve(flags(job=job, **given), env)
+    assert cfg.model == expected
+    assert cfg.url == "https://us.inference.heroku.com/v1/chat/completions"
+    assert cfg.api_key is not None and cfg.api_key.reveal() == "std-secret-key"
+
+
+def test_missing_model_message_names_every_way_to_give_one() -> None:
+    """SPEC §8.39: the message the runner raises when the first valid row names no model (exit 2)."""
+    from inferbatch.config import missing_model_error
+
+    error = missing_model_error()
+    assert error.exit_code == 2
+    text = str(error)
+    for way in ("--model", "job file", "row", "heroku ai:models:list"):
+        assert way in text, way
+    assert "\n" not in text
+
+
+def test_job_file_model_and_paths_name_environment_variables(tmp_path: Path) -> None:
+    """The app's config vars reach a job file: `model = "$INFERBATCH_MODEL"`, `s3://$BUCKETEER_BUCKET_NAME/...`."""
+    job = job_file(tmp_path, 'model = "$INFERBATCH_MODEL"\ninput = "s3://${BUCKETEER_BUCKET_NAME}/in.jsonl"\n'
+                             'output = "s3://$BUCKETEER_BUCKET_NAME/out.jsonl"\n')  # fmt: skip
+    env = {**STANDARD_PLAN, "INFERBATCH_MODEL": "claude-4-5-haiku", "BUCKETEER_BUCKET_NAME": "bkt"}
+    cfg = resolve(flags(job=job, input=None, output=None), env)
+    assert (cfg.model, cfg.input, cfg.output) == ("claude-4-5-haiku", "s3://bkt/in.jsonl", "s3://bkt/out.jsonl")
+
+
+def test_an_unset_variable_in_a_used_job_value_is_refused_naming_it(tmp_path: Path) -> None:
+    job = job_file(tmp_path, 'model = "$INFERBATCH_MODEL"\noutput = "s3://$BUCKETEER_BUCKET_NAME/out.jsonl"\n')
+    error = usage_error(flags(job=job, output=None, model="m"), STANDARD_PLAN)
+    assert "$BUCKETEER_BUCKET_NAME" in str(error) and "heroku config:set BUCKETEER_BUCKET_NAME" in str(error)
+    error = usage_error(flags(job=job), {**STANDARD_PLAN, "BUCKETEER_BUCKET_NAME": "bkt", "INFERBATCH_MODEL": ""})
+    assert "$INFERBATCH_MODEL" in str(error)
+    # A value the command line replaces is never used, so its variable may be unset.
+    cfg = resolve(flags(job=job, model="claude-4-5-haiku", output=str(tmp_path / "out.jsonl")), STANDARD_PLAN)
+    assert cfg.model == "claude-4-5-haiku"
+    assert resolve(flags(job=job), PER_MODEL_PLAN).model == "claude-4-5-haiku"  # INFERENCE_MODEL_ID wins anyway
+
+
+@pytest.mark.parametrize(
+    ("shard", "env", "share"),
+    [
+        ("auto", {"DYNO": "worker.2", "INFERBATCH_SHARDS": "3"}, 3),
+        ("auto", {"DYNO": "worker.1"}, 1),
+        ("1/3", {"DYNO": "worker.2", "INFERBATCH_SHARDS": "3"}, 1),
+        (None, {"DYNO": "worker.2", "INFERBATCH_SHARDS": "3"}, 1),
+    ],
+)
+def test_limit_share_is_the_shard_count_under_shard_auto(shard: str | None, env: dict[str, str], share: int) -> None:
+    """SPEC §8.38: with --shard auto and INFERBATCH_SHARDS=N each process takes 1/N of the limits; the runner
+    divides by RunConfig.limit_share."""
+    cfg = resolve(flags(shard=shard), {**ENV, **env})
+    assert cfg.limit_share == share
+
+
+@pytest.mark.parametrize("dyno", ["worker-23z34x56y-w78k9", "web-6f9b8c7d5-x2x8q"])
+def test_shard_auto_on_a_fir_dyno_asks_for_an_explicit_shard(dyno: str) -> None:
+    """SPEC §8.40: Fir dyno names carry no number: one line telling the user to pass --shard I/N, exit 2."""
+    error = usage_error(flags(shard="auto"), {**ENV, "DYNO": dyno, "INFERBATCH_SHARDS": "2"})
+    assert "--shard I/N" in str(error) and dyno in str(error) and "Fir" in str(error)
+    assert "\n" not in str(error)
+    assert resolve(flags(shard="auto"), {**ENV, "DYNO": dyno}).shard.count == 1  # one worker needs no number
+
+
+@pytest.mark.parametrize(
+    ("env", "restarted"),
+    [
+        ({"DYNO": "worker.1"}, True), ({"DYNO": "worker-23z34x56y-w78k9"}, True), ({"DYNO": "run.1234"}, False),
+        ({"DYNO": "scheduler.42"}, False), ({}, False),
+    ],
+)  # fmt: skip
+def test_restarted_on_exit_tells_formation_dynos_from_one_offs(env: dict[str, str], restarted: bool) -> None:
+    from inferbatch.config import restarted_on_exit
+
+    assert restarted_on_exit(env) is restarted
+
+
+@pytest.mark.parametrize(
+    ("given", "job_text"),
+    [
+        ({"model": "my-own-model"}, None),
+        ({"params": ("model=my-own-model",)}, None),
+        ({}, '[[variants]]\nname = "a"\nmodel = "my-own-model"\n[[variants]]\nname = "b"\n'),
+        ({"model": "claude-4-5-haiku", "price_in": 1.0}, None),  # a priced model: one flag replaces its half
+    ],
+    ids=["flag", "param", "variant", "priced"],
+)
+def test_max_cost_needs_a_price_for_every_model_the_run_names(tmp_path: Path, given: dict[str, Any],
+                                                             job_text: str | None) -> None:  # fmt: skip
+    """SPEC §8.31: an unpriced model made --max-cost a no-op (it counted as free): exit 2 before anything is sent."""
+    job = job_file(tmp_path, job_text) if job_text else None
+    base = flags(job=job, max_cost=1.0, **given)
+    if given.get("model") == "claude-4-5-haiku":
+        assert resolve(base, STANDARD_PLAN).max_cost == 1.0
+        return
+    error = usage_error(base, STANDARD_PLAN if "model" in given else {**STANDARD_PLAN, "INFERENCE_MODEL_ID": "nova-lite"})
+    assert "my-own-model" in str(error) and "--price-in" in str(error) and "--price-out" in str(error)
+    assert resolve(flags(**{**base, "price_in": 0.5, "price_out": 1.5}), STANDARD_PLAN).max_cost == 1.0
+    assert resolve(flags(**{**base, "max_cost": None}), STANDARD_PLAN).max_cost is None  # no cap, no price needed

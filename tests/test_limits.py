@@ -880,3 +880,19 @@ def test_tpm_announced_by_the_server_is_paced_too() -> None:
     limiter.release(admit(limiter), status=200, headers={"x-ratelimit-limit-tokens": "60000"})
     admitted = greedy(limiter, clock, [1_000] * 100, until=30.0)
     assert sum(cost for t, cost in admitted if t < 10.0) <= 6_000 + 10 * 1_000
+
+
+def test_n_processes_sharing_one_limit_each_take_a_share_of_it() -> None:
+    """SPEC §8.38: with --shard auto and INFERBATCH_SHARDS=N each process takes 1/N of --rpm/--tpm, of the
+    limits the server announces and of what it says remains: together they stay under the one limit."""
+    limiter = Limiter(8, rpm=100, tpm=90_000, share=4)
+    assert (limiter.rpm, limiter.tpm) == (25, 22_500)
+    ticket = limiter.poll(10, 0.0)
+    assert not isinstance(ticket, float)
+    limiter.release(ticket, status=200, headers={
+        "x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "8",
+        "x-ratelimit-reset-requests": "30s",
+    })  # fmt: skip
+    assert limiter.rpm == 15  # 60 announced, a quarter of it
+    assert limiter._server_requests_left == 2  # 8 left for all four: this one counts on two
+    assert Limiter(8, rpm=3, share=4).rpm == 1  # never zero

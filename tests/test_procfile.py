@@ -54,3 +54,29 @@ def test_procfile_batch_runs_a_job_file(tmp_path: Path) -> None:
                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert "summary rows=50 ok=50" in done.stdout, done.stdout + done.stderr
     assert len(read_jsonl(tmp_path / "out" / "demo.jsonl")) == 50
+
+
+def test_procfile_worker_on_the_standard_plan_sends_the_apps_model(tmp_path: Path, sim_process: Any) -> None:
+    """The standard plan sets no INFERENCE_MODEL_ID: the Procfile's worker sends INFERBATCH_MODEL (app.json sets it)."""
+    server = sim_process()
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    write_jsonl(inbox / "prompts.jsonl", chat_rows(5))
+    env = honcho_env(INFERBATCH_INBOX=str(inbox), INFERBATCH_OUTBOX=str(outbox), INFERENCE_URL=server.url,
+                     INFERENCE_KEY="standard-plan-test-key", INFERBATCH_MODEL="claude-4-5-haiku", DYNO="worker.1",
+                     INFERBATCH_SHARDS="1")  # fmt: skip
+    env.pop("INFERENCE_MODEL_ID", None)
+    proc = subprocess.Popen([sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "start", "worker"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (outbox / "prompts.jsonl.done.json").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "the worker did not finish the inbox"
+            time.sleep(0.1)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=30)
+    rows = read_jsonl(outbox / "prompts.jsonl.results.jsonl")
+    assert [r["status"] for r in rows] == ["ok"] * 5
+    assert {r["model"] for r in rows} == {"claude-4-5-haiku"}

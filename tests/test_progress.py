@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 from conftest import chat_rows, connection_env, invoke, read_jsonl, write_jsonl
@@ -105,3 +106,63 @@ def test_logfmt_quotes_and_bounds_lines() -> None:
     line = logfmt("event", text='a "quoted" value', empty="", number=1.5, big="x" * 20_000)
     assert line.startswith('event text="a \\"quoted\\" value" empty="" number=1.5')
     assert len(line) < 10_000
+
+
+# --- Heroku log-based metrics: a `metrics` line after each progress line -------------------------------------------
+
+LOGFMT_LINE = re.compile(r'(\w+)((?: [^\s="]+=(?:"(?:[^"\\]|\\.)*"|[^\s"]*))*)')
+LOGFMT_PAIR = re.compile(r' ([^\s="]+)=("(?:[^"\\]|\\.)*"|[^\s"]*)')
+
+
+def parse_logfmt(line: str) -> tuple[str, dict[str, str]]:
+    """``event key=value key="quoted value" ...``, strictly: anything else fails the test."""
+    match = LOGFMT_LINE.fullmatch(line)
+    assert match, f"not logfmt: {line!r}"
+    pairs = LOGFMT_PAIR.findall(match[2])
+    keys = [key for key, _ in pairs]
+    assert len(keys) == len(set(keys)), line
+    return match[1], {key: value.strip('"') for key, value in pairs}
+
+
+def test_metrics_line_follows_progress_in_herokus_log_metrics_convention() -> None:
+    """`sample#` gauges, `count#` rows finished since the previous line, `measure#` p90 latency with its unit:
+    what log-drain metrics add-ons chart without code (issue 12, item 7)."""
+    stream = io.StringIO()
+    progress = Progress(total=10, interval=60, stream=stream)
+    for latency in (100.0, 200.0, 300.0, 400.0, 1000.0):
+        progress.row("ok", tokens=50, latency_ms=latency)
+    progress.row("error", latency_ms=50.0)
+    progress.row("invalid")
+    progress.tick(force=True)
+    progress.row("ok", tokens=10, latency_ms=20.0)
+    progress.tick(force=True)
+
+    lines = stream.getvalue().splitlines()
+    assert [parse_logfmt(line)[0] for line in lines] == ["progress", "metrics", "progress", "metrics"]
+    first, second = parse_logfmt(lines[1])[1], parse_logfmt(lines[3])[1]
+    for figures in (first, second):
+        assert {"sample#inferbatch.rps", "sample#inferbatch.rows_done", "count#inferbatch.rows_ok",
+                "count#inferbatch.rows_error", "measure#inferbatch.latency_p90"} <= set(figures)  # fmt: skip
+        assert float(figures["sample#inferbatch.rps"]) > 0
+        assert re.fullmatch(r"\d+(\.\d+)?ms", figures["measure#inferbatch.latency_p90"])
+    assert (first["count#inferbatch.rows_ok"], first["count#inferbatch.rows_error"]) == ("5", "1")
+    assert first["count#inferbatch.rows_invalid"] == "1"
+    assert 990 <= float(first["measure#inferbatch.latency_p90"][:-2]) <= 1000
+    assert (first["sample#inferbatch.rows_done"], first["sample#inferbatch.rows_left"]) == ("7", "3")
+    # counts are per line (the add-on sums them), gauges are the latest value
+    assert (second["count#inferbatch.rows_ok"], second["count#inferbatch.rows_error"]) == ("1", "0")
+    assert second["sample#inferbatch.rows_done"] == "8"
+    assert 19.8 <= float(second["measure#inferbatch.latency_p90"][:-2]) <= 20.2
+
+
+def test_a_run_logs_metrics_lines_whose_counts_add_up_to_the_rows(sim, runner, tmp_path: Path) -> None:
+    server = sim(latency_ms=20)
+    source = write_jsonl(tmp_path / "in.jsonl", [*chat_rows(30), "{broken"])
+    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "2",
+                             "--progress-interval", "0.3"], env=connection_env(server))  # fmt: skip
+    assert result.exit_code == 1
+    metrics = [parse_logfmt(line)[1] for line in result.stderr.splitlines() if line.startswith("metrics ")]
+    assert len(metrics) >= 2
+    assert sum(int(m["count#inferbatch.rows_ok"]) for m in metrics) == 30
+    assert sum(int(m["count#inferbatch.rows_invalid"]) for m in metrics) == 1
+    assert metrics[-1]["sample#inferbatch.rows_done"] == "31"

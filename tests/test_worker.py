@@ -159,3 +159,23 @@ def test_merge_combines_shards_in_input_order_and_refuses_overlap(sim, runner, t
     import pyarrow.parquet as pq
 
     assert pq.read_table(merged_parquet).column("index").to_pylist() == list(range(40))
+
+
+async def test_a_worker_keeps_one_limiter_across_its_inputs(sim, tmp_path: Path) -> None:
+    """SPEC §8.38: the server counts the add-on's requests, not our files: moving to the next inbox file
+    must not start from fresh rate windows (each input used to get a new limiter)."""
+    from inferbatch.config import resolve
+    from inferbatch.worker import Worker
+
+    server = sim()
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    write_jsonl(inbox / "a.jsonl", chat_rows(3, "a"))
+    write_jsonl(inbox / "b.jsonl", chat_rows(4, "b"))
+    env = {"INFERENCE_URL": server.url, "INFERENCE_KEY": "k", "INFERENCE_MODEL_ID": "sim-model"}
+    cfg = resolve({"input": str(inbox), "rpm": 6000}, env)
+    service = Worker(cfg, inbox=str(inbox), outbox=str(outbox), poll=1, output_ext="jsonl", once=True, quiet=True)
+    assert await service.serve() == 0
+    assert server.stats.requests == 7
+    assert service.limiter.admitted == 7  # both inputs went through the one limiter
+    assert len(read_jsonl(outbox / "b.jsonl.results.jsonl")) == 4

@@ -13,12 +13,14 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import click
 
 from inferbatch.config import DEFAULTS
 from inferbatch.errors import InferbatchError, OutputError
+from inferbatch.pricing import Pricing, published_limits
 
 _PROCESS_START = time.monotonic()
 
@@ -49,7 +51,8 @@ def shaping_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options that decide what is sent for a row: shared by `run` and `validate`."""
     decorators = [
         click.option("--job", type=click.Path(dir_okay=False), help="Job file (TOML) with settings; flags win."),
-        click.option("--model", help="Model id [env: INFERENCE_MODEL_ID]; a row's own `model` wins."),
+        click.option("--model", help="Model id, as `heroku ai:models:list` names it [env: INFERENCE_MODEL_ID, set "
+                     "by the older per-model plans only]; a row's own `model` wins."),
         click.option("--system", help="System message prepended to rows without one."),
         click.option("--template", help="User message built from row columns, with {column} placeholders."),
         click.option("--template-file", type=click.Path(dir_okay=False), help="Read --template from a file."),
@@ -57,7 +60,8 @@ def shaping_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
                      help="Request body parameter (JSON value), e.g. temperature=0. Repeatable."),  # fmt: skip
         click.option("--limit", metavar="N", help="Only the first N rows."),
-        click.option("--shard", help="Only rows whose id hashes to shard I of N, as I/N."),
+        click.option("--shard", help="Only rows whose id hashes to shard I of N, as I/N; `auto` on Heroku: I from "
+                     "DYNO (worker.3), N from INFERBATCH_SHARDS, and each shard takes 1/N of the rate limits."),
         click.option("--keep-columns", help="Comma-separated input columns to copy into the output."),
     ]
     for decorator in reversed(decorators):
@@ -223,7 +227,7 @@ def validate(input: str | None, show: int, **flags: Any) -> None:
     import dataclasses
 
     from inferbatch.config import resolve
-    from inferbatch.pricing import Pricing
+    from inferbatch.progress import logfmt
     from inferbatch.runner import check_columns, work_items
     from inferbatch.shaping import Invalid, estimate_prompt_tokens
     from inferbatch.sources import read_rows
@@ -234,36 +238,80 @@ def validate(input: str | None, show: int, **flags: Any) -> None:
         check_columns(cfg)
         no_model = cfg.model is None
         if no_model:  # shape as if a model were set; say so at the end
-            cfg = dataclasses.replace(cfg, model="<model>")
-        valid = invalid = prompt_tokens = completion_tokens = 0
-        pricing = Pricing(cfg.price_in, cfg.price_out)
-        cost: float | None = 0.0
+            cfg = dataclasses.replace(cfg, model=NO_MODEL)
+        invalid = 0
+        by_model: dict[str, ModelEstimate] = {}
         for item in work_items(cfg, read_rows(cfg.input)):
             if isinstance(item, Invalid):
                 invalid += 1
                 if invalid <= show:
                     click.echo(f"invalid {item.reason}")
                 continue
-            valid += 1
-            row_prompt = estimate_prompt_tokens(item.body)
-            row_completion = item.body.get("max_tokens") or item.body.get("max_completion_tokens") or 0
-            prompt_tokens += row_prompt
-            completion_tokens += row_completion
-            row_cost = pricing.cost(item.body.get("model"), row_prompt, row_completion)
-            cost = None if cost is None or row_cost is None else cost + row_cost
+            estimate = by_model.setdefault(str(item.body.get("model")), ModelEstimate())
+            estimate.add(estimate_prompt_tokens(item.body),
+                         item.body.get("max_tokens") or item.body.get("max_completion_tokens") or 0)  # fmt: skip
         if invalid > show:
             click.echo(f"... and {invalid - show} more invalid rows")
-        click.echo(f"rows={valid + invalid} valid={valid} invalid={invalid}")
+        total = ModelEstimate()
+        for estimate in by_model.values():
+            total.merge(estimate)
+        click.echo(f"rows={total.rows + invalid} valid={total.rows} invalid={invalid}")
+        pricing = Pricing(cfg.price_in, cfg.price_out)
+        for model, estimate in sorted(by_model.items()):
+            click.echo(logfmt("estimate_model", model=model, **estimate.figures(model, pricing)))
+        unpriced = sorted(model for model in by_model if pricing.cost(model, 0, 0) is None)
+        cost = None if unpriced else sum(e.cost(m, pricing) or 0.0 for m, e in by_model.items())
         shown_cost = f"{cost:.2f}" if cost is not None else "unknown"
-        click.echo(f"estimate rows={valid} prompt_tokens={prompt_tokens} max_completion_tokens={completion_tokens} "
-                   f"cost_usd={shown_cost}")  # fmt: skip
-        if cost is None:
-            click.echo("note: no built-in price for the model; pass --price-in/--price-out for a cost estimate",
-                       err=True)  # fmt: skip
+        click.echo(f"estimate rows={total.rows} prompt_tokens={total.prompt_tokens} "
+                   f"max_completion_tokens={total.completion_tokens} cost_usd={shown_cost}")  # fmt: skip
+        named = [model for model in unpriced if model != NO_MODEL]  # the no-model note below covers the rest
+        if named:
+            click.echo(f"note: no built-in price for {', '.join(named)}; pass --price-in and --price-out for a cost "
+                       "estimate (--max-cost needs them too)", err=True)  # fmt: skip
         if no_model:
-            click.echo("note: no model set (INFERENCE_MODEL_ID or --model); rows without `model` need one to run",
+            click.echo("note: no model set: rows without their own `model` need --model, `model = ...` in the job "
+                       "file, or INFERENCE_MODEL_ID (older plans) to run; `heroku ai:models:list` lists the models",
                        err=True)  # fmt: skip
     raise click.exceptions.Exit(0 if invalid == 0 else 1)
+
+
+NO_MODEL = "<model>"
+
+
+@dataclass(slots=True)
+class ModelEstimate:
+    """What ``validate`` adds up for one model: rows, estimated prompt tokens, the completion tokens allowed."""
+
+    rows: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.rows += 1
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+
+    def merge(self, other: ModelEstimate) -> None:
+        self.rows += other.rows
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+
+    def cost(self, model: str, pricing: Pricing) -> float | None:
+        return pricing.cost(model, self.prompt_tokens, self.completion_tokens)
+
+    def figures(self, model: str, pricing: Pricing) -> dict[str, Any]:
+        """The estimate line's fields: tokens, cost, and the least time Heroku's published limits allow."""
+        cost = self.cost(model, pricing)
+        rpm, tpm = published_limits(model)
+        figures: dict[str, Any] = {
+            "rows": self.rows, "prompt_tokens": self.prompt_tokens, "max_completion_tokens": self.completion_tokens,
+            "cost_usd": f"{cost:.2f}" if cost is not None else "unknown",
+        }  # fmt: skip
+        if rpm or tpm:
+            minutes = max(self.rows / rpm if rpm else 0.0,
+                          (self.prompt_tokens + self.completion_tokens) / tpm if tpm else 0.0)  # fmt: skip
+            figures.update(limit_rpm=rpm, limit_tpm=tpm, minutes_at_limit=round(minutes, 1))
+        return figures
 
 
 @cli.command()
@@ -278,7 +326,6 @@ def report(output: str, as_json: bool, html_file: str | None, price_in: float | 
     import json
 
     from inferbatch.config import PathUse, check_paths, positive_float
-    from inferbatch.pricing import Pricing
     from inferbatch.progress import Summary
     from inferbatch.report_html import ReportCollector, render_html
     from inferbatch.results import read_output
@@ -337,19 +384,42 @@ def worker(inbox: str, outbox: str, poll: float, output_ext: str, once: bool, qu
            **flags: Any) -> None:  # fmt: skip
     """Process every input file in INBOX, resumably, one after another, then poll; never exits on success
     (a Heroku worker dyno that exits is restarted). Finished inputs get OUTBOX/FILE.done.json and are
-    never run again. With --shard auto, N worker dynos split the inbox by file name."""
+    never run again. With --shard auto, N worker dynos split the inbox by file name.
+
+    A configuration error is one line and exit 2. On a worker dyno (not --once) the worker says it once
+    and then waits for the platform to stop it before exiting 2: exiting at once would only be restarted
+    into the same error, over and over; changing a config var or releasing restarts it anyway."""
     import asyncio
 
-    from inferbatch.config import positive_float, resolve
+    from inferbatch.config import positive_float, resolve, restarted_on_exit
     from inferbatch.worker import Worker
 
     _setup_logging(quiet, verbose)
     with error_boundary():
-        positive_float("poll", poll)
-        cfg = resolve({**flags, "input": inbox, "verbosity": verbose}, os.environ)
-        service = Worker(cfg, inbox=inbox, outbox=outbox, poll=poll, output_ext=output_ext, once=once, quiet=quiet)
+        try:
+            positive_float("poll", poll)
+            cfg = resolve({**flags, "input": inbox, "verbosity": verbose}, os.environ)
+            service = Worker(cfg, inbox=inbox, outbox=outbox, poll=poll, output_ext=output_ext, once=once,
+                             quiet=quiet)  # fmt: skip
+        except InferbatchError as exc:
+            if exc.exit_code != 2 or once or not restarted_on_exit(os.environ):
+                raise
+            _hold_until_stopped(exc)
         code = asyncio.run(service.serve())
     raise click.exceptions.Exit(code)
+
+
+def _hold_until_stopped(exc: InferbatchError) -> NoReturn:
+    """Say a worker dyno's configuration error once, then wait for SIGTERM (a config change, a release, the
+    daily restart, a scale-down) or SIGINT, and exit 2: never a crash loop (SPEC §8.40)."""
+    import signal
+
+    stops = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # first: a stop that comes while the line is written waits too
+    click.echo(f"inferbatch: {exc} [this worker dyno now waits: exiting would only restart it into the same "
+               "error; a config var change or a new release restarts it]", err=True)  # fmt: skip
+    signal.sigwait(stops)
+    raise click.exceptions.Exit(exc.exit_code)
 
 
 @cli.command()

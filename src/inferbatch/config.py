@@ -7,9 +7,16 @@ Each setting has one name: ``--max-attempts`` is the job-file key
 
 Environment variables read here:
 
-    INFERENCE_URL        base URL of the API (Heroku sets it when a model is attached)
+    INFERENCE_URL        base URL of the API (Heroku's Managed Inference add-on sets it)
     INFERENCE_KEY        bearer key (or the variable named by --api-key-env)
-    INFERENCE_MODEL_ID   model id
+    INFERENCE_MODEL_ID   model id; set only by the older per-model plans. The standard plan
+                         (``heroku-inference:standard``) serves several models, named per request:
+                         then the model comes from --model, the job file or the row (SPEC §8.39)
+    DYNO                 Heroku's dyno name, for ``--shard auto`` (``worker.3``; Fir apps' names carry no number)
+    INFERBATCH_SHARDS    how many dynos share the work under ``--shard auto``; each takes 1/N of the limits
+    $NAME in a job file  ``input``, ``output``, ``summary_json``, ``cache``, ``template_file`` and ``model`` may
+                         name variables (``s3://$BUCKETEER_BUCKET_NAME/...``, ``model = "$INFERBATCH_MODEL"``);
+                         one that is unset or empty is an error only if that value is used
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any, Literal
 
 from inferbatch.errors import UsageError
 from inferbatch.evaluation import Assertion, Variant
+from inferbatch.pricing import Pricing, unpriced_error
 from inferbatch.results import BODY_KEY, COLUMNS, EVAL_COLUMNS
 
 DEFAULTS: dict[str, Any] = {
@@ -169,6 +177,7 @@ class RunConfig:
     selected_variants: tuple[str, ...] = ()
     fail_under: float | None = None
     cache: str | None = None
+    limit_share: int = 1  # SPEC §8.38: N processes (--shard auto, INFERBATCH_SHARDS=N) each take 1/N of every limit
     job: str | None = None  # the job file read, kept so no written path may be it (SPEC §8.28)
     template_file: str | None = None  # likewise; its text is in ``template``
 
@@ -274,23 +283,52 @@ def non_finite(value: Any, where: str = "") -> str | None:
     return None
 
 
+ONE_OFF_PROCESS_TYPES = ("run", "scheduler", "release")
+
+
 def parse_shard(text: str, env: Mapping[str, str] | None = None) -> Shard:
     """``I/N``, or ``auto``: I from Heroku's ``DYNO`` (``worker.3`` is shard 2), N from ``INFERBATCH_SHARDS``
-    (unset: a single shard)."""
+    (unset: a single shard).
+
+    SPEC §8.40: Fir-generation apps name dynos without a number (``worker-23z34x56y-w78k9``), so ``auto``
+    cannot tell the shard there: a one-line error asking for ``--shard I/N``.
+    """
     if str(text).strip() == "auto":
         env = env or {}
-        dyno = env.get("DYNO", "")
-        number = re.fullmatch(r"[\w-]+\.(\d+)", dyno)
-        count = env.get("INFERBATCH_SHARDS", "")
+        dyno = env.get("DYNO", "").strip()
+        count = env.get("INFERBATCH_SHARDS", "").strip()
         if not count:
             return Shard()  # one dyno: it takes everything
-        if not number or not count.isdigit() or int(count) < 1 or int(number[1]) > int(count):
+        if not count.isdigit() or int(count) < 1:
             raise UsageError(
-                "--shard auto needs DYNO (set by Heroku, e.g. worker.3) and INFERBATCH_SHARDS "
-                f"(how many dynos share the work, e.g. heroku config:set INFERBATCH_SHARDS=4); got DYNO={dyno!r} "
-                f"INFERBATCH_SHARDS={count!r}"
+                f"INFERBATCH_SHARDS must be the number of worker dynos sharing the work (a whole number, 1 or "
+                f"more), got {count!r}: heroku config:set INFERBATCH_SHARDS=2"
             )
-        return parse_shard(f"{int(number[1]) - 1}/{count}")
+        number = re.fullmatch(r"([\w-]+)\.(\d+)", dyno)
+        if not dyno:
+            raise UsageError(
+                f"--shard auto reads the dyno number from DYNO, which Heroku sets (worker.3), and it is not set: "
+                f"off Heroku pass --shard I/N (0/{count} ... {int(count) - 1}/{count}) instead"
+            )
+        if number is None:
+            raise UsageError(
+                f"--shard auto cannot tell which shard this dyno is: DYNO={dyno!r} carries no number (Fir-generation "
+                f"apps name dynos like worker-23z34x56y-w78k9); pass --shard I/N instead, one Procfile process type "
+                f"per shard (--shard 0/{count}, --shard 1/{count}, ...), or unset INFERBATCH_SHARDS to run one worker"
+            )
+        if number[1] in ONE_OFF_PROCESS_TYPES:
+            raise UsageError(
+                f"--shard auto: {dyno} is a one-off dyno, not one of the {count} worker dynos "
+                f"(INFERBATCH_SHARDS={count}); pass --shard I/N to run one shard here"
+            )
+        index = int(number[2])
+        if not 1 <= index <= int(count):
+            raise UsageError(
+                f"--shard auto: this is dyno {dyno}, but INFERBATCH_SHARDS={count}: set INFERBATCH_SHARDS to the "
+                f"number of worker dynos before scaling (heroku config:set INFERBATCH_SHARDS={max(index, 1)}, "
+                "then heroku ps:scale)"
+            )
+        return Shard(index - 1, int(count))
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
     if not match:
         raise UsageError(f"--shard must look like I/N (e.g. 0/4), got {text!r}")
@@ -326,8 +364,38 @@ def _duration_seconds(text: str | float | int) -> float:
     return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 
-def load_job(path: str) -> dict[str, Any]:
-    """Read a job file; keys are long option names with ``_``, paths become relative to the file."""
+# Job-file keys whose value may name environment variables: the paths, and the model (SPEC §8.39: on the
+# standard plan an app setting such as INFERBATCH_MODEL names it).
+EXPANDED_KEYS = (*PATH_KEYS, "model")
+# Where load_job() leaves the variables a value names that are unset: {key: [NAME, ...]}.
+UNSET_VARIABLES = "\0unset"
+
+_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def expand_variables(text: str, env: Mapping[str, str]) -> tuple[str, list[str]]:
+    """``$NAME`` and ``${NAME}`` replaced by their values in ``env``; also the names that are unset or empty
+    (left as written)."""
+    missing: list[str] = []
+
+    def value(match: re.Match[str]) -> str:
+        name = match[1] or match[2]
+        found = env.get(name, "")
+        if not found:
+            missing.append(name)
+            return match[0]
+        return found
+
+    return _VARIABLE.sub(value, text), missing
+
+
+def load_job(path: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Read a job file; keys are long option names with ``_``, paths become relative to the file.
+
+    Variables in the ``EXPANDED_KEYS`` take their values from ``env`` (the process environment by default);
+    a value naming an unset one is listed under ``UNSET_VARIABLES``, for ``resolve()`` to refuse if it is used.
+    """
+    env = os.environ if env is None else env
     job_path = Path(path)
     try:
         data = tomllib.loads(job_path.read_text(encoding="utf-8"))
@@ -355,15 +423,29 @@ def load_job(path: str) -> dict[str, Any]:
     keep = data.get("keep_columns")
     if isinstance(keep, list) and not all(isinstance(c, str) for c in keep):
         raise UsageError(f"job file {path}: `keep_columns` must list column names")
-    for key in PATH_KEYS:
+    unset: dict[str, list[str]] = {}
+    for key in EXPANDED_KEYS:
         value = data.get(key)
-        if isinstance(value, str):
-            value = data[key] = os.path.expandvars(value)  # e.g. s3://$BUCKETEER_BUCKET_NAME/...
-        if isinstance(value, str) and value != "-" and "://" not in value:
+        if not isinstance(value, str):
+            continue
+        value, missing = expand_variables(value, env)  # e.g. s3://$BUCKETEER_BUCKET_NAME/...
+        data[key] = value
+        if missing:
+            unset[key] = missing
+        elif key in PATH_KEYS and value != "-" and "://" not in value:
             data[key] = os.path.normpath(job_path.parent / value)
     if "params" in data and not isinstance(data["params"], dict):
         raise UsageError(f"job file {path}: [params] must be a table")
+    data[UNSET_VARIABLES] = unset
     return data
+
+
+def _refuse_unset(job_path: str, key: str, names: list[str]) -> UsageError:
+    name = names[0]
+    return UsageError(
+        f"job file {job_path}: `{key}` names ${name}, which is not set; set it (on Heroku: heroku config:set "
+        f"{name}=...) or give {_flag(key) if key != 'input' else 'INPUT'} on the command line"
+    )
 
 
 def _flag(name: str) -> str:
@@ -421,12 +503,16 @@ def output_format_for(output: str | None, requested: str | None) -> str:
 
 def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection: bool = True) -> RunConfig:
     """Merge flags (None = not given), environment and job file into one validated RunConfig."""
-    job: dict[str, Any] = load_job(flags["job"]) if flags.get("job") else {}
+    job: dict[str, Any] = load_job(flags["job"], env) if flags.get("job") else {}
+    unset: dict[str, list[str]] = job.pop(UNSET_VARIABLES, {})
     merged: dict[str, Any] = dict(DEFAULTS)
     merged.update({k: v for k, v in job.items() if k in DEFAULTS})
     for key, value in flags.items():
         if key in DEFAULTS and value is not None and value != () and key != "params":
             merged[key] = value
+    for key, names in unset.items():
+        if key != "model" and flags.get(key) is None:  # the job's value is used: its variable must be set
+            raise _refuse_unset(flags["job"], key, names)
 
     params = dict(job.get("params", {}))
     for text in flags.get("params") or ():
@@ -466,7 +552,10 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
 
     simulate = bool(merged["simulate"])
     url = api_key = None
-    model = flags.get("model") or env.get("INFERENCE_MODEL_ID") or job.get("model")
+    model = flags.get("model") or env.get("INFERENCE_MODEL_ID")
+    if not model and "model" in unset:
+        raise _refuse_unset(flags["job"], "model", unset["model"])
+    model = model or job.get("model")
     if need_connection and not simulate:
         sources = (("--url", flags.get("url")), ("INFERENCE_URL", env.get("INFERENCE_URL")),
                    (f"job file `url` ({flags.get('job')})", job.get("url")))  # fmt: skip
@@ -515,6 +604,7 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
         if fail_under is not None and fail_under > 1:
             raise UsageError("--fail-under is a fraction between 0 and 1 (e.g. 0.9)")
 
+    shard = parse_shard(merged["shard"], env)
     cfg = RunConfig(
         variants=variants,
         assertions=assertions,
@@ -538,7 +628,8 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
         id_column=merged["id_column"],
         params=params,
         limit=_positive_int("limit", merged["limit"], minimum=0),
-        shard=parse_shard(merged["shard"], env),
+        shard=shard,
+        limit_share=shard.count if str(merged["shard"]).strip() == "auto" else 1,
         keep_columns=tuple(keep),
         retry_errors=bool(merged["retry_errors"]),
         restart=bool(merged["restart"]),
@@ -561,7 +652,51 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
         template_file=merged["template_file"] or None,
     )
     check_paths(run_paths(cfg), writable=need_connection)  # validate (no connection) writes nothing
+    if cfg.max_cost is not None:
+        check_priced(cfg)
     return cfg
+
+
+def run_models(cfg: RunConfig) -> list[str | None]:
+    """The model each variant of the run sends (a `model` in the params, the variant's, else the run's);
+    None for one that leaves the model to the rows. Rows that name their own model are not known here."""
+    models: list[str | None] = []
+    for variant in cfg.variants or (None,):
+        params = {**cfg.params, **((variant and variant.params) or {})}
+        model = params.get("model") or (variant and variant.model) or cfg.model
+        if model not in models:
+            models.append(model)
+    return models
+
+
+def check_priced(cfg: RunConfig) -> None:
+    """SPEC §8.31: --max-cost needs a price for every model the run uses, or it would count that model as free.
+
+    Checked here for the models the configuration names; a model only rows name is checked by the runner
+    before the first such row is sent (``Pricing.priced``, ``pricing.unpriced_error``)."""
+    pricing = Pricing(cfg.price_in, cfg.price_out)
+    for model in run_models(cfg):
+        if model is not None and not pricing.priced(model):
+            raise unpriced_error(model)
+
+
+MISSING_MODEL = (
+    "no model: name one with --model (e.g. --model claude-4-5-haiku), `model = ...` in the job file, or a `model` "
+    "in each row; `heroku ai:models:list` lists the models (Heroku's standard inference plan names the model per "
+    "request and sets no INFERENCE_MODEL_ID; the older per-model plans set it)"
+)
+
+
+def missing_model_error() -> UsageError:
+    """SPEC §8.7 and §8.39: the first valid row names no model and none is configured (exit 2, nothing sent)."""
+    return UsageError(MISSING_MODEL)
+
+
+def restarted_on_exit(env: Mapping[str, str]) -> bool:
+    """Whether this process is a Heroku dyno of the app's formation (a worker), which the platform restarts
+    when it exits, rather than a one-off or Scheduler dyno (``run.1234``, ``scheduler.42``) or no dyno at all."""
+    dyno = env.get("DYNO", "").strip()
+    return bool(dyno) and re.split(r"[.-]", dyno, maxsplit=1)[0] not in ONE_OFF_PROCESS_TYPES
 
 
 MAX_CONCURRENCY = 4096

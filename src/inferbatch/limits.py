@@ -199,11 +199,16 @@ class Limiter:
         max_wait: float | None = DEFAULT_MAX_WAIT,
         tpm_burst: float = TPM_BURST,
         wall_clock: Callable[[], float] = time.time,
+        share: int = 1,
     ) -> None:
         """``max_wait``: the longest wait a server may ask for (``--max-wait``); None waits out any.
+        ``share``: how many processes split the limits (SPEC §8.38: the server counts the add-on, not the
+        dyno): this one takes ``1/share`` of ``--rpm``/``--tpm``, of the announced limits and of what
+        the server says remains.
         ``tpm_burst``: the token bucket's size as a share of the tpm (1.0: no pacing beyond the window).
         ``clock`` paces (monotonic); ``wall_clock`` only dates the reset in messages."""
         self.max_concurrency = concurrency
+        self.share = max(1, share)
         self.limit = float(concurrency)  # effective concurrency (AIMD)
         self.in_flight = 0
         self.rpm_flag = rpm
@@ -249,12 +254,12 @@ class Limiter:
     @property
     def rpm(self) -> int | None:
         values = [v for v in (self.rpm_flag, self.rpm_server) if v]
-        return min(values) if values else None
+        return max(1, min(values) // self.share) if values else None
 
     @property
     def tpm(self) -> int | None:
         values = [v for v in (self.tpm_flag, self.tpm_server) if v]
-        return min(values) if values else None
+        return max(1, min(values) // self.share) if values else None
 
     def estimate(self, prompt_tokens: int, max_tokens: int | None) -> int:
         """Prompt estimate plus the request's max tokens, else the mean completion seen so far."""
@@ -402,6 +407,10 @@ class Limiter:
             log.warning(logfmt("waiting", wait_s=round(wait, 1), until=describe_reset(wait, self.wall_clock()),
                                reason=reason))  # fmt: skip
 
+    def reopen(self) -> None:
+        """Admit again after ``close()``: a worker keeps one limiter, windows and all, across its inputs."""
+        self._closed = False
+
     def close(self) -> None:
         """Admit nothing more; waiting acquirers raise Stopped."""
         self._closed = True
@@ -489,12 +498,12 @@ class Limiter:
         left = header_int(headers, "x-ratelimit-remaining-requests")
         reset = parse_reset(headers.get("x-ratelimit-reset-requests"), self.wall_clock())
         if left is not None and reset is not None:
-            self._server_requests_left = left - sent_since
+            self._server_requests_left = left // self.share - sent_since
             self._server_requests_reset_at = now + reset
         left = header_int(headers, "x-ratelimit-remaining-tokens")
         reset = parse_reset(headers.get("x-ratelimit-reset-tokens"), self.wall_clock())
         if left is not None and reset is not None:
-            self._server_tokens_left = float(left)
+            self._server_tokens_left = float(left // self.share)
             self._server_tokens_reset_at = now + reset
 
     # ---- figures ---------------------------------------------------------

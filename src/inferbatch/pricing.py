@@ -1,50 +1,113 @@
-"""What tokens cost: a small built-in price table, overridden by --price-in / --price-out.
+"""What tokens cost and how fast a model may be called: a small built-in table, overridden by flags.
 
-Prices are USD per million tokens (prompt, completion) for Heroku Managed
-Inference model ids. Source: the providers' public list prices, which
-Heroku's Managed Inference add-on pricing follows, as listed in October 2025.
-Prices change: check them, and pass --price-in/--price-out to be exact.
+Keys are the model ids Heroku Managed Inference takes in a request's ``model``
+(``heroku ai:models:list`` shows them). Each entry has the price in USD per
+million prompt and completion tokens, and the requests and tokens per minute
+Heroku publishes for the model; ``None`` where no source gave a figure.
+
+Sources, as read on 2026-12-02:
+
+* models and rate limits: Heroku Dev Center, "Managed Inference and Agents API
+  with ..." model cards (devcenter.heroku.com/articles/heroku-inference-api-model-*:
+  Claude Sonnet 4.6 updated 2026-02-18, Claude 4.5 Sonnet 2026-02-10, Claude 4.5
+  Haiku and Nova Lite 2026-01-30, Nova 2 Lite 2025-12-17, gpt-oss-120b
+  2025-09-04) and Heroku's "Rate Limits" table for the older models;
+* prices: Heroku's pages found carry no per-token prices, so these are the
+  model makers' list prices (Anthropic's pricing page; Amazon Bedrock on-demand
+  for Nova and gpt-oss), which the add-on's prices have followed.
+
+Not in the table (no Heroku model card with their ids was found): the
+open-weight models Heroku has added (DeepSeek, Kimi, MiniMax, GLM, ...), and
+Nova 2 Lite's price. A model the table does not price costs ``None``
+(unknown, never zero): ``--price-in``/``--price-out`` give it one, and
+``--max-cost`` refuses to run without one (SPEC §8.31). Prices change: the
+flags always win.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-PRICES_USD_PER_MTOK: dict[str, tuple[float, float]] = {
-    "claude-opus-4-5": (5.00, 25.00),
-    "claude-sonnet": (3.00, 15.00),
-    "claude-4-5-sonnet": (3.00, 15.00),
-    "claude-4-sonnet": (3.00, 15.00),
-    "claude-3-7-sonnet": (3.00, 15.00),
-    "claude-3-5-sonnet-latest": (3.00, 15.00),
-    "claude-4-5-haiku": (1.00, 5.00),
-    "claude-3-5-haiku": (0.80, 4.00),
-    "claude-3-haiku": (0.25, 1.25),
-    "nova-pro": (0.80, 3.20),
-    "nova-lite": (0.06, 0.24),
-    "gpt-oss-120b": (0.15, 0.60),
+from inferbatch.errors import UsageError
+
+TABLE_DATE = "2026-12-02"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """One model: USD per million prompt / completion tokens, and Heroku's published per-minute limits."""
+
+    price_in: float | None
+    price_out: float | None
+    rpm: int | None = None
+    tpm: int | None = None
+
+
+MODELS: dict[str, ModelInfo] = {
+    "claude-opus-4-6": ModelInfo(5.00, 25.00),  # id as Heroku names Sonnet 4.6; no published limits found
+    "claude-opus-4-5": ModelInfo(5.00, 25.00),
+    "claude-sonnet-4-6": ModelInfo(3.00, 15.00, 150, 800_000),
+    "claude-sonnet": ModelInfo(3.00, 15.00, 150, 800_000),  # the card's short id for the latest Sonnet
+    "claude-4-5-sonnet": ModelInfo(3.00, 15.00, 150, 800_000),
+    "claude-4-5-haiku": ModelInfo(1.00, 5.00, 200, 800_000),
+    "claude-4-sonnet": ModelInfo(3.00, 15.00, 150, 800_000),  # being retired
+    "claude-3-7-sonnet": ModelInfo(3.00, 15.00, 150, 800_000),
+    "claude-3-5-sonnet-latest": ModelInfo(3.00, 15.00, 150, 800_000),
+    "claude-3-5-haiku": ModelInfo(0.80, 4.00, 200, 800_000),
+    "claude-3-haiku": ModelInfo(0.25, 1.25, 250, 800_000),
+    "openai-gpt-oss-120b": ModelInfo(0.15, 0.60, 200, 800_000),
+    "nova-pro": ModelInfo(0.80, 3.20, 150, 800_000),
+    "nova-lite": ModelInfo(0.06, 0.24, 150, 800_000),
+    "nova-2-lite": ModelInfo(None, None, 150, 800_000),
 }
+
+# Prices only, for the models the table prices: model -> (USD per M prompt tokens, USD per M completion tokens).
+PRICES_USD_PER_MTOK: dict[str, tuple[float, float]] = {
+    name: (info.price_in, info.price_out)
+    for name, info in MODELS.items()
+    if info.price_in is not None and info.price_out is not None
+}
+
+
+def published_limits(model: str | None) -> tuple[int | None, int | None]:
+    """Heroku's published (requests, tokens) per minute for ``model``; (None, None) when unknown."""
+    info = MODELS.get(model or "")
+    return (info.rpm, info.tpm) if info is not None else (None, None)
 
 
 @dataclass(frozen=True, slots=True)
 class Pricing:
-    """Flags win over the table; a model the table does not know costs None (unknown), not zero."""
+    """Flags win over the table; a model the table does not price costs None (unknown), never zero.
+
+    For a model the table prices, one flag replaces its own half of the price. For any other model both
+    ``--price-in`` and ``--price-out`` are needed: a price with only one half would count the other as free.
+    """
 
     price_in: float | None = None
     price_out: float | None = None
 
     def rates(self, model: str | None) -> tuple[float, float] | None:
         table = PRICES_USD_PER_MTOK.get(model or "")
-        if self.price_in is not None or self.price_out is not None:
-            base = table or (0.0, 0.0)
-            return (
-                self.price_in if self.price_in is not None else base[0],
-                self.price_out if self.price_out is not None else base[1],
-            )
-        return table
+        price_in = self.price_in if self.price_in is not None else (table[0] if table else None)
+        price_out = self.price_out if self.price_out is not None else (table[1] if table else None)
+        if price_in is None or price_out is None:
+            return None
+        return price_in, price_out
+
+    def priced(self, model: str | None) -> bool:
+        return self.rates(model) is not None
 
     def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int) -> float | None:
         rates = self.rates(model)
         if rates is None:
             return None
         return (prompt_tokens * rates[0] + completion_tokens * rates[1]) / 1_000_000
+
+
+def unpriced_error(model: str | None) -> UsageError:
+    """SPEC §8.31: ``--max-cost`` with a model that has no price is refused (exit 2): its cost would count as 0."""
+    named = f"model {model!r}" if model else "rows that name no model"
+    return UsageError(
+        f"--max-cost needs a price for every model the run uses, and {named} has none in the built-in table "
+        f"(prices as of {TABLE_DATE}); pass --price-in and --price-out (USD per million prompt / completion tokens)"
+    )

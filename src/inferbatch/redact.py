@@ -71,10 +71,10 @@ class Redactor:
 
     def found_in(self, raw: bytes) -> bool:
         """Whether ``raw`` (UTF-8 bytes, e.g. a response body) holds a piece of the key that ``scrub`` would remove."""
-        if not self._bsecret or not raw:
+        if not self._bgrams or not raw:
+            # A key under 8 characters is no secret worth scrubbing a completion for, and replacing it
+            # would mangle answers (a one-letter test key inside every word); error texts still drop it.
             return False
-        if not self._bgrams:
-            return self._bsecret in raw
         return bool(_fragment_spans(raw, self._bsecret, self._bgrams, first_only=True))
 
     def scrub_data(self, value: Any) -> Any:

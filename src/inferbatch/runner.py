@@ -32,14 +32,14 @@ from inferbatch.checkpoint import Checkpoint, SlotLayout, input_identity
 from inferbatch.budget import Budget, Reservation
 from inferbatch.cache import ResponseCache
 from inferbatch.client import Client, Response
-from inferbatch.config import RunConfig, check_paths, run_paths
+from inferbatch.config import RunConfig, check_paths, missing_model_error, run_paths
 from inferbatch.evaluation import Variant, check
 from inferbatch.errors import (
     AuthFailed, AuthRejected, BudgetExceeded, CheckpointError, DeadlineReached, InferbatchError, InputError,
     Interrupted, OutputError, QuotaExhausted, QuotaRejected, RequestFailed, Retryable, TooManyFailures, UsageError,
 )  # fmt: skip
 from inferbatch.limits import Limiter, Stopped
-from inferbatch.pricing import Pricing
+from inferbatch.pricing import Pricing, unpriced_error
 from inferbatch.progress import Progress, Summary
 from inferbatch.signals import signal_handlers
 from inferbatch.shaping import Invalid, Request, Shaper, estimate_prompt_tokens, shard_of
@@ -148,10 +148,7 @@ def prime(cfg: RunConfig, items: Iterator[Request | Invalid]) -> Iterator[Reques
         if cfg.model or isinstance(item, Request):
             break
         if item.reason.endswith("give the row a `model`"):
-            raise UsageError(
-                "no model: set INFERENCE_MODEL_ID (e.g. export INFERENCE_MODEL_ID=$(heroku config:get -a APP "
-                "INFERENCE_MODEL_ID)) or pass --model"
-            )
+            raise missing_model_error()
     return itertools.chain(head, items)
 
 
@@ -180,8 +177,12 @@ async def run_batch(
     handle_signals: bool = True,
     started_at: float | None = None,
     switch: StopSwitch | None = None,
+    limiter: Limiter | None = None,
 ) -> RunReport:
-    """Run ``cfg`` to the end or to a stop; always writes the output of every row finished so far."""
+    """Run ``cfg`` to the end or to a stop; always writes the output of every row finished so far.
+
+    ``limiter``: one shared by consecutive runs (the worker's inputs), so moving to the next input never
+    resets the rate windows the server is counting (SPEC §8.38); by default the run makes its own."""
     if cfg.output is None:
         raise UsageError("no output: give -o OUTPUT or `output = ...` in the job file")
     deadline_origin = time.monotonic() if started_at is None else started_at
@@ -201,11 +202,11 @@ async def run_batch(
                 from inferbatch.config import endpoint_url
 
                 url = endpoint_url(server.url)
-                run = _Run(cfg, url, checkpoint, progress, deadline_origin)
+                run = _Run(cfg, url, checkpoint, progress, deadline_origin, limiter)
                 await run.execute(items, handle_signals, switch)
         else:
             assert cfg.url is not None
-            run = _Run(cfg, cfg.url, checkpoint, progress, deadline_origin)
+            run = _Run(cfg, cfg.url, checkpoint, progress, deadline_origin, limiter)
             await run.execute(items, handle_signals, switch)
         return await asyncio.to_thread(_finish, cfg, run, checkpoint)
     finally:
@@ -311,11 +312,12 @@ def _finish(cfg: RunConfig, run: _Run, checkpoint: Checkpoint) -> RunReport:
             "fix the destination and rerun the same command to write it"
         ) from None
     summary.wall_s = time.monotonic() - run.started
-    summary.sent_this_run = run.limiter.admitted
-    summary.rate_limited = run.limiter.rate_limited
-    summary.paused_s = run.limiter.paused_s
+    admitted, rate_limited, paused_s, tokens_used = run.figures_at_start
+    summary.sent_this_run = run.limiter.admitted - admitted
+    summary.rate_limited = run.limiter.rate_limited - rate_limited
+    summary.paused_s = run.limiter.paused_s - paused_s
     summary.effective_concurrency = run.limiter.effective_concurrency
-    summary.tokens_this_run = run.limiter.tokens_used
+    summary.tokens_this_run = run.limiter.tokens_used - tokens_used
     summary.in_doubt_resumed = checkpoint.resumed.in_doubt
     complete = run.stop is None and run.fed_all and run.unfinished == 0 and checkpoint.failure is None
     total = run.progress.total
@@ -340,7 +342,7 @@ class _Run:
     """The state of one run between reading the input and writing the output."""
 
     def __init__(self, cfg: RunConfig, url: str, checkpoint: Checkpoint, progress: Progress,
-                 deadline_origin: float) -> None:  # fmt: skip
+                 deadline_origin: float, limiter: Limiter | None = None) -> None:  # fmt: skip
         self.cfg = cfg
         self.url = url
         self.checkpoint = checkpoint
@@ -348,7 +350,12 @@ class _Run:
         self.started = time.monotonic()
         self.deadline_origin = deadline_origin
         self.summary = Summary(pricing=Pricing(cfg.price_in, cfg.price_out), default_model=cfg.model)
-        self.limiter = Limiter(cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm, max_wait=cfg.max_wait)
+        if limiter is None:
+            limiter = Limiter(cfg.concurrency, rpm=cfg.rpm, tpm=cfg.tpm, max_wait=cfg.max_wait, share=cfg.limit_share)
+        limiter.reopen()
+        self.limiter = limiter
+        # A shared limiter's figures count every run: this run's are the differences.
+        self.figures_at_start = (limiter.admitted, limiter.rate_limited, limiter.paused_s, limiter.tokens_used)
         self.pricing = Pricing(cfg.price_in, cfg.price_out)
         resumed = checkpoint.resumed
         self.budget = Budget(
@@ -658,6 +665,10 @@ class _Run:
         """One attempt: reserve budget, pass the limiter, send, and settle both with what came back."""
         assert self.client is not None
         model = request.body.get("model")
+        if self.cfg.max_cost is not None and not self.pricing.priced(model):
+            # SPEC §8.31: a row's own model without a price would make --max-cost count it as free.
+            self.request_stop(unpriced_error(model))
+            raise Stopped
         estimate = self.limiter.estimate(prompt_estimate, max_tokens)
         reservation = await self._reserve(model, prompt_estimate, estimate - prompt_estimate)
         prompt_tokens = completion_tokens = 0
@@ -719,7 +730,7 @@ class _Run:
         self.finished_now += 1
         if record["latency_ms"] is not None and record["latency_ms"] > self.max_latency_ms:
             self.max_latency_ms = record["latency_ms"]
-        self.progress.row(status, record.get("total_tokens") or 0)
+        self.progress.row(status, record.get("total_tokens") or 0, latency_ms=record["latency_ms"])
         if status == "error":
             self.consecutive_errors += 1
             if self.cfg.abort_after and self.consecutive_errors >= self.cfg.abort_after:

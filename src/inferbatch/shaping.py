@@ -243,7 +243,9 @@ class Shaper:
         body["messages"] = messages
         if not body.get("model"):
             if not self.model:
-                raise RowProblem("no model: set --model or INFERENCE_MODEL_ID, or give the row a `model`")
+                raise RowProblem(
+                    "no model: set --model, `model` in the job file or INFERENCE_MODEL_ID, or give the row a `model`"
+                )
             body["model"] = self.model
         elif not isinstance(body["model"], str):
             raise RowProblem(f"`model` must be a string, got {_type(body['model'])}")

@@ -51,6 +51,7 @@ from inferbatch.config import RunConfig, Shard
 from inferbatch.errors import (
     CheckpointError, InferbatchError, InputError, Interrupted, SafetyStop, UsageError,
 )  # fmt: skip
+from inferbatch.limits import Limiter
 from inferbatch.progress import Progress, logfmt
 from inferbatch.runner import RunReport, StopSwitch, run_batch
 from inferbatch.shaping import shard_of
@@ -234,6 +235,9 @@ class Worker:
         self.quiet = quiet
         self.settle_s = settle_s
         self.switch = StopSwitch()
+        # One limiter for every input: the server counts the add-on's requests, not our files (SPEC §8.38).
+        self.limiter = Limiter(base.concurrency, rpm=base.rpm, tpm=base.tpm, max_wait=base.max_wait,
+                               share=base.limit_share)  # fmt: skip
         self.stopped: Interrupted | None = None
         self._wake = asyncio.Event()
         self._signals = 0
@@ -431,7 +435,7 @@ class Worker:
         try:
             report = await run_batch(cfg, progress=Progress(total=None, interval=cfg.progress_interval,
                                                             quiet=self.quiet),
-                                     handle_signals=False, switch=self.switch)  # fmt: skip
+                                     handle_signals=False, switch=self.switch, limiter=self.limiter)  # fmt: skip
         except CheckpointError as exc:
             self._say(logging.WARNING, "worker_skip", uri, reason=str(exc))
             return
