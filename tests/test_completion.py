@@ -164,3 +164,22 @@ def test_a_checkpoint_that_cannot_be_written_stops_sending_and_a_rerun_continues
     assert {r["status"] for r in result} == {"ok"}
     # Rows saved before the disk filled are not sent again: only the ones that could not be saved are.
     assert server.stats.requests == rows + (sent_while_full - saved)
+
+
+def test_a_row_that_recovered_on_retry_errors_is_not_sent_again(sim, runner, tmp_path: Path) -> None:
+    """--retry-errors re-sends exactly the rows that are error now: one that turned ok is final."""
+    server = sim()
+    rows = chat_rows(6)
+    rows[1]["messages"][0]["content"] += " [[sim:500x2]]"  # fails both attempts of the first run, then recovers
+    rows[4]["messages"][0]["content"] += " [[sim:400]]"  # fails for good
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    out = tmp_path / "out.jsonl"
+    env = connection_env(server)
+    args = ["run", str(source), "-o", str(out), "--max-attempts", "2"]
+    assert invoke(runner, args, env=env).exit_code == 1
+    assert server.stats.requests == 4 + 2 + 1
+    assert invoke(runner, [*args, "--retry-errors"], env=env).exit_code == 1
+    assert server.stats.requests == 7 + 2  # row 1 once (ok now), row 4 once (error again)
+    assert [r["status"] for r in read_jsonl(out)] == ["ok", "ok", "ok", "ok", "error", "ok"]
+    assert invoke(runner, [*args, "--retry-errors"], env=env).exit_code == 1
+    assert server.stats.requests == 9 + 1  # only row 4
