@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -122,3 +123,31 @@ def test_summary_and_validate_report_cost(sim, runner, tmp_path: Path) -> None:
     estimate = validated.stdout.strip().splitlines()[-1]
     assert estimate.startswith("estimate rows=5 ") and "max_completion_tokens=500" in estimate
     assert "cost_usd=0.01" in estimate  # 500 completion tokens at 15 USD/M plus a few prompt tokens
+
+
+def test_the_whole_budget_is_usable_up_to_the_cap_exactly() -> None:
+    """'Stop admitting before crossing': a reservation that lands exactly on the cap is inside it."""
+    pricing = Pricing(1.0, 1.0)  # 1 USD per million tokens either way
+    tokens = Budget(max_tokens=100, max_cost=None, pricing=pricing, spent_tokens=40)
+    assert tokens.reserve("m", 50, 10) is not None  # 40 + 60 = 100
+    assert tokens.reserve("m", 1, 0) is None
+    cost = Budget(max_tokens=None, max_cost=0.0001, pricing=pricing, spent_cost=0.00004)
+    assert cost.reserve("m", 50, 10) is not None  # 0.00004 + 0.00006 = the cap
+    assert cost.reserve("m", 1, 0) is None
+
+
+async def test_a_settlement_wakes_a_row_waiting_for_room() -> None:
+    """A pessimistic estimate that settles smaller frees room: the waiting row must be woken to use it."""
+    budget = Budget(max_tokens=100, max_cost=None, pricing=Pricing(None, None))
+    held = budget.reserve(None, 10, 80)
+    assert held is not None and budget.reserve(None, 10, 30) is None
+    waiter = asyncio.create_task(budget.changed())
+    await asyncio.sleep(0)
+    budget.settle(held, None, 10, 20)  # used 30 of the 90 it held
+    await asyncio.wait_for(waiter, timeout=5)
+    assert budget.reserve(None, 10, 30) is not None
+
+
+def test_the_cap_message_says_what_was_spent() -> None:
+    budget = Budget(max_tokens=1000, max_cost=0.05, pricing=Pricing(1.0, 1.0), spent_tokens=990, spent_cost=0.0495)
+    assert budget.describe() == "--max-total-tokens 1000 (spent 990) and --max-cost 0.05 USD (spent 0.0495)"

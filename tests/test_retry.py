@@ -404,3 +404,15 @@ async def test_test_mode_waits_do_not_count_against_the_bound() -> None:
     failure = Retryable("x", status=429, retry_after=60.0)
     attempts, _ = await bounded_run(clock, failure, max_attempts=4, max_elapsed=1.0, sleep=Recorder())
     assert attempts == 4
+
+
+def test_a_wait_that_would_end_exactly_at_the_bound_is_not_taken(real_waits: Any) -> None:
+    """The documented bound: stop when the next wait would end max_elapsed seconds *or more* after the start."""
+    from tenacity import RetryCallState
+
+    stop = retry.stop_before_deadline(10.0, started_at=100.0, clock=lambda: 104.0)
+    state = RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+    state.upcoming_sleep = 6.0  # ends at 110.0, the bound itself
+    assert stop(state) is True
+    state.upcoming_sleep = 5.999
+    assert stop(state) is False
