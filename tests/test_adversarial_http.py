@@ -28,8 +28,8 @@ from click.testing import CliRunner
 
 from conftest import invoke, read_jsonl, write_jsonl
 from faultserver import (
-    FaultServer, completion, garbage_status, gzip_bomb, gzip_garbage, json_error, ok, ok_from, oversized, quota_body,
-    reset_mid_body, respond, running, truncated,
+    FaultServer, completion, garbage_status, gzip_bomb, gzip_garbage, hang, json_error, ok, ok_from, oversized,
+    quota_body, reset_mid_body, respond, running, truncated,
 )  # fmt: skip
 from inferbatch.client import MAX_RESPONSE_BYTES, Client
 from inferbatch.errors import Fatal, QuotaRejected, RequestFailed, Retryable
@@ -433,3 +433,20 @@ def test_cli_a_row_retries_for_bounded_time(fault: FaultServer, runner: CliRunne
     assert row["status"] == "error" and row["status_code"] == 503
     assert 2 <= row["attempts"] <= 5, row["attempts"]
     assert len(fault.sent_to("slow")) == row["attempts"]
+
+
+async def test_failures_say_how_far_the_answer_got_and_how_long_it_took(fault: FaultServer) -> None:
+    """The `error` and `latency_ms` columns of a failed row are what a person reads first: a body cut off
+    says which status arrived, a timeout says whether anything arrived, and the time is the attempt's."""
+    fault.on("cut", reset_mid_body())
+    fault.on("garbage", garbage_status())
+    fault.on("slow", hang())
+    cut = await outcome(fault, "cut")
+    assert cut.message.startswith("connection_error: HTTP 200 body cut off: ")
+    garbage = await outcome(fault, "garbage")
+    assert garbage.message.startswith("connection_error: ") and "HTTP" not in garbage.message.split(":")[1]
+    slow = await outcome(fault, "slow", timeout=0.3)
+    assert slow.message == "timeout: no response within 0.3 s"
+    for failure in (cut, garbage):
+        assert 0 < failure.latency_ms < 10_000
+    assert 250 <= slow.latency_ms < 10_000  # the attempt's own time, in milliseconds
