@@ -450,3 +450,10 @@ async def test_failures_say_how_far_the_answer_got_and_how_long_it_took(fault: F
     for failure in (cut, garbage):
         assert 0 < failure.latency_ms < 10_000
     assert 250 <= slow.latency_ms < 10_000  # the attempt's own time, in milliseconds
+
+
+async def test_an_answer_s_latency_is_the_attempt_s_time_in_milliseconds(fault: FaultServer) -> None:
+    """latency_ms feeds the output, the summary percentiles and --deadline's margin: milliseconds, not seconds."""
+    fault.on("fine", ok())
+    response = await outcome(fault, "fine")
+    assert 0 < response.latency_ms < 10_000
