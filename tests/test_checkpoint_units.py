@@ -80,3 +80,10 @@ def test_the_identity_of_an_input_is_the_same_from_version_to_version(tmp_path) 
     identity = input_identity(str(path))
     assert identity["size"] == 100
     assert identity["hash"] == identity["content"] == "422b600f4832a6fc772df18fba51fce1"
+
+
+def test_the_cheap_identity_of_a_large_input_is_pinned_too(tmp_path) -> None:
+    """The first/last-block hash (all an s3:// input gets) must not change between versions either."""
+    path = tmp_path / "big.bin"
+    path.write_bytes(bytes(range(256)) * 800)  # 200 KiB: both blocks, and a middle
+    assert input_identity(str(path))["hash"] == "1afe30e10fd59c58476300b1f8acd046"
