@@ -457,3 +457,15 @@ async def test_an_answer_s_latency_is_the_attempt_s_time_in_milliseconds(fault: 
     fault.on("fine", ok())
     response = await outcome(fault, "fine")
     assert 0 < response.latency_ms < 10_000
+
+
+@pytest.mark.parametrize("framing", ["chunked", "close"])
+async def test_a_body_of_exactly_32_mib_is_read_and_one_byte_more_is_not(fault: FaultServer, framing: str) -> None:
+    """SPEC §8.37 says *over* 32 MiB: the limit itself is still an answer (here a completion), one byte more is not."""
+    fault.on("at", oversized(MAX_RESPONSE_BYTES, framing=framing))
+    fault.on("over", oversized(MAX_RESPONSE_BYTES + 1, framing=framing))
+    at = await outcome(fault, "at")
+    assert not isinstance(at, RequestFailed), at
+    assert len(at.data["choices"][0]["message"]["content"]) > 30_000_000
+    over = await outcome(fault, "over")
+    assert type(over) is Fatal and over.code == "response_too_large"

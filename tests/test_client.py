@@ -643,3 +643,24 @@ async def test_a_short_key_never_mangles_a_completion(canned: Canned) -> None:
     async with Client(url, "k", timeout=5, concurrency=1) as client:
         response = await client.send(body("ok"))
     assert response.data["choices"][0]["message"]["content"] == "the haiku"
+
+
+async def test_an_exhausted_limit_resetting_exactly_at_max_wait_is_waited_for(canned: Canned) -> None:
+    """--max-wait is the longest wait taken: a reset exactly that far away is still a wait, one beyond is a stop."""
+    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "600s"}
+    later = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "601s"}
+    url = await canned({"at": Answer(429, {"error": {"message": "slow down"}}, headers=headers),
+                        "past": Answer(429, {"error": {"message": "slow down"}}, headers=later)})  # fmt: skip
+    async with Client(url, KEY, timeout=5, concurrency=1, max_wait=600.0) as client:
+        with pytest.raises(Retryable) as at:
+            await client.send(body("at"))
+        assert type(at.value) is Retryable
+        with pytest.raises(QuotaRejected):
+            await client.send(body("past"))
+
+
+async def test_a_quota_stop_names_retry_after_as_the_reset_when_that_is_all_it_has(canned: Canned) -> None:
+    answer = Answer(429, {"error": {"code": "insufficient_quota"}}, headers={"Retry-After": "7200"})
+    exc = (await canned_failures(canned, {"q": answer}))["q"]
+    assert type(exc) is QuotaRejected
+    assert re.search(r"resets in 2h\w* \(at [0-9T:-]+Z\) \(Retry-After\)$", exc.message), exc.message
