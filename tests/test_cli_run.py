@@ -797,3 +797,17 @@ def test_key_echoed_by_server_is_never_shown(runner: CliRunner, sim: Any, tmp_pa
     assert KEY not in result.stdout
     assert KEY not in result.stderr
     assert KEY not in all_text_under(tmp_path, skip=src)
+
+
+def test_parquet_output_declares_which_columns_are_never_null(sim: Any, runner: CliRunner, tmp_path: Path) -> None:
+    """SPEC §8.14: the declared schema, nullability included: id, index, status and attempts always have a value
+    (readers such as pandas/Spark keep them non-nullable), the rest may be null."""
+    import pyarrow.parquet as pq
+
+    server = sim()
+    src = write_jsonl(tmp_path / "in.jsonl", chat_rows(2))
+    out = tmp_path / "out.parquet"
+    assert run(runner, [str(src), "-o", str(out)], env=connection_env(server)).exit_code == 0
+    schema = pq.read_schema(out)
+    never_null = {f.name for f in schema if not f.nullable}
+    assert never_null == {"id", "index", "status", "attempts"}

@@ -664,3 +664,9 @@ async def test_a_quota_stop_names_retry_after_as_the_reset_when_that_is_all_it_h
     exc = (await canned_failures(canned, {"q": answer}))["q"]
     assert type(exc) is QuotaRejected
     assert re.search(r"resets in 2h\w* \(at [0-9T:-]+Z\) \(Retry-After\)$", exc.message), exc.message
+
+
+async def test_a_json_error_without_a_message_is_shown_as_it_came(canned: Canned) -> None:
+    """An error body in a shape we do not know still reaches the `error` column, not an empty message."""
+    exc = (await canned_failures(canned, {"odd": Answer(400, {"status": "nope", "why": 42})}))["odd"]
+    assert exc.message == 'http_400: {"status": "nope", "why": 42}'

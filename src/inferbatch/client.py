@@ -288,6 +288,8 @@ def error_code_and_message(status: int, parsed: dict[str, Any] | None, raw: byte
         if isinstance(err, dict):
             code = err.get("code") or err.get("type") or f"http_{status}"
             message = err.get("message") or err.get("detail") or parsed.get("message") or parsed.get("detail") or ""
+            if not message and err is parsed:  # a shape we do not know: show it as it came, not nothing
+                message = raw[:ERROR_SOURCE_BYTES].decode("utf-8", "replace")
             return str(code), message if isinstance(message, str) else str(message)
         detail = parsed.get("detail") or parsed.get("message")
         if detail:
