@@ -153,7 +153,7 @@ def test_second_run_on_same_output_is_refused_while_first_is_alive(tmp_path: Pat
         second = run_process([str(source), "-o", str(output), "-q"], server.url)
         _, stderr = second.communicate(timeout=30)
         assert second.returncode == 2
-        assert "another inferbatch run" in stderr and "Traceback" not in stderr
+        assert f"another inferbatch run (pid {first.pid}) is writing" in stderr and "Traceback" not in stderr
         assert stderr.strip().count("\n") == 0  # one line
     finally:
         first.kill()
