@@ -261,7 +261,7 @@ def delete_prefix(prefix_uri: str, *, keep: tuple[str, ...] = ()) -> None:
             doomed = [{"Key": o["Key"]} for o in page.get("Contents", ()) if o["Key"] not in kept]
             if doomed:
                 client.delete_objects(Bucket=bucket, Delete={"Objects": doomed, "Quiet": True})
-    except Exception as exc:  # botocore's errors share no base with OSError
+    except _boto_errors() as exc:  # botocore's errors share no base with OSError
         raise OSError(f"cannot delete {prefix_uri}/*: {exc}") from None
 
 
@@ -270,5 +270,12 @@ def delete(uri: str) -> None:
     bucket, key = _bucket_key(uri)
     try:
         _s3_client(S3Settings.from_env(os.environ)).delete_object(Bucket=bucket, Key=key)
-    except Exception as exc:  # botocore's errors share no base with OSError
+    except _boto_errors() as exc:  # botocore's errors share no base with OSError
         raise OSError(f"cannot delete {uri}: {exc}") from None
+
+
+def _boto_errors() -> tuple[type[Exception], ...]:
+    """What botocore raises for a request that failed (a bug elsewhere still shows its traceback)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    return (BotoCoreError, ClientError)
