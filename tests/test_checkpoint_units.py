@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import random
 
-from inferbatch.checkpoint import Bits, input_identity
+from inferbatch.bits import Bits
+from inferbatch.checkpoint import input_identity
 
 
 def test_bits_set_clear_and_membership_are_exact_across_bytes() -> None:

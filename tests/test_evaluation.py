@@ -5,6 +5,7 @@ the shipped jobs/eval.toml, and `report` on an evaluation output. The simulator 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import signal
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from click.testing import CliRunner, Result
 from conftest import connection_env, invoke, read_jsonl, run_process, wait_for_lines, write_jsonl
 
-from inferbatch.errors import UsageError
+from inferbatch.errors import ConfigError
 from inferbatch.evaluation import Assertion, check, wilson
 
 REPO = Path(__file__).resolve().parent.parent
@@ -212,7 +213,7 @@ def test_json_path_column_text_matches_a_json_number_or_the_same_json_string(con
     ],
 )
 def test_bad_assertion_definitions_are_usage_errors(definition: dict[str, Any], fragment: str) -> None:
-    with pytest.raises(UsageError, match=fragment.replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=fragment.replace("(", r"\(")):
         Assertion.from_table(definition, 3)
 
 
@@ -242,7 +243,8 @@ def test_bad_assertion_in_a_job_file_is_exit_2_and_nothing_sent(runner: CliRunne
         (5, 10, 0.2366, 0.7634),
         (8, 10, 0.4902, 0.9433),
         (1, 1, 0.2065, 1.0),
-        (0, 0, 0.0, 0.0),
+        (50, 100, 0.4038, 0.5962),
+        (0, 0, 0.0, 1.0),
     ],
 )
 def test_wilson_interval_matches_known_values(passed: int, total: int, low: float, high: float) -> None:
@@ -250,6 +252,29 @@ def test_wilson_interval_matches_known_values(passed: int, total: int, low: floa
     assert got_low == pytest.approx(low, abs=5e-4)
     assert got_high == pytest.approx(high, abs=5e-4)
     assert 0.0 <= got_low <= got_high <= 1.0
+
+
+def test_wilson_with_no_rows_is_the_whole_interval() -> None:
+    """Nothing judged, nothing known: [0, 1], not a pass rate pinned at 0 (the HTML report and the summary agree)."""
+    assert wilson(0, 0) == (0.0, 1.0)
+    assert wilson(0, -1) == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("total", [1, 10, 1_000, 1_000_000])
+def test_wilson_when_all_pass_reaches_1_and_when_none_pass_starts_at_0(total: int) -> None:
+    all_low, all_high = wilson(total, total)
+    none_low, none_high = wilson(0, total)
+    assert all_high == 1.0 and none_low == 0.0
+    assert not math.isnan(all_low) and not math.isnan(none_high)
+    assert all_low == pytest.approx(1.0 - none_high)  # the interval is symmetric under passed <-> failed
+    assert 0.0 < all_low < 1.0 and 0.0 < none_high < 1.0
+
+
+def test_wilson_8_of_10_at_95_percent() -> None:
+    """The textbook value: 8/10 at 95 % is about (0.490, 0.943); a wider z gives a wider interval."""
+    assert wilson(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    low_99, high_99 = wilson(8, 10, z=2.5758)
+    assert low_99 < 0.4902 and high_99 > 0.9433
 
 
 # ---- 3. variants × rows × repeats --------------------------------------------------------------------

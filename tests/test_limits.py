@@ -256,19 +256,20 @@ def test_estimate_uses_max_tokens_then_the_mean_completion_seen() -> None:
         ("2m30.5s", 150.5),
         ("0s", 0.0),
         (" 10s ", 10.0),
+        ("1d", 86_400.0),  # the one duration language (inferbatch.durations), as --max-wait reads it
     ],
 )
 def test_parse_reset(text: str, seconds: float) -> None:
     assert parse_reset(text) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", [None, "", "soon", "10 seconds", "5x", "s", "1d", "10s later", "m5"])
+@pytest.mark.parametrize("text", [None, "", "soon", "10 seconds", "5x", "s", "1h 30m", "10s later", "m5"])
 def test_parse_reset_garbage_is_none(text: str | None) -> None:
     assert parse_reset(text) is None
 
 
 @pytest.mark.parametrize("text", ["inf", "-inf", "nan", "1e400", "-5", "-0.5s", "2026-01-01T00:00:00",
-                                  "2026-13-45T99:00:00Z", "Infinity"])  # fmt: skip
+                                  "2026-13-45T99:00:00Z", "Infinity", "9" * 400 + "s"])  # fmt: skip
 def test_parse_reset_ignores_values_that_are_no_time(text: str) -> None:
     """Garbage resets are ignored (None), never an infinite or negative wait: an `inf` reset must not hang the run."""
     assert parse_reset(text, now=WALL) is None

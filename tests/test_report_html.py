@@ -14,7 +14,6 @@ which falls back to checking the page with `html.parser` only.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import struct
@@ -31,7 +30,7 @@ from click.testing import CliRunner
 from conftest import chat_rows, connection_env, invoke, read_jsonl, write_jsonl
 
 from inferbatch import report_html
-from inferbatch.report_html import Bins, wilson_interval, write_html
+from inferbatch.report_html import Bins, write_html
 from inferbatch.results import read_output
 
 EVIL_ID = "<script>document.title='pwned'</script>"
@@ -391,6 +390,25 @@ def test_disagreements_beyond_the_window_are_not_compared_and_the_page_says_so(
     assert "35 keys left that window before every variant was seen" in text
 
 
+def test_a_variant_with_no_judged_row_shows_no_pass_rate_and_the_whole_interval(tmp_path: Path) -> None:
+    """No row judged (no `passed` column) is no pass rate: not 0 %, and a Wilson interval of 0-100 %, the same
+    (0.0, 1.0) that evaluation.wilson gives the JSON summary and the terminal table."""
+    records = eval_records()[:20] + [record(20 + i, "ok", row_id=f"q{i}", variant="unjudged") for i in range(3)]
+    html_path = tmp_path / "eval.html"
+
+    write_html(records, str(html_path))
+
+    page = parse(html_path.read_text(encoding="utf-8"))
+    variants = {row[0]: row[1:] for row in page.table("variants")[1:]}
+    assert variants["unjudged"][:5] == ["3", "0", "0", "—", "0.0% – 100.0%"]
+    assert variants["a"][:5] == ["20", "20", "20", "100.0%", "83.9% – 100.0%"]
+    text = "".join(page.text)
+    assert "none judged" in text and "100.0% of 20" in text
+    titles = [t for t in page.text if t.startswith("unjudged:")]
+    assert titles == ["unjudged: 0/0 passed (—), Wilson 95 % 0.0% – 100.0%"]
+    assert page.tags["path"] == 1  # a whisker for "a" only: an interval over nothing is not drawn
+
+
 # ---- bounded memory --------------------------------------------------------------------------------
 
 
@@ -418,16 +436,6 @@ def test_bins_merge_without_losing_counts() -> None:
     assert (first, width, len(bars)) == (0, 128, 8)
     assert [sum(bar) for bar in bars] == [128] * 7 + [104]
     assert [bar[1] for bar in bars[:2]] == [64, 64]
-
-
-@pytest.mark.parametrize(
-    ("passed", "n", "low", "high"),
-    [(16, 20, 0.5840, 0.9193), (20, 20, 0.8389, 1.0), (0, 10, 0.0, 0.2775), (50, 100, 0.4038, 0.5962)],
-)
-def test_wilson_interval(passed: int, n: int, low: float, high: float) -> None:
-    assert wilson_interval(passed, n) == pytest.approx((low, high), abs=1e-4)
-    assert wilson_interval(0, 0) == (0.0, 1.0)
-    assert not math.isnan(wilson_interval(n, n)[0])
 
 
 def test_a_file_that_is_not_results_is_refused_and_nothing_is_written(tmp_path: Path) -> None:

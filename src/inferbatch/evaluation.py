@@ -25,7 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from inferbatch.errors import UsageError
+from inferbatch.errors import ConfigError
+from inferbatch.results import Status
 
 ASSERTION_TYPES = ("equals", "contains", "icontains", "regex", "is-json", "json-path", "max-latency-ms", "max-tokens")
 Z_95 = 1.959963984540054
@@ -42,19 +43,19 @@ class Assertion:
     def from_table(cls, table: Mapping[str, Any], number: int) -> Assertion:
         kind = table.get("type")
         if kind not in ASSERTION_TYPES:
-            raise UsageError(f"[[assert]] #{number}: type must be one of {', '.join(ASSERTION_TYPES)}, got {kind!r}")
+            raise ConfigError(f"[[assert]] #{number}: type must be one of {', '.join(ASSERTION_TYPES)}, got {kind!r}")
         unknown = set(table) - {"type", "value", "column", "path"}
         if unknown:
-            raise UsageError(f"[[assert]] #{number}: unknown key(s) {', '.join(sorted(unknown))}")
+            raise ConfigError(f"[[assert]] #{number}: unknown key(s) {', '.join(sorted(unknown))}")
         if kind != "is-json" and "value" not in table and "column" not in table:
-            raise UsageError(f"[[assert]] #{number} ({kind}) needs `value = ...` or `column = ...`")
+            raise ConfigError(f"[[assert]] #{number} ({kind}) needs `value = ...` or `column = ...`")
         if kind == "json-path" and not isinstance(table.get("path"), str):
-            raise UsageError(f"[[assert]] #{number} (json-path) needs `path = \"$.field\"`")
+            raise ConfigError(f"[[assert]] #{number} (json-path) needs `path = \"$.field\"`")
         if kind == "regex" and "value" in table:
             try:
                 re.compile(str(table["value"]))
             except re.error as exc:
-                raise UsageError(f"[[assert]] #{number}: bad regex {table['value']!r}: {exc}") from None
+                raise ConfigError(f"[[assert]] #{number}: bad regex {table['value']!r}: {exc}") from None
         return cls(kind, table.get("value"), table.get("column"), table.get("path"))
 
     def as_dict(self) -> dict[str, Any]:
@@ -119,20 +120,26 @@ def _coerce_like(expected: Any) -> Any:
 
 def check(assertions: tuple[Assertion, ...], record: Mapping[str, Any], row: Mapping[str, Any] | None) -> list[str]:
     """The failed assertion types for one result (``status`` when the row did not end ok)."""
-    if record.get("status") != "ok":
+    if record.get("status") != Status.OK:
         return ["status"]
     return [a.type for a in assertions if not a.holds(record, row)]
 
 
 def wilson(passed: int, total: int, z: float = Z_95) -> tuple[float, float]:
-    """The Wilson score interval for a pass rate (95 % by default); (0, 0) with no rows."""
+    """The Wilson score interval for ``passed`` out of ``total`` (95 % by default); ``(0.0, 1.0)`` with no rows.
+
+    centre = (p + z²/2n) / (1 + z²/n); half-width = z·sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n). With no rows
+    nothing is known: the interval is all of [0, 1], not a pass rate of exactly 0.
+    """
     if total <= 0:
-        return (0.0, 0.0)
+        return (0.0, 1.0)
     p = passed / total
     denominator = 1 + z * z / total
     centre = (p + z * z / (2 * total)) / denominator
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / denominator
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    low = 0.0 if passed <= 0 else max(0.0, centre - half)  # exactly 0 and 1 at the ends, not 0.9999999999999999
+    high = 1.0 if passed >= total else min(1.0, centre + half)
+    return (low, high)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,13 +156,13 @@ class Variant:
     def from_table(cls, table: Mapping[str, Any], number: int) -> Variant:
         name = table.get("name")
         if not isinstance(name, str) or not name.strip():
-            raise UsageError(f"[[variants]] #{number} needs a `name`")
+            raise ConfigError(f"[[variants]] #{number} needs a `name`")
         unknown = set(table) - {"name", "template", "system", "model", "params"}
         if unknown:
-            raise UsageError(f"[[variants]] {name}: unknown key(s) {', '.join(sorted(unknown))}")
+            raise ConfigError(f"[[variants]] {name}: unknown key(s) {', '.join(sorted(unknown))}")
         params = table.get("params")
         if params is not None and not isinstance(params, dict):
-            raise UsageError(f"[[variants]] {name}: params must be a table ([variants.params])")
+            raise ConfigError(f"[[variants]] {name}: params must be a table ([variants.params])")
         return cls(name, table.get("template"), table.get("system"), table.get("model"), params)
 
     def as_dict(self) -> dict[str, Any]:

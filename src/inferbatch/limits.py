@@ -35,13 +35,13 @@ import datetime
 import logging
 import math
 import random
-import re
 import time
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from inferbatch.durations import duration_seconds
 from inferbatch.errors import QuotaRejected
+from inferbatch.window import SlidingWindow
 
 log = logging.getLogger("inferbatch")
 
@@ -66,17 +66,14 @@ class Ticket:
     token_entry: list[float] | None = field(default=None, repr=False)
 
 
-_RESET = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-_RESET_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
 def parse_reset(text: str | None, now: float | None = None) -> float | None:
     """Seconds until a ``x-ratelimit-reset-*`` value; None if unreadable.
 
-    Durations: ``51s`` → 51.0, ``6m0s`` → 360.0, ``20ms`` → 0.02, ``1.5`` → 1.5. Absolute times, counted
-    from ``now`` (the wall clock by default; a time already past is 0): a bare number of at least 1e9 is
-    Unix seconds (``1767225600``), of at least 1e12 Unix milliseconds, and an ISO 8601 timestamp with a
-    zone (``2026-01-01T00:00:00Z``) is that instant. Negative, infinite or NaN values are garbage.
+    Durations, as :mod:`inferbatch.durations` reads them: ``51s`` → 51.0, ``6m0s`` → 360.0, ``20ms`` → 0.02,
+    ``1.5`` → 1.5. Absolute times, counted from ``now`` (the wall clock by default; a time already past is 0):
+    a bare number of at least 1e9 is Unix seconds (``1767225600``), of at least 1e12 Unix milliseconds, and an
+    ISO 8601 timestamp with a zone (``2026-01-01T00:00:00Z``) is that instant. Negative, infinite or NaN values
+    are garbage.
     """
     if not text:
         return None
@@ -93,9 +90,9 @@ def parse_reset(text: str | None, now: float | None = None) -> float | None:
         if value >= EPOCH_S:
             return max(0.0, value - (time.time() if now is None else now))
         return value
-    parts = _RESET.findall(text)
-    if parts and "".join(n + u for n, u in parts) == text:
-        return sum(float(n) * _RESET_UNITS[u] for n, u in parts)
+    seconds = duration_seconds(text)  # with units: 51s, 6m0s (a bare number was read above)
+    if seconds is not None:
+        return seconds if math.isfinite(seconds) else None
     if "T" in text and text[:4].isdigit():
         try:
             when = datetime.datetime.fromisoformat(text)
@@ -148,45 +145,6 @@ def header_int(headers: Mapping[str, str], name: str) -> int | None:
     return int(number)
 
 
-class SlidingWindow:
-    """Amounts admitted in the last ``window`` seconds; ``wait()`` says how long until ``cost`` fits."""
-
-    def __init__(self, window: float = WINDOW_S) -> None:
-        self.window = window
-        self.entries: deque[list[float]] = deque()  # [time, amount], oldest first
-        self.total = 0.0
-
-    def _expire(self, now: float) -> None:
-        cutoff = now - self.window
-        while self.entries and self.entries[0][0] <= cutoff:
-            self.total -= self.entries.popleft()[1]
-        if not self.entries:
-            self.total = 0.0
-
-    def wait(self, cost: float, limit: float, now: float) -> float:
-        self._expire(now)
-        if not self.entries or self.total + cost <= limit:
-            return 0.0
-        freed = self.total
-        for when, amount in self.entries:
-            freed -= amount
-            if freed + cost <= limit:
-                return when + self.window - now
-        return self.entries[-1][0] + self.window - now
-
-    def add(self, amount: float, now: float) -> list[float]:
-        self._expire(now)  # also when no limit is in force, so the window never grows without bound
-        entry = [now, float(amount)]
-        self.entries.append(entry)
-        self.total += amount
-        return entry
-
-    def settle(self, entry: list[float], amount: float, now: float) -> None:
-        if entry[0] > now - self.window:  # still counted
-            self.total += amount - entry[1]
-        entry[1] = float(amount)
-
-
 class Limiter:
     def __init__(
         self,
@@ -220,8 +178,8 @@ class Limiter:
         self.window = window
         self.max_wait = max_wait
         self.tpm_burst = tpm_burst
-        self._requests = SlidingWindow(window)
-        self._tokens = SlidingWindow(window)
+        self._requests = SlidingWindow(window, clock)
+        self._tokens = SlidingWindow(window, clock)
         self._next_request_at = 0.0
         self._bucket = 0.0  # tokens the pacing bucket holds; refilled at tpm/window per second up to the burst
         self._bucket_at = 0.0

@@ -48,9 +48,11 @@ from typing import Any
 
 import orjson
 
+from inferbatch.evaluation import wilson
 from inferbatch.progress import Summary
+from inferbatch.results import Status
 
-__all__ = ["Bins", "ReportCollector", "render_html", "wilson_interval", "write_html"]
+__all__ = ["Bins", "ReportCollector", "render_html", "write_html"]
 
 SLOWEST_ROWS = 20
 FAILED_ROWS = 50
@@ -63,26 +65,11 @@ TEXT_LIMIT = 300
 ID_LIMIT = 120
 MIN_BAR_PX = 2.0
 
-STATUS_COLORS = {"ok": "#2f9e44", "error": "#e03131", "invalid": "#f59f00"}
+STATUS_COLORS = {Status.OK: "#2f9e44", Status.ERROR: "#e03131", Status.INVALID: "#f59f00"}
 LATENCY_COLOR = "#1c7ed6"
 TOKENS_COLOR = "#7048e8"
 PASS_COLOR = "#2f9e44"
 OTHER_VARIANTS = "(other variants)"
-
-
-def wilson_interval(passed: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score interval for ``passed`` successes out of ``n``.
-
-    center = (p + z²/2n) / (1 + z²/n); half-width = z·sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n).
-    ``(0.0, 1.0)`` when ``n`` is 0: nothing is known.
-    """
-    if n <= 0:
-        return 0.0, 1.0
-    p = passed / n
-    denominator = 1 + z * z / n
-    center = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, center - half), min(1.0, center + half)
 
 
 class Bins:
@@ -186,7 +173,7 @@ class ReportCollector:
         status = record.get("status")
         index = record.get("index")
         index = index if type(index) is int else seq
-        self.by_index.add(index, {"ok": 0, "error": 1}.get(str(status), 2))
+        self.by_index.add(index, {Status.OK: 0, Status.ERROR: 1}.get(str(status), 2))
 
         latency = record.get("latency_ms")
         if isinstance(latency, int | float) and not isinstance(latency, bool) and math.isfinite(latency):
@@ -203,7 +190,7 @@ class ReportCollector:
         if tokens is not None:
             self.tokens.add(tokens)
 
-        if status != "ok" and len(self.failed) < FAILED_ROWS:
+        if status != Status.OK and len(self.failed) < FAILED_ROWS:
             self.failed.append(_brief(record, index))
 
         if "variant" in record and record["variant"] is not None:
@@ -381,7 +368,7 @@ def _variants_section(c: ReportCollector) -> str:
     rows = []
     for name in names:
         v = c.variants[name]
-        low, high = wilson_interval(v.passed, v.judged)
+        low, high = wilson(v.passed, v.judged)
         rate = f"{v.passed / v.judged:.1%}" if v.judged else "—"
         top = " · ".join(f"{kind}: {n:,}" for kind, n in v.failures.most_common(8)) or "—"
         rows.append(
@@ -557,8 +544,9 @@ def _pass_rate_chart(c: ReportCollector) -> str:
         v = c.variants[name]
         y = top + row * row_h
         rate = v.passed / v.judged if v.judged else 0.0
-        low, high = wilson_interval(v.passed, v.judged)
-        label = f"{name}: {v.passed:,}/{v.judged:,} passed ({rate:.1%}), Wilson 95 % {low:.1%} – {high:.1%}"
+        low, high = wilson(v.passed, v.judged)
+        shown = f"{rate:.1%}" if v.judged else "—"  # no row judged is no pass rate, not 0 %
+        label = f"{name}: {v.passed:,}/{v.judged:,} passed ({shown}), Wilson 95 % {low:.1%} – {high:.1%}"
         mid = y + row_h / 2
         out.append(f'<text class="name" x="{left - 8}" y="{mid + 4:.1f}" text-anchor="end">'
                    f"{escape(_truncate(name, 32))}</text>")  # fmt: skip
@@ -568,7 +556,8 @@ def _pass_rate_chart(c: ReportCollector) -> str:
             x0, x1 = left + plot * low, left + plot * high
             out.append(f'<path class="whisker" d="M{x0:.1f} {mid:.1f}H{x1:.1f}M{x0:.1f} {mid - 7:.1f}V{mid + 7:.1f}'
                        f'M{x1:.1f} {mid - 7:.1f}V{mid + 7:.1f}"/>')  # fmt: skip
-        out.append(f'<text x="{left + plot + 8}" y="{mid + 4:.1f}">{rate:.1%} of {v.judged:,}</text>')
+        tally = f"{shown} of {v.judged:,}" if v.judged else "none judged"
+        out.append(f'<text x="{left + plot + 8}" y="{mid + 4:.1f}">{tally}</text>')
     out.append(f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{height - 26}"/>')
     return _svg(width, height, "".join(out), "pass rate per variant")
 
