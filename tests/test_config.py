@@ -15,7 +15,7 @@ from inferbatch.config import (
     parse_param,
     resolve,
 )
-from inferbatch.errors import UsageError
+from inferbatch.errors import ConfigError
 
 ENV = {"INFERENCE_URL": "https://env.example.com", "INFERENCE_KEY": "env-secret-key", "INFERENCE_MODEL_ID": "env-model"}
 
@@ -28,7 +28,7 @@ def flags(**given: Any) -> dict[str, Any]:
         "url": None, "api_key_env": None, "simulate": None, "concurrency": None, "rpm": None, "tpm": None,
         "max_attempts": None, "timeout": None, "retry_errors": None, "restart": None, "abort_after": None,
         "output_format": None, "summary_json": None, "drain_timeout": None, "deadline": None,
-        "progress_interval": None, "verbosity": 0,
+        "progress_interval": None, "verbose": 0,
     }  # fmt: skip
     base.update(given)
     return base
@@ -41,8 +41,8 @@ def job_file(tmp_path: Path, text: str, name: str = "jobs/job.toml") -> str:
     return str(path)
 
 
-def usage_error(flag_values: dict[str, Any], env: dict[str, str] | None = None, **kwargs: Any) -> UsageError:
-    with pytest.raises(UsageError) as info:
+def usage_error(flag_values: dict[str, Any], env: dict[str, str] | None = None, **kwargs: Any) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
         resolve(flag_values, ENV if env is None else env, **kwargs)
     assert info.value.exit_code == 2
     return info.value
@@ -249,7 +249,7 @@ def test_endpoint_url(base: str, expected: str) -> None:
 
 @pytest.mark.parametrize("base", ["ftp://x", "x.example.com", "", "https://", "file:///etc/passwd"])
 def test_endpoint_url_rejects_non_http(base: str) -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(ConfigError):
         endpoint_url(base)
 
 
@@ -299,7 +299,7 @@ def test_parse_param(text: str, expected: tuple[str, Any]) -> None:
 
 @pytest.mark.parametrize("text", ["temperature", "", "=5"])
 def test_parse_param_without_key_or_equals_is_a_usage_error(text: str) -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(ConfigError):
         parse_param(text)
 
 
@@ -366,7 +366,7 @@ def test_parse_duration(text: str | int, seconds: float) -> None:
 
 @pytest.mark.parametrize("text", ["", "soon", "9 minutes", "m", "9x", "1h30", "h1", "9m junk"])
 def test_parse_duration_rejects_garbage(text: str) -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(ConfigError):
         parse_duration(text)
 
 
@@ -485,6 +485,7 @@ OUTPUT_COLUMNS = [
     "id", "index", "status", "status_code", "content", "finish_reason", "model", "prompt_tokens",
     "completion_tokens", "total_tokens", "attempts", "latency_ms", "error", "tool_calls", "request_id",
     "cached_tokens", "reasoning_tokens", "parsed", "variant", "sample", "passed", "failures", "cached", "judge",
+    "_body", "_code",  # internal keys of a checkpoint line: a kept column there would vanish from the output
 ]  # fmt: skip
 
 
@@ -622,7 +623,7 @@ def test_url_with_user_and_password_is_refused_without_echoing_it(runner, tmp_pa
 def test_parse_duration_refuses_nan_and_inf() -> None:
     """SPEC §8.34: a duration is a finite number of seconds."""
     for text in ("inf", "nan", "-inf", "1e999", float("inf"), float("nan"), "9" * 400 + "s"):
-        with pytest.raises(UsageError):
+        with pytest.raises(ConfigError):
             parse_duration(text)  # type: ignore[arg-type]
 
 
@@ -760,3 +761,288 @@ def test_max_cost_needs_a_price_for_every_model_the_run_names(tmp_path: Path, gi
     assert "my-own-model" in str(error) and "--price-in" in str(error) and "--price-out" in str(error)
     assert resolve(flags(**{**base, "price_in": 0.5, "price_out": 1.5}), STANDARD_PLAN).max_cost == 1.0
     assert resolve(flags(**{**base, "max_cost": None}), STANDARD_PLAN).max_cost is None  # no cap, no price needed
+
+
+# --- Settings resolved once: one merge, then one check per section (issue 13 item 4) -------------------------------
+
+
+def merged(given: dict[str, Any] | None = None, env: dict[str, str] | None = None) -> dict[str, Any]:
+    from inferbatch.config import merge_settings
+
+    return merge_settings(flags(**(given or {})), ENV if env is None else env)
+
+
+JOB_URL = 'url = "https://job.example.com"\n'
+
+
+@pytest.mark.parametrize(
+    ("given", "env", "job_text", "url", "source"),
+    [
+        ({"url": "https://flag.example.com"}, ENV, JOB_URL, "https://flag.example.com", "--url"),
+        ({}, ENV, JOB_URL, "https://env.example.com", "INFERENCE_URL"),
+        ({}, {}, JOB_URL, "https://job.example.com", "job file `url`"),
+        ({}, {}, None, None, ""),
+    ],
+    ids=["flag", "env", "job", "none"],
+)
+def test_merge_settings_takes_the_url_by_precedence_and_says_where_from(
+    tmp_path: Path, given: dict[str, Any], env: dict[str, str], job_text: str | None, url: str | None, source: str
+) -> None:
+    job = job_file(tmp_path, job_text) if job_text else None
+    settings = merged({**given, "job": job}, env)
+    assert settings["url"] == url
+    assert settings["url_source"].startswith(source)
+
+
+def test_merge_settings_keeps_numbers_raw_and_the_key_a_secret(tmp_path: Path) -> None:
+    """The merge decides precedence only: a flag's text stays text for the section to check; the key is a Secret
+    from the variable --api-key-env names, and of the environment only what --shard auto reads is kept."""
+    job = job_file(tmp_path, "concurrency = 4\nmax_attempts = 3\n")
+    env = {**ENV, "OTHER_KEY": "other-secret-key", "DYNO": "worker.2", "UNRELATED": "x"}
+    settings = merged({"job": job, "concurrency": "8", "api_key_env": "OTHER_KEY"}, env)
+    assert (settings["concurrency"], settings["max_attempts"], settings["timeout"]) == ("8", 3, 300.0)
+    assert isinstance(settings["api_key"], Secret) and settings["api_key"].reveal() == "other-secret-key"
+    assert settings["shard_env"] == {"DYNO": "worker.2"}
+    assert "other-secret-key" not in repr(settings) and "env-secret-key" not in repr(settings)
+    assert settings["api_key"] is not None and merged({}, {})["api_key"] is None
+
+
+def test_merge_settings_lays_param_flags_over_the_job_params(tmp_path: Path) -> None:
+    job = job_file(tmp_path, "[params]\ntemperature = 0.5\nmax_tokens = 100\nstream = true\n")
+    settings = merged({"job": job, "params": ("temperature=0", "top_p=0.9")})
+    assert settings["params"] == {"temperature": 0, "max_tokens": 100, "top_p": 0.9}
+
+
+def test_input_settings_check_what_is_read_and_sent(tmp_path: Path) -> None:
+    from inferbatch.config import _input_settings
+
+    section = _input_settings(merged({"keep_columns": "a, b,", "limit": "0", "shard": "1/4"}))
+    assert section["keep_columns"] == ("a", "b")
+    assert (section["limit"], str(section["shard"]), section["limit_share"]) == (0, "1/4", 1)
+    with pytest.raises(ConfigError, match="--keep-columns status: `status` is an output column"):
+        _input_settings(merged({"keep_columns": "a,status"}))
+    template = tmp_path / "t.txt"
+    template.write_text("Q: {q}", encoding="utf-8")
+    with pytest.raises(ConfigError, match="give --template or --template-file, not both"):
+        _input_settings(merged({"template": "x", "template_file": str(template)}))
+    assert _input_settings(merged({"template_file": str(template)}))["template"] == "Q: {q}"
+    with pytest.raises(ConfigError, match="--param max_tokens must be a positive whole number"):
+        _input_settings(merged({"params": ("max_tokens=0",)}))
+    with pytest.raises(ConfigError, match="no input"):
+        _input_settings(merged({"input": None}))
+
+
+def test_connection_settings_need_a_url_and_key_only_to_send() -> None:
+    from inferbatch.config import SIMULATOR_MODEL, _connection_settings
+
+    section = _connection_settings(merged(), need_connection=True)
+    assert section["url"] == "https://env.example.com/v1/chat/completions" and section["model"] == "env-model"
+    offline = {"url": None, "api_key": None, "model": None, "simulate": False}
+    assert _connection_settings(merged({}, {}), need_connection=False) == offline
+    assert _connection_settings(merged({"simulate": True}, {}), need_connection=True)["model"] == SIMULATOR_MODEL
+    with pytest.raises(ConfigError, match="no API key: set OTHER_KEY"):
+        _connection_settings(merged({"api_key_env": "OTHER_KEY"}), need_connection=True)
+
+
+def test_limit_settings_convert_the_defaults_table() -> None:
+    from inferbatch.config import _limit_settings
+
+    assert _limit_settings(merged()) == {
+        "concurrency": 16,
+        "rpm": None,
+        "tpm": None,
+        "max_attempts": 6,
+        "timeout": 300.0,
+        "abort_after": 25,
+        "drain_timeout": 20.0,
+        "deadline": None,
+        "max_wait": 600.0,
+        "progress_interval": 10.0,
+        "checkpoint_interval": 5.0,
+    }
+    assert _limit_settings(merged({"abort_after": "0", "drain_timeout": "0"}))["abort_after"] == 0
+    refused = [
+        ({"max_attempts": "0"}, "--max-attempts must be at least 1"),
+        ({"timeout": "0"}, "--timeout must be > 0"),
+        ({"deadline": "0s"}, "--deadline must be positive"),
+        ({"concurrency": "5000"}, "--concurrency 5000 is more than 4096"),
+    ]
+    for given, message in refused:
+        with pytest.raises(ConfigError, match=message):
+            _limit_settings(merged(given))
+
+
+def test_budget_settings_allow_free_prices_but_not_a_free_cap() -> None:
+    from inferbatch.config import _budget_settings
+
+    section = _budget_settings(merged({"price_in": "0", "max_total_tokens": "1000"}))
+    assert section == {"max_total_tokens": 1000, "max_cost": None, "price_in": 0.0, "price_out": None}
+    with pytest.raises(ConfigError, match="--max-cost must be > 0"):
+        _budget_settings(merged({"max_cost": "0"}))
+
+
+def test_evaluation_settings_select_variants_by_name(tmp_path: Path) -> None:
+    from inferbatch.config import _evaluation_settings
+
+    job = job_file(tmp_path, 'variant = ""\n[[variants]]\nname = "a"\n[[variants]]\nname = "b"\n')
+    section = _evaluation_settings(merged({"job": job}))
+    assert [v.name for v in section["variants"]] == ["a", "b"] and section["selected_variants"] == ()
+    assert _evaluation_settings(merged({"job": job, "variant": ("b",)}))["selected_variants"] == ("b",)
+    with pytest.raises(ConfigError, match="--variant c: no such variant"):
+        _evaluation_settings(merged({"job": job, "variant": ("c",)}))
+    with pytest.raises(ConfigError, match="--fail-under is a fraction"):
+        _evaluation_settings(merged({"fail_under": "1.5"}))
+
+
+def test_output_settings_pick_the_format_by_extension() -> None:
+    from inferbatch.config import _output_settings
+
+    section = _output_settings(merged({"output": "out.parquet", "verbose": 2}))
+    assert (section["output_format"], section["verbose"], section["job"]) == ("parquet", 2, None)
+
+
+def test_the_sections_give_every_runconfig_field_exactly_once(tmp_path: Path) -> None:
+    """No field is left to its dataclass default by a section that forgot it, and no two sections own one."""
+    from dataclasses import fields
+
+    from inferbatch import config
+
+    settings = merged()
+    sections = [
+        config._input_settings(settings),
+        config._connection_settings(settings, need_connection=True),
+        config._limit_settings(settings),
+        config._budget_settings(settings),
+        config._evaluation_settings(settings),
+        config._output_settings(settings),
+    ]
+    owned = [key for section in sections for key in section]
+    assert sorted(owned) == sorted(f.name for f in fields(RunConfig))
+
+
+# --- Each default written once ------------------------------------------------------------------------------------
+
+
+def shown(value: Any) -> str:
+    """A default as help text and the README show it: 300.0 is 300."""
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def is_a_value(value: Any) -> bool:
+    """None, False and empty mean "not set"; the rest are defaults a user should be told."""
+    return value is not None and value is not False and value != () and value != {}
+
+
+def test_a_runconfig_built_directly_has_the_defaults_resolve_gives() -> None:
+    """RunConfig's field defaults read DEFAULTS: a RunConfig built in code (as a library user or a test does)
+    agrees with one resolved from no settings at all."""
+    from dataclasses import fields
+
+    resolved = resolve(flags(), {}, need_connection=False)
+    direct = RunConfig(input="in.jsonl", output="out.jsonl")
+    for f in fields(RunConfig):
+        assert getattr(direct, f.name) == getattr(resolved, f.name), f.name
+
+
+@pytest.mark.parametrize("command", ["run", "validate", "worker"])
+def test_help_shows_the_defaults_table(command: str) -> None:
+    """Each option with a default states the table's value; none states a value the table does not have."""
+    import re
+
+    from inferbatch.cli import cli
+    from inferbatch.config import DEFAULTS
+
+    checked = 0
+    for param in cli.commands[command].params:
+        if param.name not in DEFAULTS or not getattr(param, "help", None):
+            continue
+        default, text = DEFAULTS[param.name], param.help  # type: ignore[attr-defined]
+        stated = re.findall(r"\[default: ([^\]]+)\]", text)
+        if is_a_value(default):
+            assert shown(default) in text, (param.name, text)
+            assert stated in ([], [shown(default)]), (param.name, stated)
+            checked += 1
+        else:
+            assert not [s for s in stated if s[:1].isdigit()], (param.name, stated)
+    assert checked >= (1 if command == "validate" else 10)
+
+
+def test_readme_options_table_shows_the_defaults_table() -> None:
+    """The README's run-options table restates each default: it must say what DEFAULTS says."""
+    import re
+
+    from inferbatch.config import DEFAULTS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    checked = 0
+    for line in readme.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 3 or not cells[0].startswith("`-"):
+            continue
+        options = [re.search(r"--([\w-]+)", part) for part in cells[0].split(" / ")]
+        values = cells[1].split(" / ")
+        if len(values) != len(options):
+            values = values * len(options)  # one default for all: `--rpm N` / `--tpm N` | none
+        for option, value in zip(options, values, strict=True):
+            name = option[1].replace("-", "_") if option else None
+            if name in DEFAULTS and is_a_value(DEFAULTS[name]):
+                assert value.strip("`") == shown(DEFAULTS[name]), (name, value)
+                checked += 1
+    assert checked >= 9
+
+
+# --- The environment is read in config only ----------------------------------------------------------------------
+
+
+def test_s3_settings_prefer_aws_names_then_bucketeer() -> None:
+    from inferbatch.config import S3Settings, s3_settings
+
+    bucketeer = {
+        "BUCKETEER_AWS_ACCESS_KEY_ID": "bk",
+        "BUCKETEER_AWS_SECRET_ACCESS_KEY": "bucketeer-secret",
+        "BUCKETEER_AWS_REGION": "eu-west-1",
+    }
+    assert s3_settings(bucketeer) == S3Settings("bk", "bucketeer-secret", "eu-west-1", None)
+    aws = {
+        **bucketeer,
+        "AWS_ACCESS_KEY_ID": "ak",
+        "AWS_SECRET_ACCESS_KEY": "aws-secret",
+        "AWS_REGION": "",
+        "AWS_DEFAULT_REGION": "us-west-2",
+        "AWS_ENDPOINT_URL": "http://a",
+        "AWS_ENDPOINT_URL_S3": "http://s3",
+    }
+    assert s3_settings(aws) == S3Settings("ak", "aws-secret", "us-west-2", "http://s3")  # an empty one is unset
+    assert s3_settings({}) == S3Settings()
+    assert "aws-secret" not in repr(s3_settings(aws))
+
+
+def test_s3_settings_follow_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """storage asks at each operation, so an endpoint set after import (a test's own moto server) is used."""
+    from inferbatch.config import s3_settings
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    assert s3_settings().endpoint == "http://127.0.0.1:1"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:2")
+    assert s3_settings().endpoint == "http://127.0.0.1:2"
+
+
+def test_only_config_and_the_cli_read_the_environment() -> None:
+    """STYLE principle 4: settings are resolved in config; the CLI only hands ``os.environ`` in (and redacts)."""
+    package = Path(__file__).resolve().parent.parent / "src" / "inferbatch"
+    readers = sorted(
+        path.name
+        for path in package.glob("*.py")
+        if any(word in path.read_text(encoding="utf-8") for word in ("os.environ", "getenv("))
+    )
+    assert set(readers) <= {"config.py", "cli.py", "__init__.py"}, readers  # __init__: its docstring's example
+
+
+def test_config_does_not_import_storage() -> None:
+    """storage imports config (for its S3 settings); config importing storage back would be a cycle."""
+    import subprocess
+    import sys
+
+    code = "import sys, inferbatch.config; print('inferbatch.storage' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

@@ -1,7 +1,8 @@
 """Resolve every setting of a run, once, into a frozen ``RunConfig``.
 
-Precedence is flag > environment > job file > built-in default, decided in
-``resolve()`` and nowhere else; after it, nothing reads ``os.environ``.
+Precedence is flag > environment > job file > built-in default (``DEFAULTS``, the
+one table of defaults), decided in ``merge_settings()`` and nowhere else. Outside this
+module only the CLI touches ``os.environ``: it hands it in (and redacts secrets).
 Each setting has one name: ``--max-attempts`` is the job-file key
 ``max_attempts`` and the field ``RunConfig.max_attempts``.
 
@@ -17,6 +18,15 @@ Environment variables read here:
     $NAME in a job file  ``input``, ``output``, ``summary_json``, ``cache``, ``template_file`` and ``model`` may
                          name variables (``s3://$BUCKETEER_BUCKET_NAME/...``, ``model = "$INFERBATCH_MODEL"``);
                          one that is unset or empty is an error only if that value is used
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION (or AWS_DEFAULT_REGION)
+                         S3 credentials and region for ``s3://`` paths (``s3_settings()``); else Heroku
+                         Bucketeer's BUCKETEER_AWS_ACCESS_KEY_ID, BUCKETEER_AWS_SECRET_ACCESS_KEY,
+                         BUCKETEER_AWS_REGION
+    AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL
+                         an S3-compatible store to use instead of AWS
+
+``resolve()`` is two steps: ``merge_settings()`` decides each raw value by precedence, then one small
+function per section (input, connection, limits, budget, evaluation, output) checks what it owns.
 """
 
 from __future__ import annotations
@@ -33,11 +43,47 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from inferbatch.errors import UsageError
+from inferbatch.durations import duration_seconds
+from inferbatch.errors import ConfigError
 from inferbatch.evaluation import Assertion, Variant
 from inferbatch.pricing import Pricing, unpriced_error
-from inferbatch.results import BODY_KEY, COLUMNS, EVAL_COLUMNS
+from inferbatch.results import COLUMNS, EVAL_COLUMNS, INTERNAL_KEYS
 
+
+class Secret:
+    """A string that never shows itself in repr, str or a traceback's locals."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('********')"
+
+    __str__ = __repr__
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Shard ``index`` of ``count``; the defaults, ``0/1``, are the whole input (and --shard's default)."""
+
+    index: int = 0
+    count: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+# The one table of defaults: every setting a flag and a job-file key give, as a user would write it ("10m",
+# "0/1"). RunConfig's fields, the --help text (cli.py) and load_job's list of known keys all read it, so a
+# default changes here and nowhere else. None, False and empty mean "not set".
 DEFAULTS: dict[str, Any] = {
     "concurrency": 16,
     "rpm": None,
@@ -49,7 +95,7 @@ DEFAULTS: dict[str, Any] = {
     "template_file": None,
     "id_column": None,
     "limit": None,
-    "shard": "0/1",
+    "shard": str(Shard()),
     "keep_columns": (),
     "retry_errors": False,
     "restart": False,
@@ -77,6 +123,8 @@ DEFAULTS: dict[str, Any] = {
     "fail_under": None,
     "cache": None,
 }
+# Settings a flag gives that a job file may not: the job file itself, and -v's count.
+FLAG_ONLY_DEFAULTS: dict[str, Any] = {"job": None, "verbose": 0}
 
 # The TOML type each job-file key must have (numbers are checked again when converted).
 _STRINGS = ("system", "template", "template_file", "id_column", "output_format", "summary_json", "deadline", "max_wait",
@@ -103,52 +151,30 @@ OUTPUT_FORMATS = ("jsonl", "parquet", "openai-batch")
 
 # Output columns SPEC §3 and §8.42-44 name that results.py does not define yet; drop them from here once it does.
 _PENDING_COLUMNS = ("cached_tokens", "reasoning_tokens", "parsed", "judge")
-# Names a kept column may not take (SPEC §8.27): every result column, and the internal raw-body key.
-RESERVED_COLUMNS = tuple(dict.fromkeys((*COLUMNS, *EVAL_COLUMNS, *_PENDING_COLUMNS, BODY_KEY)))
-
-
-class Secret:
-    """A string that never shows itself in repr, str or a traceback's locals."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('********')"
-
-    __str__ = __repr__
-
-    def __bool__(self) -> bool:
-        return bool(self._value)
-
-
-@dataclass(frozen=True, slots=True)
-class Shard:
-    index: int = 0
-    count: int = 1
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
+# Names a kept column may not take (SPEC §8.27): every result column, and the internal keys (body, error code).
+RESERVED_COLUMNS = tuple(dict.fromkeys((*COLUMNS, *EVAL_COLUMNS, *_PENDING_COLUMNS, *INTERNAL_KEYS)))
 
 
 @dataclass(frozen=True, slots=True)
 class RunConfig:
+    """Every setting of one run, resolved and checked (``resolve()``); field names are the job-file keys.
+
+    A default that is a value reads ``DEFAULTS`` (converted where the field holds the parsed value: ``max_wait``
+    is seconds, ``shard`` a Shard); one that means "not set" (None, False, empty) is written as such. Either
+    way a RunConfig built directly agrees with one resolved from no settings (tests/test_config.py pins it).
+    """
+
     input: str
     output: str | None = None
     url: str | None = None  # full endpoint, .../v1/chat/completions
     api_key: Secret | None = None
     model: str | None = None
     simulate: bool = False
-    concurrency: int = 16
+    concurrency: int = DEFAULTS["concurrency"]
     rpm: int | None = None
     tpm: int | None = None
-    max_attempts: int = 6
-    timeout: float = 300.0
+    max_attempts: int = DEFAULTS["max_attempts"]
+    timeout: float = DEFAULTS["timeout"]
     system: str | None = None
     template: str | None = None
     id_column: str | None = None
@@ -158,22 +184,23 @@ class RunConfig:
     keep_columns: tuple[str, ...] = ()
     retry_errors: bool = False
     restart: bool = False
-    abort_after: int = 25
-    output_format: str = "jsonl"
+    abort_after: int = DEFAULTS["abort_after"]
+    output_format: str = field(default_factory=lambda: output_format_for(None, DEFAULTS["output_format"]))
     summary_json: str | None = None
-    drain_timeout: float = 20.0
+    drain_timeout: float = DEFAULTS["drain_timeout"]
     deadline: float | None = None  # seconds from process start
-    max_wait: float = 600.0  # longest wait a server may ask for; longer is a quota stop (SPEC §4)
+    # Longest wait a server may ask for; longer is a quota stop (SPEC §4).
+    max_wait: float = field(default_factory=lambda: parse_duration(DEFAULTS["max_wait"]))
     max_total_tokens: int | None = None
     max_cost: float | None = None
     price_in: float | None = None
     price_out: float | None = None
-    progress_interval: float = 10.0
-    checkpoint_interval: float = 5.0
-    verbosity: int = 0
+    progress_interval: float = DEFAULTS["progress_interval"]
+    checkpoint_interval: float = DEFAULTS["checkpoint_interval"]
+    verbose: int = 0  # -v count
     variants: tuple[Variant, ...] = ()
     assertions: tuple[Assertion, ...] = ()
-    repeat: int = 1
+    repeat: int = DEFAULTS["repeat"]
     selected_variants: tuple[str, ...] = ()
     fail_under: float | None = None
     cache: str | None = None
@@ -214,19 +241,19 @@ def endpoint_url(base: str, source: str = "--url/INFERENCE_URL") -> str:
     shown = _redact_userinfo(base)
     authority = re.split(r"[/?#]", base.split("://", 1)[1] if "://" in base else base, maxsplit=1)[0]
     if "@" in authority:
-        raise UsageError(
+        raise ConfigError(
             f"{source} carries a user name or password ({shown}); remove the `user:password@` part: "
             "the key goes in INFERENCE_KEY (or the variable named by --api-key-env), never in the URL"
         )
     if not re.match(r"^https?://[^/\s]+", base):
-        raise UsageError(f"{source} must be an http(s) URL, got {shown!r}")
+        raise ConfigError(f"{source} must be an http(s) URL, got {shown!r}")
     try:
         parsed = urllib.parse.urlsplit(base)
         parsed.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError as exc:
-        raise UsageError(f"{source} is not a valid URL ({exc}): {shown!r}") from None
+        raise ConfigError(f"{source} is not a valid URL ({exc}): {shown!r}") from None
     if not parsed.hostname:
-        raise UsageError(f"{source} has no host: {shown!r}")
+        raise ConfigError(f"{source} has no host: {shown!r}")
     if base.endswith("/chat/completions"):
         return base
     if base.endswith("/v1"):
@@ -244,7 +271,7 @@ def parse_param(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise UsageError(f"--param needs KEY=VALUE, got {text!r}")
+        raise ConfigError(f"--param needs KEY=VALUE, got {text!r}")
     try:
         value = json.loads(raw, parse_constant=_refuse_constant)
         finite = non_finite(value) is None
@@ -254,7 +281,7 @@ def parse_param(text: str) -> tuple[str, Any]:
         value, finite = raw, True
     if not finite:  # SPEC §8.34: Python's json takes NaN, Infinity and 1e999
         hint = "" if raw.strip()[:1] in "[{" else f"; to send it as text, quote it as JSON: {key}='\"{raw.strip()}\"'"
-        raise UsageError(f"--param {key}: {raw.strip()!r} holds a number that is not finite (nan, infinity){hint}")
+        raise ConfigError(f"--param {key}: {raw.strip()!r} holds a number that is not finite (nan, infinity){hint}")
     return key, value
 
 
@@ -300,30 +327,30 @@ def parse_shard(text: str, env: Mapping[str, str] | None = None) -> Shard:
         if not count:
             return Shard()  # one dyno: it takes everything
         if not count.isdigit() or int(count) < 1:
-            raise UsageError(
+            raise ConfigError(
                 f"INFERBATCH_SHARDS must be the number of worker dynos sharing the work (a whole number, 1 or "
                 f"more), got {count!r}: heroku config:set INFERBATCH_SHARDS=2"
             )
         number = re.fullmatch(r"([\w-]+)\.(\d+)", dyno)
         if not dyno:
-            raise UsageError(
+            raise ConfigError(
                 f"--shard auto reads the dyno number from DYNO, which Heroku sets (worker.3), and it is not set: "
                 f"off Heroku pass --shard I/N (0/{count} ... {int(count) - 1}/{count}) instead"
             )
         if number is None:
-            raise UsageError(
+            raise ConfigError(
                 f"--shard auto cannot tell which shard this dyno is: DYNO={dyno!r} carries no number (Fir-generation "
                 f"apps name dynos like worker-23z34x56y-w78k9); pass --shard I/N instead, one Procfile process type "
                 f"per shard (--shard 0/{count}, --shard 1/{count}, ...), or unset INFERBATCH_SHARDS to run one worker"
             )
         if number[1] in ONE_OFF_PROCESS_TYPES:
-            raise UsageError(
+            raise ConfigError(
                 f"--shard auto: {dyno} is a one-off dyno, not one of the {count} worker dynos "
                 f"(INFERBATCH_SHARDS={count}); pass --shard I/N to run one shard here"
             )
         index = int(number[2])
         if not 1 <= index <= int(count):
-            raise UsageError(
+            raise ConfigError(
                 f"--shard auto: this is dyno {dyno}, but INFERBATCH_SHARDS={count}: set INFERBATCH_SHARDS to the "
                 f"number of worker dynos before scaling (heroku config:set INFERBATCH_SHARDS={max(index, 1)}, "
                 "then heroku ps:scale)"
@@ -331,37 +358,22 @@ def parse_shard(text: str, env: Mapping[str, str] | None = None) -> Shard:
         return Shard(index - 1, int(count))
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
     if not match:
-        raise UsageError(f"--shard must look like I/N (e.g. 0/4), got {text!r}")
-    index, count = int(match[1]), int(match[2])
-    if count < 1 or index >= count:
-        raise UsageError(f"--shard {text}: I must be between 0 and N-1")
-    return Shard(index, count)
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+        raise ConfigError(f"--shard must look like I/N (e.g. 0/4), got {text!r}")
+    first, of = int(match[1]), int(match[2])
+    if of < 1 or first >= of:
+        raise ConfigError(f"--shard {text}: I must be between 0 and N-1")
+    return Shard(first, of)
 
 
 def parse_duration(text: str | float | int, option: str | None = None) -> float:
-    """``9m`` → 540.0, ``1h30m`` → 5400.0, ``20ms`` → 0.02, a bare number is seconds; nan and inf are refused."""
-    seconds = _duration_seconds(text)
+    """``9m`` → 540.0, ``1h30m`` → 5400.0, ``20ms`` → 0.02, a bare number is seconds (``durations``); nan and
+    inf are refused."""
+    seconds = duration_seconds(text)
+    if seconds is None:
+        raise ConfigError(f"not a duration: {text!r} (use e.g. 90s, 9m, 23h)")
     if not math.isfinite(seconds):
-        raise UsageError(f"{option + ': ' if option else ''}{text!r} is not a finite duration (use e.g. 90s, 9m, 23h)")
+        raise ConfigError(f"{option + ': ' if option else ''}{text!r} is not a finite duration (use e.g. 90s, 9m, 23h)")
     return seconds
-
-
-def _duration_seconds(text: str | float | int) -> float:
-    if isinstance(text, (int, float)):
-        return float(text)
-    text = text.strip()
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise UsageError(f"not a duration: {text!r} (use e.g. 90s, 9m, 23h)")
-    return sum(float(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 
 # Job-file keys whose value may name environment variables: the paths, and the model (SPEC §8.39: on the
@@ -400,18 +412,18 @@ def load_job(path: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
     try:
         data = tomllib.loads(job_path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise UsageError(f"job file not found: {path}") from None
+        raise ConfigError(f"job file not found: {path}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read job file {path}: {exc}") from None
+        raise ConfigError(f"cannot read job file {path}: {exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"job file {path} is not valid TOML: {exc}") from None
+        raise ConfigError(f"job file {path} is not valid TOML: {exc}") from None
     where = non_finite(data)
     if where is not None:
-        raise UsageError(f"job file {path}: `{where}` is not a finite number (nan and inf are refused)")
+        raise ConfigError(f"job file {path}: `{where}` is not a finite number (nan and inf are refused)")
     known = set(DEFAULTS) | {"variants", "assert"}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise UsageError(f"job file {path}: unknown key(s) {', '.join(unknown)}")
+        raise ConfigError(f"job file {path}: unknown key(s) {', '.join(unknown)}")
     for key, value in data.items():
         expected = _JOB_TYPES.get(key)
         wrong_bool = key in _NUMBERS and isinstance(value, bool)
@@ -419,10 +431,10 @@ def load_job(path: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
             names = " or ".join(t.__name__.replace("str", "a string").replace("bool", "true/false")
                                 .replace("list", "a list").replace("int", "a number").replace("float", "a number")
                                 for t in (expected if isinstance(expected, tuple) else (expected,)))  # fmt: skip
-            raise UsageError(f"job file {path}: `{key}` must be {names}, got {value!r}")
+            raise ConfigError(f"job file {path}: `{key}` must be {names}, got {value!r}")
     keep = data.get("keep_columns")
     if isinstance(keep, list) and not all(isinstance(c, str) for c in keep):
-        raise UsageError(f"job file {path}: `keep_columns` must list column names")
+        raise ConfigError(f"job file {path}: `keep_columns` must list column names")
     unset: dict[str, list[str]] = {}
     for key in EXPANDED_KEYS:
         value = data.get(key)
@@ -435,14 +447,14 @@ def load_job(path: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
         elif key in PATH_KEYS and value != "-" and "://" not in value:
             data[key] = os.path.normpath(job_path.parent / value)
     if "params" in data and not isinstance(data["params"], dict):
-        raise UsageError(f"job file {path}: [params] must be a table")
+        raise ConfigError(f"job file {path}: [params] must be a table")
     data[UNSET_VARIABLES] = unset
     return data
 
 
-def _refuse_unset(job_path: str, key: str, names: list[str]) -> UsageError:
+def _refuse_unset(job_path: str, key: str, names: list[str]) -> ConfigError:
     name = names[0]
-    return UsageError(
+    return ConfigError(
         f"job file {job_path}: `{key}` names ${name}, which is not set; set it (on Heroku: heroku config:set "
         f"{name}=...) or give {_flag(key) if key != 'input' else 'INPUT'} on the command line"
     )
@@ -457,15 +469,15 @@ def _finite(name: str, value: Any) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise UsageError(f"{_flag(name)} must be a number, got {value!r}") from None
+        raise ConfigError(f"{_flag(name)} must be a number, got {value!r}") from None
     if not math.isfinite(number):
-        raise UsageError(f"{_flag(name)} must be a finite number, got {value!r}")
+        raise ConfigError(f"{_flag(name)} must be a finite number, got {value!r}")
     return number
 
 
-def _positive_int(name: str, value: Any, *, minimum: int = 1) -> int | None:
-    if value is None:
-        return None
+def _whole_number(name: str, value: Any, *, minimum: int = 1) -> int:
+    """``value`` (a number, or its text from a flag) as an int ≥ ``minimum``, else a ConfigError naming the flag:
+    the same line whether the value came from the command line or a job file."""
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
     else:
@@ -474,27 +486,35 @@ def _positive_int(name: str, value: Any, *, minimum: int = 1) -> int | None:
         except ValueError:
             as_float = _finite(name, value)
             if not as_float.is_integer():
-                raise UsageError(f"{_flag(name)} must be a whole number, got {value!r}") from None
+                raise ConfigError(f"{_flag(name)} must be a whole number, got {value!r}") from None
             number = int(as_float)
     if number < minimum:
-        raise UsageError(f"{_flag(name)} must be at least {minimum}, got {value!r}")
+        raise ConfigError(f"{_flag(name)} must be at least {minimum}, got {value!r}")
+    return number
+
+
+def _optional_whole_number(name: str, value: Any, *, minimum: int = 1) -> int | None:
+    """``_whole_number`` for a setting whose default is None (not set)."""
+    return None if value is None else _whole_number(name, value, minimum=minimum)
+
+
+def _positive_number(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    """A finite number > 0 (≥ 0 with ``allow_zero``) for option ``name``; else a ConfigError naming it."""
+    number = _finite(name, value)
+    if number < 0 or (number == 0 and not allow_zero):
+        raise ConfigError(f"{_flag(name)} must be {'≥' if allow_zero else '>'} 0, got {value!r}")
     return number
 
 
 def positive_float(name: str, value: Any, *, allow_zero: bool = False) -> float | None:
-    """A finite number > 0 (≥ 0 with ``allow_zero``) for option ``name``, or None; else a UsageError naming it."""
-    if value is None:
-        return None
-    number = _finite(name, value)
-    if number < 0 or (number == 0 and not allow_zero):
-        raise UsageError(f"{_flag(name)} must be {'≥' if allow_zero else '>'} 0, got {value!r}")
-    return number
+    """A finite number > 0 (≥ 0 with ``allow_zero``) for option ``name``, or None; else a ConfigError naming it."""
+    return None if value is None else _positive_number(name, value, allow_zero=allow_zero)
 
 
 def output_format_for(output: str | None, requested: str | None) -> str:
     if requested:
         if requested not in OUTPUT_FORMATS:
-            raise UsageError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}")
+            raise ConfigError(f"--output-format must be one of {', '.join(OUTPUT_FORMATS)}")
         return requested
     if output and output.lower().endswith(".parquet"):
         return "parquet"
@@ -502,159 +522,228 @@ def output_format_for(output: str | None, requested: str | None) -> str:
 
 
 def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection: bool = True) -> RunConfig:
-    """Merge flags (None = not given), environment and job file into one validated RunConfig."""
-    job: dict[str, Any] = load_job(flags["job"], env) if flags.get("job") else {}
-    unset: dict[str, list[str]] = job.pop(UNSET_VARIABLES, {})
-    merged: dict[str, Any] = dict(DEFAULTS)
-    merged.update({k: v for k, v in job.items() if k in DEFAULTS})
-    for key, value in flags.items():
-        if key in DEFAULTS and value is not None and value != () and key != "params":
-            merged[key] = value
-    for key, names in unset.items():
-        if key != "model" and flags.get(key) is None:  # the job's value is used: its variable must be set
-            raise _refuse_unset(flags["job"], key, names)
+    """Merge flags (None = not given), environment and job file into one validated RunConfig.
 
-    params = dict(job.get("params", {}))
-    for text in flags.get("params") or ():
-        key, value = parse_param(text)
-        params[key] = value
-    params.pop("stream", None)
-
-    if merged["input"] is None:
-        raise UsageError("no input: give INPUT or a job file with `input = ...`")
-    template = merged["template"]
-    if merged["template_file"]:
-        if template:
-            raise UsageError("give --template or --template-file, not both")
-        try:
-            template = Path(merged["template_file"]).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"cannot read --template-file {merged['template_file']}: {exc.strerror}") from None
-
-    for key in ("max_tokens", "max_completion_tokens"):
-        value = params.get(key)
-        if value is not None and (type(value) is not int or value < 1):
-            raise UsageError(f"--param {key} must be a positive whole number, got {value!r}")
-    if "model" in params and not isinstance(params["model"], str):
-        raise UsageError(f"--param model must be a string, got {params['model']!r}")
-
-    keep = merged["keep_columns"]
-    if isinstance(keep, list):
-        keep = tuple(keep)
-    if isinstance(keep, str):
-        keep = tuple(c.strip() for c in keep.split(",") if c.strip())
-    shadowing = [c for c in keep if c in RESERVED_COLUMNS]
-    if shadowing:
-        raise UsageError(
-            f"--keep-columns {shadowing[0]}: `{shadowing[0]}` is an output column, and a kept column may not "
-            "replace a result; rename that input column or leave it out"
-        )
-
-    simulate = bool(merged["simulate"])
-    url = api_key = None
-    model = flags.get("model") or env.get("INFERENCE_MODEL_ID")
-    if not model and "model" in unset:
-        raise _refuse_unset(flags["job"], "model", unset["model"])
-    model = model or job.get("model")
-    if need_connection and not simulate:
-        sources = (("--url", flags.get("url")), ("INFERENCE_URL", env.get("INFERENCE_URL")),
-                   (f"job file `url` ({flags.get('job')})", job.get("url")))  # fmt: skip
-        source, raw_url = next(((name, value) for name, value in sources if value), ("", None))
-        if not raw_url:
-            raise UsageError(
-                "no API URL: set INFERENCE_URL (e.g. export INFERENCE_URL=$(heroku config:get -a APP INFERENCE_URL)) "
-                "or pass --url; or try --simulate"
-            )
-        url = endpoint_url(raw_url, source)
-        key_env = merged["api_key_env"]
-        key = env.get(key_env)
-        if not key:
-            raise UsageError(
-                f"no API key: set {key_env} (e.g. export {key_env}=$(heroku config:get -a APP INFERENCE_KEY)); "
-                "the key is never accepted as a flag"
-            )
-        api_key = Secret(key)
-    elif simulate:
-        model = model or "sim-model"
-
-    if merged["abort_after"] is not None:
-        abort_after = _positive_int("abort_after", merged["abort_after"], minimum=0)
-    else:
-        abort_after = 0
-    deadline = parse_duration(merged["deadline"], "--deadline") if merged["deadline"] is not None else None
-    if deadline is not None and deadline <= 0:
-        raise UsageError("--deadline must be positive")
-    max_wait = parse_duration(merged["max_wait"], "--max-wait")
-    if max_wait <= 0:
-        raise UsageError("--max-wait must be positive")
-
-    variants = tuple(Variant.from_table(t, n) for n, t in enumerate(_tables(job, "variants"), 1))
-    names = [v.name for v in variants]
-    if len(set(names)) != len(names):
-        raise UsageError("[[variants]] names must be unique")
-    job_variant = job.get("variant") or ()
-    selected = tuple(flags.get("variant") or ()) or ((job_variant,) if isinstance(job_variant, str) else tuple(job_variant))
-    unknown = [name for name in selected if name not in names]
-    if unknown:
-        raise UsageError(f"--variant {unknown[0]}: no such variant (job file has: {', '.join(names) or 'none'})")
-    assertions = tuple(Assertion.from_table(t, n) for n, t in enumerate(_tables(job, "assert"), 1))
-    fail_under = merged["fail_under"]
-    if fail_under is not None:
-        fail_under = positive_float("fail_under", fail_under, allow_zero=True)
-        if fail_under is not None and fail_under > 1:
-            raise UsageError("--fail-under is a fraction between 0 and 1 (e.g. 0.9)")
-
-    shard = parse_shard(merged["shard"], env)
+    Two steps: ``merge_settings`` decides every raw value by precedence and is the last reader of ``env``;
+    then one small function per section checks the settings it owns and returns them as RunConfig fields.
+    Sections run in this order, so of two mistakes the same one is always reported. ``need_connection``
+    is False for ``validate``: no URL or key is required, and no folder needs to be writable.
+    """
+    settings = merge_settings(flags, env)
     cfg = RunConfig(
-        variants=variants,
-        assertions=assertions,
-        repeat=_positive_int("repeat", merged["repeat"]) or DEFAULTS["repeat"],
-        selected_variants=selected,
-        fail_under=fail_under,
-        cache=merged["cache"],
-        input=str(merged["input"]),
-        output=merged["output"],
-        url=url,
-        api_key=api_key,
-        model=model or None,
-        simulate=simulate,
-        concurrency=_concurrency(merged["concurrency"]),
-        rpm=_positive_int("rpm", merged["rpm"]),
-        tpm=_positive_int("tpm", merged["tpm"]),
-        max_attempts=_positive_int("max_attempts", merged["max_attempts"]) or DEFAULTS["max_attempts"],
-        timeout=positive_float("timeout", merged["timeout"]) or DEFAULTS["timeout"],
-        system=merged["system"],
-        template=template,
-        id_column=merged["id_column"],
-        params=params,
-        limit=_positive_int("limit", merged["limit"], minimum=0),
-        shard=shard,
-        limit_share=shard.count if str(merged["shard"]).strip() == "auto" else 1,
-        keep_columns=tuple(keep),
-        retry_errors=bool(merged["retry_errors"]),
-        restart=bool(merged["restart"]),
-        abort_after=abort_after or 0,
-        output_format=output_format_for(merged["output"], merged["output_format"]),
-        summary_json=merged["summary_json"],
-        drain_timeout=positive_float("drain_timeout", merged["drain_timeout"], allow_zero=True) or 0.0,
-        deadline=deadline,
-        max_wait=max_wait,
-        max_total_tokens=_positive_int("max_total_tokens", merged["max_total_tokens"]),
-        max_cost=positive_float("max_cost", merged["max_cost"]),
-        price_in=positive_float("price_in", merged["price_in"], allow_zero=True),
-        price_out=positive_float("price_out", merged["price_out"], allow_zero=True),
-        progress_interval=(positive_float("progress_interval", merged["progress_interval"])
-                           or DEFAULTS["progress_interval"]),
-        checkpoint_interval=(positive_float("checkpoint_interval", merged["checkpoint_interval"])
-                             or DEFAULTS["checkpoint_interval"]),
-        verbosity=int(flags.get("verbosity") or 0),
-        job=flags.get("job") or None,
-        template_file=merged["template_file"] or None,
+        **_input_settings(settings),
+        **_connection_settings(settings, need_connection=need_connection),
+        **_limit_settings(settings),
+        **_budget_settings(settings),
+        **_evaluation_settings(settings),
+        **_output_settings(settings),
     )
     check_paths(run_paths(cfg), writable=need_connection)  # validate (no connection) writes nothing
     if cfg.max_cost is not None:
         check_priced(cfg)
     return cfg
+
+
+# Variables `--shard auto` reads (SPEC §8.38, §8.40).
+_SHARD_VARIABLES = ("DYNO", "INFERBATCH_SHARDS")
+
+
+def merge_settings(flags: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Every setting's raw value, decided once: flag > environment > job file > ``DEFAULTS``.
+
+    A flag counts when it is not None (nor an empty tuple: a repeatable flag not given). Besides the keys of
+    ``DEFAULTS`` and ``FLAG_ONLY_DEFAULTS``, the mapping holds what only the environment or the job file gives:
+    ``url_source`` (which of --url, INFERENCE_URL or the job file gave ``url``: messages name it), ``api_key``
+    (a Secret from the variable ``api_key_env`` names, or None), ``shard_env`` (the variables ``--shard auto``
+    reads) and the job's ``[[variants]]`` and ``[[assert]]`` tables. Values are not checked here, except what
+    precedence itself needs: a job value naming an unset variable is refused when it is the one used, and
+    --param texts are parsed to lay them over the job's [params].
+    """
+    job: dict[str, Any] = load_job(flags["job"], env) if flags.get("job") else {}
+    unset: dict[str, list[str]] = job.pop(UNSET_VARIABLES, {})
+    merged: dict[str, Any] = {**DEFAULTS, **FLAG_ONLY_DEFAULTS}
+    merged.update({k: v for k, v in job.items() if k in DEFAULTS})
+    for key, value in flags.items():
+        if key in merged and value is not None and value != () and key != "params":
+            merged[key] = value
+    for key, names in unset.items():
+        if key != "model" and flags.get(key) is None:  # the job's value is used: its variable must be set
+            raise _refuse_unset(flags["job"], key, names)
+    params = dict(job.get("params", {}))
+    for text in flags.get("params") or ():
+        key, value = parse_param(text)
+        params[key] = value
+    params.pop("stream", None)
+    model = flags.get("model") or env.get("INFERENCE_MODEL_ID")
+    if not model and "model" in unset:
+        raise _refuse_unset(flags["job"], "model", unset["model"])
+    job_url = (f"job file `url` ({flags.get('job')})", job.get("url"))
+    url_sources = (("--url", flags.get("url")), ("INFERENCE_URL", env.get("INFERENCE_URL")), job_url)
+    url_source, url = next(((name, value) for name, value in url_sources if value), ("", None))
+    api_key = env.get(merged["api_key_env"])
+    merged.update(
+        params=params,
+        model=model or job.get("model"),
+        url=url,
+        url_source=url_source,
+        api_key=Secret(api_key) if api_key else None,
+        shard_env={name: env[name] for name in _SHARD_VARIABLES if name in env},
+        variants=job.get("variants", []),
+        **{"assert": job.get("assert", [])},
+    )
+    return merged
+
+
+def _input_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What is read and what each row becomes (SPEC §2): the input, template, params, kept columns, the rows."""
+    if settings["input"] is None:
+        raise ConfigError("no input: give INPUT or a job file with `input = ...`")
+    template = settings["template"]
+    if settings["template_file"]:
+        if template:
+            raise ConfigError("give --template or --template-file, not both")
+        try:
+            template = Path(settings["template_file"]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot read --template-file {settings['template_file']}: {exc.strerror}") from None
+    params = settings["params"]
+    for key in ("max_tokens", "max_completion_tokens"):
+        value = params.get(key)
+        if value is not None and (type(value) is not int or value < 1):
+            raise ConfigError(f"--param {key} must be a positive whole number, got {value!r}")
+    if "model" in params and not isinstance(params["model"], str):
+        raise ConfigError(f"--param model must be a string, got {params['model']!r}")
+    keep_columns = _keep_columns(settings["keep_columns"])
+    shard = parse_shard(settings["shard"], settings["shard_env"])
+    return {
+        "input": str(settings["input"]),
+        "system": settings["system"],
+        "template": template,
+        "template_file": settings["template_file"] or None,
+        "id_column": settings["id_column"],
+        "params": params,
+        "keep_columns": keep_columns,
+        "shard": shard,
+        "limit_share": shard.count if str(settings["shard"]).strip() == "auto" else 1,
+        "limit": _optional_whole_number("limit", settings["limit"], minimum=0),
+    }
+
+
+def _keep_columns(value: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """``a,b`` (a flag) or a list (a job file) as column names; none may be a result column (SPEC §8.27)."""
+    keep = tuple(c.strip() for c in value.split(",") if c.strip()) if isinstance(value, str) else tuple(value)
+    shadowing = [c for c in keep if c in RESERVED_COLUMNS]
+    if shadowing:
+        raise ConfigError(
+            f"--keep-columns {shadowing[0]}: `{shadowing[0]}` is an output column, and a kept column may not "
+            "replace a result; rename that input column or leave it out"
+        )
+    return keep
+
+
+# The model a --simulate run names when none is configured.
+SIMULATOR_MODEL = "sim-model"
+
+
+def _connection_settings(settings: Mapping[str, Any], *, need_connection: bool) -> dict[str, Any]:
+    """Where requests go, with which key and model (SPEC §1). --simulate needs none of them; ``validate``
+    (no ``need_connection``) only the model, and that may be left to the rows."""
+    simulate = bool(settings["simulate"])
+    model = settings["model"]
+    url = api_key = None
+    if need_connection and not simulate:
+        if not settings["url"]:
+            raise ConfigError(
+                "no API URL: set INFERENCE_URL (e.g. export INFERENCE_URL=$(heroku config:get -a APP INFERENCE_URL)) "
+                "or pass --url; or try --simulate"
+            )
+        url = endpoint_url(settings["url"], settings["url_source"])
+        key_env = settings["api_key_env"]
+        api_key = settings["api_key"]
+        if not api_key:
+            raise ConfigError(
+                f"no API key: set {key_env} (e.g. export {key_env}=$(heroku config:get -a APP INFERENCE_KEY)); "
+                "the key is never accepted as a flag"
+            )
+    elif simulate:
+        model = model or SIMULATOR_MODEL
+    return {"url": url, "api_key": api_key, "model": model or None, "simulate": simulate}
+
+
+def _limit_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """How hard and how long the run pushes (SPEC §1, §4): pace, retries, stops, and how often it reports."""
+    deadline = settings["deadline"]
+    return {
+        "concurrency": _concurrency(settings["concurrency"]),
+        "rpm": _optional_whole_number("rpm", settings["rpm"]),
+        "tpm": _optional_whole_number("tpm", settings["tpm"]),
+        "max_attempts": _whole_number("max_attempts", settings["max_attempts"]),
+        "timeout": _positive_number("timeout", settings["timeout"]),
+        "abort_after": _whole_number("abort_after", settings["abort_after"], minimum=0),
+        "drain_timeout": _positive_number("drain_timeout", settings["drain_timeout"], allow_zero=True),
+        "deadline": None if deadline is None else _positive_duration("--deadline", deadline),
+        "max_wait": _positive_duration("--max-wait", settings["max_wait"]),
+        "progress_interval": _positive_number("progress_interval", settings["progress_interval"]),
+        "checkpoint_interval": _positive_number("checkpoint_interval", settings["checkpoint_interval"]),
+    }
+
+
+def _positive_duration(option: str, value: str | float) -> float:
+    """``9m``, ``1h30m`` or seconds, as seconds > 0 (a zero deadline or wait would stop everything at once)."""
+    seconds = parse_duration(value, option)
+    if seconds <= 0:
+        raise ConfigError(f"{option} must be positive")
+    return seconds
+
+
+def _budget_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The budget caps and the prices they count with (SPEC §8.31); a model without a price is refused by
+    ``check_priced`` once the whole configuration is known."""
+    return {
+        "max_total_tokens": _optional_whole_number("max_total_tokens", settings["max_total_tokens"]),
+        "max_cost": positive_float("max_cost", settings["max_cost"]),
+        "price_in": positive_float("price_in", settings["price_in"], allow_zero=True),
+        "price_out": positive_float("price_out", settings["price_out"], allow_zero=True),
+    }
+
+
+def _evaluation_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """An evaluation run's variants, assertions, samples and pass mark (SPEC §8.23)."""
+    variants = tuple(Variant.from_table(t, n) for n, t in enumerate(_tables(settings, "variants"), 1))
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ConfigError("[[variants]] names must be unique")
+    selected = settings["variant"]
+    selected = ((selected,) if selected else ()) if isinstance(selected, str) else tuple(selected)
+    unknown = [name for name in selected if name not in names]
+    if unknown:
+        raise ConfigError(f"--variant {unknown[0]}: no such variant (job file has: {', '.join(names) or 'none'})")
+    assertions = tuple(Assertion.from_table(t, n) for n, t in enumerate(_tables(settings, "assert"), 1))
+    fail_under = positive_float("fail_under", settings["fail_under"], allow_zero=True)
+    if fail_under is not None and fail_under > 1:
+        raise ConfigError("--fail-under is a fraction between 0 and 1 (e.g. 0.9)")
+    return {
+        "variants": variants,
+        "selected_variants": selected,
+        "assertions": assertions,
+        "repeat": _whole_number("repeat", settings["repeat"]),
+        "fail_under": fail_under,
+    }
+
+
+def _output_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """What the run writes and how it resumes: output, its format, side outputs, cache, checkpoint choices,
+    and the run's own record (the job file, -v). The paths are checked together, after (``check_paths``)."""
+    return {
+        "output": settings["output"],
+        "output_format": output_format_for(settings["output"], settings["output_format"]),
+        "summary_json": settings["summary_json"],
+        "cache": settings["cache"],
+        "retry_errors": bool(settings["retry_errors"]),
+        "restart": bool(settings["restart"]),
+        "job": settings["job"] or None,
+        "verbose": int(settings["verbose"]),
+    }
 
 
 def run_models(cfg: RunConfig) -> list[str | None]:
@@ -687,9 +776,9 @@ MISSING_MODEL = (
 )
 
 
-def missing_model_error() -> UsageError:
+def missing_model_error() -> ConfigError:
     """SPEC §8.7 and §8.39: the first valid row names no model and none is configured (exit 2, nothing sent)."""
-    return UsageError(MISSING_MODEL)
+    return ConfigError(MISSING_MODEL)
 
 
 def restarted_on_exit(env: Mapping[str, str]) -> bool:
@@ -703,10 +792,51 @@ MAX_CONCURRENCY = 4096
 
 
 def _concurrency(value: Any) -> int:
-    number = _positive_int("concurrency", value) or DEFAULTS["concurrency"]
+    number = _whole_number("concurrency", value)
     if number > MAX_CONCURRENCY:
-        raise UsageError(f"--concurrency {number} is more than {MAX_CONCURRENCY} requests in flight; no API allows that")
+        raise ConfigError(f"--concurrency {number} is more than {MAX_CONCURRENCY} requests in flight; no API allows that")
     return number
+
+
+# ---- S3: where and as whom s3:// paths are read and written ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class S3Settings:
+    """The credentials, region and endpoint ``storage`` opens ``s3://`` paths with (hashable: it keys the
+    cached filesystem and client there)."""
+
+    access_key: str | None = None
+    secret_key: str | None = field(default=None, repr=False)
+    region: str | None = None
+    endpoint: str | None = None
+
+
+# Each S3 setting's variables, the first one set wins: the standard AWS names, then Heroku Bucketeer's.
+S3_VARIABLES: dict[str, tuple[str, ...]] = {
+    "access_key": ("AWS_ACCESS_KEY_ID", "BUCKETEER_AWS_ACCESS_KEY_ID"),
+    "secret_key": ("AWS_SECRET_ACCESS_KEY", "BUCKETEER_AWS_SECRET_ACCESS_KEY"),
+    "region": ("AWS_REGION", "AWS_DEFAULT_REGION", "BUCKETEER_AWS_REGION"),
+    "endpoint": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+}
+
+
+def s3_settings(env: Mapping[str, str] | None = None) -> S3Settings:
+    """The S3 settings ``env`` (the process environment by default) gives; an empty variable counts as unset.
+
+    ``storage`` calls this for every S3 operation instead of reading the environment itself, so the
+    environment is read in this module only. It is not frozen into ``RunConfig``: S3 is reached from
+    ``sources``, ``results``, ``cache``, ``checkpoint_s3``, ``merge`` and ``report``, most of which never see
+    a RunConfig, and ``merge``/``report`` resolve none; a module-level copy set once would go stale for a
+    library user or a test that sets AWS_* later. Reading is cheap, and ``storage`` keeps one filesystem
+    and one client per distinct settings.
+    """
+    env = os.environ if env is None else env
+
+    def first_set(names: tuple[str, ...]) -> str | None:
+        return next((env[name] for name in names if env.get(name)), None)
+
+    return S3Settings(**{setting: first_set(names) for setting, names in S3_VARIABLES.items()})
 
 
 # ---- paths: what a command reads and writes (SPEC §8.28) --------------------------------------------------------
@@ -764,7 +894,7 @@ def check_paths(uses: list[PathUse], *, writable: bool = True) -> None:
         if use.writes and _remote(use.path):
             bucket, _, key = _normal_remote(use.path).partition("://")[2].partition("/")
             if use.kind == "file" and not (bucket and key):
-                raise UsageError(f"{use.option} {use.path}: an s3:// path needs a bucket and a key")
+                raise ConfigError(f"{use.option} {use.path}: an s3:// path needs a bucket and a key")
         elif use.writes:
             _check_target(use, writable)
 
@@ -775,13 +905,13 @@ def _refuse_overlap(first: PathUse, second: PathUse) -> None:
     if _same_location(first.path, second.path):
         writer, other = (second, first) if second.writes else (first, second)  # blame the later, a side output
         spelled = "" if other.path == writer.path else f" ({other.option} {other.path})"
-        raise UsageError(
+        raise ConfigError(
             f"{writer.option} {writer.path} is {other.what}{spelled}: writing there would destroy it; "
             f"give {writer.option} a path of its own"
         )
     for tree, inner in ((first, second), (second, first)):
         if tree.kind == "tree" and _inside(inner.path, tree.path):
-            raise UsageError(
+            raise ConfigError(
                 f"{inner.option} {inner.path} is inside {tree.what} {tree.path}, which the run manages and "
                 "removes; choose a path outside it"
             )
@@ -790,20 +920,20 @@ def _refuse_overlap(first: PathUse, second: PathUse) -> None:
 def _check_target(use: PathUse, writable: bool) -> None:
     path = use.path
     if use.kind == "file" and os.path.isdir(path):
-        raise UsageError(f"{use.option} {path} is a folder; give a file name")
+        raise ConfigError(f"{use.option} {path} is a folder; give a file name")
     if use.kind == "folder" and os.path.isfile(path):
-        raise UsageError(f"{use.option} {path} is a file; the cache is a folder (or an s3:// prefix)")
+        raise ConfigError(f"{use.option} {path} is a file; the cache is a folder (or an s3:// prefix)")
     if use.kind == "tree" and os.path.lexists(path) and not os.path.isdir(path):
-        raise UsageError(f"{path} is in the way: {use.what} must be a folder of that name; move it away")
+        raise ConfigError(f"{path} is in the way: {use.what} must be a folder of that name; move it away")
     if not writable:
         return
     folder = path if use.kind != "file" and os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
     while not os.path.exists(folder) and os.path.dirname(folder) != folder:
         folder = os.path.dirname(folder)
     if not os.path.isdir(folder):
-        raise UsageError(f"{use.option} {path}: {folder} is not a folder")
+        raise ConfigError(f"{use.option} {path}: {folder} is not a folder")
     if not _writable(folder):
-        raise UsageError(f"{use.option} {path}: cannot write in the folder {folder} (permission denied or read-only)")
+        raise ConfigError(f"{use.option} {path}: cannot write in the folder {folder} (permission denied or read-only)")
 
 
 def _writable(folder: str) -> bool:
@@ -849,7 +979,7 @@ def _inside(path: str, folder: str) -> bool:
 def _tables(job: Mapping[str, Any], key: str) -> list[dict[str, Any]]:
     value = job.get(key, [])
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-        raise UsageError(f"job file: `{key}` must be written as [[{key}]] tables")
+        raise ConfigError(f"job file: `{key}` must be written as [[{key}]] tables")
     return value
 
 

@@ -1,21 +1,22 @@
 """``s3://bucket/key`` paths through ``pyarrow.fs`` (no hand-written S3 client).
 
-Credentials come from the standard ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``
-/ ``AWS_REGION`` (or ``AWS_DEFAULT_REGION``), else Heroku Bucketeer's
-``BUCKETEER_AWS_ACCESS_KEY_ID`` / ``BUCKETEER_AWS_SECRET_ACCESS_KEY`` /
-``BUCKETEER_AWS_REGION``; ``AWS_ENDPOINT_URL`` points at an S3-compatible store.
-They are read once, when the first S3 path is opened.
+Credentials, region and endpoint are ``config.s3_settings()``: the standard ``AWS_*``
+variables, else Heroku Bucketeer's ``BUCKETEER_AWS_*``; ``AWS_ENDPOINT_URL`` points at an
+S3-compatible store. This module reads no environment variable itself: it asks
+``config.s3_settings()`` at each operation (the one reader of the environment; why not a
+value frozen once is in its docstring) and keeps one filesystem and one client per
+distinct settings, so asking is cheap.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import IO, Any
 
-from inferbatch.errors import InputError, UsageError
+from inferbatch.config import S3Settings, s3_settings
+from inferbatch.errors import InputError, ConfigError
 
 READ_CHUNK = 1 << 20
 
@@ -28,31 +29,8 @@ def s3_path(uri: str) -> str:
     """``s3://bucket/key`` → ``bucket/key`` (pyarrow's form)."""
     path = uri[len("s3://") :].lstrip("/")
     if "/" not in path or not path.split("/", 1)[1]:
-        raise UsageError(f"{uri}: an S3 path needs a bucket and a key, e.g. s3://my-bucket/prompts.jsonl")
+        raise ConfigError(f"{uri}: an S3 path needs a bucket and a key, e.g. s3://my-bucket/prompts.jsonl")
     return path
-
-
-@dataclass(frozen=True, slots=True)
-class S3Settings:
-    access_key: str | None
-    secret_key: str | None
-    region: str | None
-    endpoint: str | None
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> S3Settings:
-        def pick(*names: str) -> str | None:
-            for name in names:
-                if env.get(name):
-                    return env[name]
-            return None
-
-        return cls(
-            access_key=pick("AWS_ACCESS_KEY_ID", "BUCKETEER_AWS_ACCESS_KEY_ID"),
-            secret_key=pick("AWS_SECRET_ACCESS_KEY", "BUCKETEER_AWS_SECRET_ACCESS_KEY"),
-            region=pick("AWS_REGION", "AWS_DEFAULT_REGION", "BUCKETEER_AWS_REGION"),
-            endpoint=pick("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
-        )
 
 
 @lru_cache(maxsize=4)
@@ -69,7 +47,8 @@ def _filesystem(settings: S3Settings) -> Any:
 
 
 def filesystem() -> Any:
-    return _filesystem(S3Settings.from_env(os.environ))
+    """The ``pyarrow.fs.S3FileSystem`` for the current S3 settings."""
+    return _filesystem(s3_settings())
 
 
 class _LineReader:
@@ -255,7 +234,7 @@ def delete_prefix(prefix_uri: str, *, keep: tuple[str, ...] = ()) -> None:
     """Delete every object under ``prefix_uri/`` (directory markers included), except the ``keep`` URIs."""
     bucket, key = _bucket_key(prefix_uri.rstrip("/"))
     kept = {_bucket_key(uri)[1] for uri in keep}
-    client = _s3_client(S3Settings.from_env(os.environ))
+    client = _s3_client(s3_settings())
     try:
         for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key + "/"):
             doomed = [{"Key": o["Key"]} for o in page.get("Contents", ()) if o["Key"] not in kept]
@@ -269,7 +248,7 @@ def delete(uri: str) -> None:
     """Delete one object; a missing one is fine (S3 answers a delete of a missing key with success)."""
     bucket, key = _bucket_key(uri)
     try:
-        _s3_client(S3Settings.from_env(os.environ)).delete_object(Bucket=bucket, Key=key)
+        _s3_client(s3_settings()).delete_object(Bucket=bucket, Key=key)
     except _boto_errors() as exc:  # botocore's errors share no base with OSError
         raise OSError(f"cannot delete {uri}: {exc}") from None
 
