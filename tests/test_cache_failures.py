@@ -126,12 +126,12 @@ def test_a_cache_folder_that_cannot_be_created_is_exit_2_before_anything_is_sent
 
 def test_the_cache_itself_refuses_a_folder_it_cannot_create(tmp_path: Path) -> None:
     """Promise: ResponseCache (also used through the library, without the CLI's checks) refuses an unwritable
-    local folder with a UsageError (exit 2) at once, never a traceback mid-run."""
+    local folder with a ConfigError (exit 2) at once, never a traceback mid-run."""
     from inferbatch.cache import ResponseCache
-    from inferbatch.errors import UsageError
+    from inferbatch.errors import ConfigError
 
     (tmp_path / "plain-file").write_text("x\n")
-    with pytest.raises(UsageError, match="cannot be written"):
+    with pytest.raises(ConfigError, match="cannot be written"):
         ResponseCache(str(tmp_path / "plain-file" / "cache"), "http://x")
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from inferbatch.errors import UsageError
+from inferbatch.errors import ConfigError
 from inferbatch.shaping import (
     IdSet,
     Invalid,
@@ -209,9 +209,9 @@ def test_template_fields_lists_placeholders() -> None:
 
 @pytest.mark.parametrize("template", ["{unclosed", "closing only }", "{a!}"])
 def test_malformed_template_is_a_usage_error(template: str) -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(ConfigError):
         _template_fields(template)
-    with pytest.raises(UsageError):
+    with pytest.raises(ConfigError):
         Shaper(model="m", params={}, template=template)
 
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import chat_rows, invoke, read_jsonl, write_jsonl
 
 from inferbatch.config import parse_shard
-from inferbatch.errors import UsageError
+from inferbatch.errors import ConfigError
 
 
 def worker_process(inbox: Path, outbox: Path, url: str, *extra: str, dyno: str | None = None,
@@ -124,9 +124,9 @@ def test_two_workers_with_shard_auto_never_process_the_same_input(tmp_path: Path
 def test_shard_auto_reads_dyno_and_inferbatch_shards() -> None:
     assert str(parse_shard("auto", {"DYNO": "worker.3", "INFERBATCH_SHARDS": "4"})) == "2/4"
     assert str(parse_shard("auto", {"DYNO": "worker.1"})) == "0/1"
-    with pytest.raises(UsageError):
+    with pytest.raises(ConfigError):
         parse_shard("auto", {"DYNO": "run.1234", "INFERBATCH_SHARDS": "4"})
-    with pytest.raises(UsageError):
+    with pytest.raises(ConfigError):
         parse_shard("auto", {"INFERBATCH_SHARDS": "4"})
 
 
@@ -175,7 +175,7 @@ async def test_a_worker_keeps_one_limiter_across_its_inputs(sim, tmp_path: Path)
     env = {"INFERENCE_URL": server.url, "INFERENCE_KEY": "k", "INFERENCE_MODEL_ID": "sim-model"}
     cfg = resolve({"input": str(inbox), "rpm": 6000}, env)
     service = Worker(cfg, inbox=str(inbox), outbox=str(outbox), poll=1, output_ext="jsonl", once=True, quiet=True)
-    assert await service.serve() == 0
+    assert await service.serve() is None  # not stopped by a signal
     assert server.stats.requests == 7
     assert service.limiter.admitted == 7  # both inputs went through the one limiter
     assert len(read_jsonl(outbox / "b.jsonl.results.jsonl")) == 4

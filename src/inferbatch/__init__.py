@@ -5,7 +5,7 @@
 
     cfg = resolve({"input": "prompts.jsonl", "output": "out.jsonl", "concurrency": 8}, os.environ)
     report = asyncio.run(run_batch(cfg))
-    print(report.exit_code, report.summary.as_dict())
+    print(report.outcome, report.summary.as_dict())
 """
 
 from __future__ import annotations
@@ -19,9 +19,12 @@ __all__ = [
     "resolve",
     "run_batch",
     "RunReport",
+    "Outcome",
+    "Result",
     "Status",
+    "simulated",
     "InferbatchError",
-    "UsageError",
+    "ConfigError",
     "InputError",
     "CheckpointError",
     "SafetyStop",
@@ -38,7 +41,10 @@ _WHERE = {
     "resolve": "inferbatch.config",
     "run_batch": "inferbatch.runner",
     "RunReport": "inferbatch.runner",
+    "Outcome": "inferbatch.runner",
+    "Result": "inferbatch.results",
     "Status": "inferbatch.results",
+    "simulated": "inferbatch.simulator",
     **{name: "inferbatch.errors" for name in __all__ if name.endswith(("Error", "Stop", "Failed", "Failures",
                                                                        "Exceeded", "Reached", "Interrupted"))},
 }

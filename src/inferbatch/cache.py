@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from inferbatch import storage
-from inferbatch.errors import UsageError
+from inferbatch.errors import ConfigError
 
 log = logging.getLogger("inferbatch")
 
@@ -62,7 +62,7 @@ class ResponseCache:
             os.close(fd)
             os.unlink(probe)
         except OSError as exc:
-            raise UsageError(f"--cache {self.location} cannot be written ({exc.strerror or exc})") from None
+            raise ConfigError(f"--cache {self.location} cannot be written ({exc.strerror or exc})") from None
 
     def key(self, body: bytes, sample: int) -> str:
         digest = hashlib.sha256()

@@ -36,46 +36,12 @@ from typing import Any
 
 import orjson
 
+from inferbatch.bits import Bits
 from inferbatch.errors import CheckpointError
+from inferbatch.results import Status
 
 FORMAT_VERSION = 1
 IDENTITY_BLOCK = 1 << 16
-
-
-class Bits:
-    """A growable bitmap over row positions."""
-
-    __slots__ = ("_bytes",)
-
-    def __init__(self) -> None:
-        self._bytes = bytearray()
-
-    def set(self, index: int) -> None:
-        byte = index >> 3
-        if byte >= len(self._bytes):
-            self._bytes.extend(bytes(max(byte + 1 - len(self._bytes), len(self._bytes))))
-        self._bytes[byte] |= 1 << (index & 7)
-
-    def clear(self, index: int) -> None:
-        byte = index >> 3
-        if byte < len(self._bytes):
-            self._bytes[byte] &= ~(1 << (index & 7)) & 0xFF
-
-    def __contains__(self, index: int) -> bool:
-        byte = index >> 3
-        return byte < len(self._bytes) and bool(self._bytes[byte] & (1 << (index & 7)))
-
-    def count(self) -> int:
-        return sum(bin(b).count("1") for b in self._bytes if b)
-
-    def count_and_not(self, other: Bits) -> int:
-        """How many positions are set here but not in ``other``."""
-        total = 0
-        theirs = other._bytes
-        for i, b in enumerate(self._bytes):
-            if b:
-                total += bin(b & ~(theirs[i] if i < len(theirs) else 0) & 0xFF).count("1")
-        return total
 
 
 def input_identity(path: str) -> dict[str, Any]:
@@ -267,7 +233,7 @@ class Checkpoint:
     def _note(self, record: dict[str, Any]) -> None:
         slot = self.layout.slot_of(record)
         self.finished.set(slot)
-        if record["status"] == "error":
+        if record["status"] == Status.ERROR:
             self.errored.set(slot)
         else:
             self.errored.clear(slot)
@@ -299,7 +265,7 @@ class Checkpoint:
         the next ``sync()``."""
         self._pending_results += line
         self.finished.set(slot)
-        if status == "error":
+        if status == Status.ERROR:
             self.errored.set(slot)
         else:
             self.errored.clear(slot)

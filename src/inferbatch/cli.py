@@ -12,17 +12,25 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
-from inferbatch.config import DEFAULTS
+from inferbatch.config import DEFAULTS, OUTPUT_FORMATS
 from inferbatch.errors import InferbatchError, OutputError
 from inferbatch.pricing import Pricing, published_limits
 
+if TYPE_CHECKING:
+    from inferbatch.config import RunConfig
+    from inferbatch.errors import Interrupted
+    from inferbatch.worker import Worker
+    from inferbatch.progress import Progress
+    from inferbatch.runner import RunReport
+
 _PROCESS_START = time.monotonic()
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -61,7 +69,8 @@ def shaping_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help="Request body parameter (JSON value), e.g. temperature=0. Repeatable."),  # fmt: skip
         click.option("--limit", metavar="N", help="Only the first N rows."),
         click.option("--shard", help="Only rows whose id hashes to shard I of N, as I/N; `auto` on Heroku: I from "
-                     "DYNO (worker.3), N from INFERBATCH_SHARDS, and each shard takes 1/N of the rate limits."),
+                     "DYNO (worker.3), N from INFERBATCH_SHARDS, and each shard takes 1/N of the rate limits. "
+                     f"{_default('shard')}"),
         click.option("--keep-columns", help="Comma-separated input columns to copy into the output."),
     ]
     for decorator in reversed(decorators):
@@ -80,7 +89,7 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
     ``config.resolve``, so a bad one (``nan``, ``inf``, ``abc``) is the same one line from a flag or a job file."""
     decorators = [
         click.option("--url", help="API base URL [env: INFERENCE_URL]; /v1/chat/completions is appended."),
-        click.option("--api-key-env", help="Read the key from this variable instead of INFERENCE_KEY."),
+        click.option("--api-key-env", help=f"Read the key from this variable instead of {DEFAULTS['api_key_env']}."),
         click.option("--simulate", is_flag=True, default=None, help="Run against the built-in simulator (no key needed)."),
         click.option("-c", "--concurrency", metavar="N",
                      help=f"Most requests in flight at once. {_default('concurrency')}"),
@@ -93,7 +102,7 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--restart", is_flag=True, default=None, help="Discard an existing checkpoint and start over."),
         click.option("--abort-after", metavar="N",
                      help=f"Stop after N consecutive failed rows (0: never). {_default('abort_after')}"),
-        click.option("--output-format", type=click.Choice(["jsonl", "parquet", "openai-batch"]),
+        click.option("--output-format", type=click.Choice(OUTPUT_FORMATS),
                   help="Output format [default: by the output's extension]."),
         click.option("--drain-timeout", metavar="S",
                      help=f"On SIGTERM/SIGINT, seconds in-flight requests may take. {_default('drain_timeout')}"),
@@ -110,7 +119,8 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
                      help=f"With an s3:// output, seconds between checkpoint parts. {_default('checkpoint_interval')}"),
         click.option("--progress-interval", metavar="S",
                      help=f"Seconds between logfmt progress lines off a terminal. {_default('progress_interval')}"),
-        click.option("--repeat", metavar="K", help="Evaluation: send each (row, variant) K times (a `sample` column)."),
+        click.option("--repeat", metavar="K",
+                     help=f"Evaluation: send each (row, variant) K times (a `sample` column). {_default('repeat')}"),
         click.option("--variant", multiple=True, help="Evaluation: run only this [[variants]] entry. Repeatable."),
         click.option("--fail-under", metavar="RATE",
                      help="Evaluation: exit 1 if any variant's pass rate is below this fraction (e.g. 0.9)."),
@@ -141,23 +151,15 @@ def run(input: str | None, quiet: bool, verbose: int, **flags: Any) -> None:
     one result row per input row, in input order, to OUTPUT.
 
     Interrupted or crashed runs resume: run the same command again."""
-    import asyncio
-
     from inferbatch.config import resolve
+    from inferbatch.planning import expected_results
     from inferbatch.progress import Progress
-    from inferbatch.runner import run_batch
-    from inferbatch.sources import count_rows
 
     _setup_logging(quiet, verbose)
     with error_boundary():
-        cfg = resolve({**flags, "input": input, "verbosity": verbose}, os.environ)
-        total = None if cfg.shard.count > 1 else count_rows(cfg.input)
-        if total is not None and cfg.limit is not None:
-            total = min(total, cfg.limit)
-        if total is not None:
-            total *= (len(cfg.selected_variants) or len(cfg.variants) or 1) * cfg.repeat
-        progress = Progress(total=total, interval=cfg.progress_interval, quiet=quiet)
-        report = asyncio.run(run_batch(cfg, progress=progress, started_at=_PROCESS_START))
+        cfg = resolve({**flags, "input": input, "verbose": verbose}, os.environ)
+        progress = Progress(total=expected_results(cfg), interval=cfg.progress_interval, quiet=quiet)
+        report = run_async(_run(cfg, progress))
         for line in report.summary.lines():
             click.echo(line, err=True)
         for line in report.summary.comparison_table():
@@ -179,10 +181,51 @@ def run(input: str | None, quiet: bool, verbose: int, **flags: Any) -> None:
                 _write_side_output("--summary-json", cfg.summary_json, json.dumps(report.summary.as_dict(), indent=2))
             except OutputError as exc:
                 failed = OutputError(f"{exc}; the output {report.output} is written")
-                if report.exit_code > 1:  # a stop's own code (3, 75, 130, 143) says more: resumable
-                    failed.exit_code = report.exit_code
+                if report.stop is not None:  # a stop's own code (3, 75, 130, 143) says more: resumable
+                    failed.exit_code = report.stop.exit_code
                 raise failed from None
-    raise click.exceptions.Exit(report.exit_code)
+    raise click.exceptions.Exit(exit_code(report))
+
+
+ROWS_FAILED_EXIT = 1
+
+
+def exit_code(report: RunReport) -> int:
+    """SPEC §1's exit codes: 0 every row ok, 1 rows failed (or a variant under --fail-under), else the stop's."""
+    from inferbatch.runner import Outcome
+
+    if report.stop is not None:
+        return report.stop.exit_code
+    return 0 if report.outcome is Outcome.OK else ROWS_FAILED_EXIT
+
+
+async def _run(cfg: RunConfig, progress: Progress) -> RunReport:
+    """``run_batch``, on a simulator of its own with --simulate; a second Ctrl-C leaves at once."""
+    from inferbatch.runner import run_batch
+    from inferbatch.simulator import simulated
+
+    if cfg.simulate:
+        async with simulated(cfg) as simulated_cfg:
+            return await run_batch(simulated_cfg, progress=progress, started_at=_PROCESS_START,
+                                   on_second_interrupt=_leave_now)  # fmt: skip
+    return await run_batch(cfg, progress=progress, started_at=_PROCESS_START, on_second_interrupt=_leave_now)
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run``, on uvloop when it is installed (``pip install 'inferbatch[fast]'``)."""
+    import asyncio
+
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+def _leave_now() -> None:
+    """A second Ctrl-C: leave at once (every finished row is already in the checkpoint)."""
+    os._exit(130)
 
 
 def _write_side_output(option: str, path: str, text: str) -> None:
@@ -227,44 +270,31 @@ def validate(input: str | None, show: int, **flags: Any) -> None:
     import dataclasses
 
     from inferbatch.config import resolve
+    from inferbatch.planning import estimate
     from inferbatch.progress import logfmt
-    from inferbatch.runner import check_columns, work_items
-    from inferbatch.shaping import Invalid, estimate_prompt_tokens
-    from inferbatch.sources import read_rows
 
     _setup_logging(False, 0)
     with error_boundary():
         cfg = resolve({**flags, "input": input}, os.environ, need_connection=False)
-        check_columns(cfg)
         no_model = cfg.model is None
         if no_model:  # shape as if a model were set; say so at the end
             cfg = dataclasses.replace(cfg, model=NO_MODEL)
-        invalid = 0
-        by_model: dict[str, ModelEstimate] = {}
-        for item in work_items(cfg, read_rows(cfg.input)):
-            if isinstance(item, Invalid):
-                invalid += 1
-                if invalid <= show:
-                    click.echo(f"invalid {item.reason}")
-                continue
-            estimate = by_model.setdefault(str(item.body.get("model")), ModelEstimate())
-            estimate.add(estimate_prompt_tokens(item.body),
-                         item.body.get("max_tokens") or item.body.get("max_completion_tokens") or 0)  # fmt: skip
+        found = estimate(cfg, reasons=show)
+        for reason in found.reasons:
+            click.echo(f"invalid {reason}")
+        invalid = found.invalid
         if invalid > show:
             click.echo(f"... and {invalid - show} more invalid rows")
-        total = ModelEstimate()
-        for estimate in by_model.values():
-            total.merge(estimate)
+        total = found.total
         click.echo(f"rows={total.rows + invalid} valid={total.rows} invalid={invalid}")
         pricing = Pricing(cfg.price_in, cfg.price_out)
-        for model, estimate in sorted(by_model.items()):
-            click.echo(logfmt("estimate_model", model=model, **estimate.figures(model, pricing)))
-        unpriced = sorted(model for model in by_model if pricing.cost(model, 0, 0) is None)
-        cost = None if unpriced else sum(e.cost(m, pricing) or 0.0 for m, e in by_model.items())
+        for model, figures in sorted(found.by_model.items()):
+            click.echo(logfmt("estimate_model", model=model, **figures.figures(model, pricing)))
+        cost = found.cost(pricing)
         shown_cost = f"{cost:.2f}" if cost is not None else "unknown"
         click.echo(f"estimate rows={total.rows} prompt_tokens={total.prompt_tokens} "
                    f"max_completion_tokens={total.completion_tokens} cost_usd={shown_cost}")  # fmt: skip
-        named = [model for model in unpriced if model != NO_MODEL]  # the no-model note below covers the rest
+        named = [model for model in found.unpriced(pricing) if model != NO_MODEL]  # the no-model note covers the rest
         if named:
             click.echo(f"note: no built-in price for {', '.join(named)}; pass --price-in and --price-out for a cost "
                        "estimate (--max-cost needs them too)", err=True)  # fmt: skip
@@ -276,42 +306,6 @@ def validate(input: str | None, show: int, **flags: Any) -> None:
 
 
 NO_MODEL = "<model>"
-
-
-@dataclass(slots=True)
-class ModelEstimate:
-    """What ``validate`` adds up for one model: rows, estimated prompt tokens, the completion tokens allowed."""
-
-    rows: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def add(self, prompt_tokens: int, completion_tokens: int) -> None:
-        self.rows += 1
-        self.prompt_tokens += prompt_tokens
-        self.completion_tokens += completion_tokens
-
-    def merge(self, other: ModelEstimate) -> None:
-        self.rows += other.rows
-        self.prompt_tokens += other.prompt_tokens
-        self.completion_tokens += other.completion_tokens
-
-    def cost(self, model: str, pricing: Pricing) -> float | None:
-        return pricing.cost(model, self.prompt_tokens, self.completion_tokens)
-
-    def figures(self, model: str, pricing: Pricing) -> dict[str, Any]:
-        """The estimate line's fields: tokens, cost, and the least time Heroku's published limits allow."""
-        cost = self.cost(model, pricing)
-        rpm, tpm = published_limits(model)
-        figures: dict[str, Any] = {
-            "rows": self.rows, "prompt_tokens": self.prompt_tokens, "max_completion_tokens": self.completion_tokens,
-            "cost_usd": f"{cost:.2f}" if cost is not None else "unknown",
-        }  # fmt: skip
-        if rpm or tpm:
-            minutes = max(self.rows / rpm if rpm else 0.0,
-                          (self.prompt_tokens + self.completion_tokens) / tpm if tpm else 0.0)  # fmt: skip
-            figures.update(limit_rpm=rpm, limit_tpm=tpm, minutes_at_limit=round(minutes, 1))
-        return figures
 
 
 @cli.command()
@@ -389,8 +383,6 @@ def worker(inbox: str, outbox: str, poll: float, output_ext: str, once: bool, qu
     A configuration error is one line and exit 2. On a worker dyno (not --once) the worker says it once
     and then waits for the platform to stop it before exiting 2: exiting at once would only be restarted
     into the same error, over and over; changing a config var or releasing restarts it anyway."""
-    import asyncio
-
     from inferbatch.config import positive_float, resolve, restarted_on_exit
     from inferbatch.worker import Worker
 
@@ -398,15 +390,26 @@ def worker(inbox: str, outbox: str, poll: float, output_ext: str, once: bool, qu
     with error_boundary():
         try:
             positive_float("poll", poll)
-            cfg = resolve({**flags, "input": inbox, "verbosity": verbose}, os.environ)
+            cfg = resolve({**flags, "input": inbox, "verbose": verbose}, os.environ)
             service = Worker(cfg, inbox=inbox, outbox=outbox, poll=poll, output_ext=output_ext, once=once,
-                             quiet=quiet)  # fmt: skip
+                             quiet=quiet, on_second_interrupt=_leave_now)  # fmt: skip
         except InferbatchError as exc:
             if exc.exit_code != 2 or once or not restarted_on_exit(os.environ):
                 raise
             _hold_until_stopped(exc)
-        code = asyncio.run(service.serve())
-    raise click.exceptions.Exit(code)
+        stopped = run_async(_serve(service))
+    raise click.exceptions.Exit(stopped.exit_code if stopped is not None else 0)
+
+
+async def _serve(service: Worker) -> Interrupted | None:
+    """The worker's loop, on a simulator of its own with --simulate."""
+    from inferbatch.simulator import simulated
+
+    if not service.base.simulate:
+        return await service.serve()
+    async with simulated(service.base) as cfg:
+        service.base = cfg
+        return await service.serve()
 
 
 def _hold_until_stopped(exc: InferbatchError) -> NoReturn:
@@ -465,7 +468,7 @@ def simulate(host: str, port: int, latency_ms: float, jitter_ms: float, seed: in
     latency, fault injection and rate limits. Put [[sim:500x2]]-style directives in a prompt
     to script one row's answers (see README)."""
     from inferbatch.config import positive_float
-    from inferbatch.errors import UsageError
+    from inferbatch.errors import ConfigError
     from inferbatch.simulator import SimOptions, serve
 
     with error_boundary():
@@ -475,7 +478,7 @@ def simulate(host: str, port: int, latency_ms: float, jitter_ms: float, seed: in
         for name, value in (("rate_429", rate_429), ("rate_500", rate_500), ("rate_503", rate_503),
                             ("rate_hang", rate_hang), ("rate_drop", rate_drop), ("rate_malformed", rate_malformed)):
             if (positive_float(name, value, allow_zero=True) or 0.0) > 1:
-                raise UsageError(f"--{name.replace('_', '-')} is a share of requests, between 0 and 1; got {value}")
+                raise ConfigError(f"--{name.replace('_', '-')} is a share of requests, between 0 and 1; got {value}")
     require_key = None
     if require_key_env:
         require_key = os.environ.get(require_key_env)

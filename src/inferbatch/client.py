@@ -100,7 +100,7 @@ class Client:
         except asyncio.TimeoutError:
             elapsed = (time.perf_counter() - started) * 1000
             what = "no response" if status is None else f"HTTP {status} but not its whole body"
-            raise Retryable(f"timeout: {what} within {self._timeout.total:g} s", status=status,
+            raise Retryable(f"timeout: {what} within {self._timeout.total:g} s", status=status, code="timeout",
                             latency_ms=elapsed) from None  # fmt: skip
         except aiohttp.ClientError as exc:
             elapsed = (time.perf_counter() - started) * 1000

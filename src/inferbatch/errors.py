@@ -1,7 +1,7 @@
 """The exception tree of inferbatch, with each run-ending error's exit code as data.
 
     InferbatchError                 exit_code
-    ├── UsageError                  2   bad configuration, missing URL/key/model, bad option value
+    ├── ConfigError                 2   bad configuration, missing URL/key/model, bad option value
     ├── InputError                  2   the input file cannot be read at all
     ├── CheckpointError             2   checkpoint belongs to another input/options, another run holds it, or
     │                                   its storage cannot be reached
@@ -35,7 +35,9 @@ class InferbatchError(Exception):
     exit_code = 1
 
 
-class UsageError(InferbatchError):
+class ConfigError(InferbatchError):
+    """A setting, flag or job file that cannot run (not click's UsageError: this one is the library's)."""
+
     exit_code = 2
 
 

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from inferbatch.config import PathUse, check_paths
-from inferbatch.errors import InputError, OutputError, UsageError
-from inferbatch.results import COLUMNS, EVAL_COLUMNS, OutputWriter, dumps_line, kept_column_types, read_output
+from inferbatch.errors import InputError, OutputError, ConfigError
+from inferbatch.results import COLUMNS, EVAL_COLUMNS, OutputWriter, Status, dumps_line, kept_column_types, read_output
 from inferbatch.shaping import IdSet
 
 Place = tuple[int, int, int]  # (variant rank, index, sample)
@@ -63,7 +63,7 @@ def merge_outputs(inputs: list[str], output: str, output_format: str | None = No
                   allow_gaps: bool = False) -> int:  # fmt: skip
     """Write the merged rows to ``output``; returns how many rows it holds."""
     if not inputs:
-        raise UsageError("merge needs at least one shard output")
+        raise ConfigError("merge needs at least one shard output")
     check_paths([PathUse("-o", output, "the merged output", writes=True),
                  *(PathUse("INPUT", path, "one of the inputs") for path in inputs)])  # fmt: skip
     fmt = output_format or ("parquet" if output.lower().endswith(".parquet") else "jsonl")
@@ -98,13 +98,13 @@ def merge_outputs(inputs: list[str], output: str, output_format: str | None = No
                 first_gap = place[1] - gap if first_gap is None else first_gap
             # An input's own duplicate id is already an `invalid` row; only answered rows must be unique.
             key = str(record["id"]) if not ranks else f"{record['id']}\0{record.get('variant')}\0{place[2]}"
-            if record["status"] != "invalid" and not seen.add(key):
-                raise UsageError(f"the shard outputs overlap: id {record['id']!r} appears twice")
+            if record["status"] != Status.INVALID and not seen.add(key):
+                raise ConfigError(f"the shard outputs overlap: id {record['id']!r} appears twice")
             previous, previous_source = place, source
             writer.write_line(dumps_line(record), record)
             count += 1
         if missing and not allow_gaps:  # checked after the whole stream, so an overlap is named first
-            raise UsageError(
+            raise ConfigError(
                 f"the shard outputs leave gaps: {missing} row index(es) missing, the first at index {first_gap} "
                 "(a shard missing or unfinished); merge every shard, or pass --allow-gaps to write the merge anyway"
             )
@@ -127,5 +127,5 @@ def _check_order(place: Place, source: int, previous: Place | None, previous_sou
     same_variant = previous is not None and previous[0] == rank
     last = previous[1] if previous is not None and same_variant else -1
     if place == previous or (same_variant and index == last and source != previous_source):
-        raise UsageError(f"the shard outputs overlap: row index {index} appears twice; merge each shard once")
+        raise ConfigError(f"the shard outputs overlap: row index {index} appears twice; merge each shard once")
     return max(0, index - last - 1)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from inferbatch.errors import UsageError
+from inferbatch.errors import ConfigError
 
 TABLE_DATE = "2026-12-02"
 
@@ -104,10 +104,10 @@ class Pricing:
         return (prompt_tokens * rates[0] + completion_tokens * rates[1]) / 1_000_000
 
 
-def unpriced_error(model: str | None) -> UsageError:
+def unpriced_error(model: str | None) -> ConfigError:
     """SPEC §8.31: ``--max-cost`` with a model that has no price is refused (exit 2): its cost would count as 0."""
     named = f"model {model!r}" if model else "rows that name no model"
-    return UsageError(
+    return ConfigError(
         f"--max-cost needs a price for every model the run uses, and {named} has none in the built-in table "
         f"(prices as of {TABLE_DATE}); pass --price-in and --price-out (USD per million prompt / completion tokens)"
     )

@@ -32,7 +32,9 @@ from typing import IO, Any
 
 import orjson
 
+from inferbatch.bits import Bits
 from inferbatch.pricing import Pricing
+from inferbatch.results import Status, error_type
 
 _BUCKET_BASE = 1.01
 _BUCKET_MIN_MS = 0.01
@@ -129,32 +131,31 @@ class Summary:
     disagreements: int = 0
     disagreeing_ids: list[str] = field(default_factory=list)
     _first_variant: str | None = None
-    _first_seen: dict[int, Any] = field(default_factory=dict)
-    _first_passed: dict[int, Any] = field(default_factory=dict)
+    _first_seen: dict[int, Bits] = field(default_factory=dict)
+    _first_passed: dict[int, Bits] = field(default_factory=dict)
 
     def add(self, record: dict[str, Any]) -> None:
         """Count one result record (from the run or from an output file)."""
         self.rows += 1
         status = record.get("status")
-        if status == "ok":
+        if status == Status.OK:
             self.ok += 1
-        elif status == "error":
+        elif status == Status.ERROR:
             self.error += 1
         else:
             self.invalid += 1
-        if status != "invalid":
+        if status != Status.INVALID:
             code = record.get("status_code")
             self.status_codes["none" if code is None else str(code)] += 1
             attempts = record.get("attempts") or 0
             self.attempts += attempts
             self.retries += max(0, attempts - 1)
-        if status == "error":
-            error = record.get("error") or ""
-            self.error_types[error.split(":", 1)[0] if ":" in error else "error"] += 1
+        if status == Status.ERROR:
+            self.error_types[error_type(record)] += 1
         reason = record.get("finish_reason")
         if reason:
             self.finish_reasons[reason] += 1
-        if status == "ok" and (reason == "length" or not (record.get("content") or record.get("tool_calls"))):
+        if status == Status.OK and (reason == "length" or not (record.get("content") or record.get("tool_calls"))):
             self.soft_failures += 1  # answered, but cut off or empty
         prompt, completion = record.get("prompt_tokens") or 0, record.get("completion_tokens") or 0
         self.prompt_tokens += prompt
@@ -175,8 +176,6 @@ class Summary:
             self._add_evaluation(record, prompt, completion, latency)
 
     def _add_evaluation(self, record: dict[str, Any], prompt: int, completion: int, latency: float | None) -> None:
-        from inferbatch.checkpoint import Bits
-
         name = record.get("variant") or "default"
         stats = self.variants.setdefault(name, VariantStats())
         stats.rows += 1
@@ -349,7 +348,7 @@ class _Interval:
     def add(self, status: str, tokens: int, latency_ms: float | None) -> None:
         self.rows += 1
         self.tokens += tokens
-        self.statuses["ok" if status == "ok" else "error" if status == "error" else "invalid"] += 1
+        self.statuses[status if status in (Status.OK, Status.ERROR) else Status.INVALID] += 1
         if latency_ms is not None:
             self.latency.add(latency_ms)
 
@@ -375,9 +374,9 @@ class Progress:
     def row(self, status: str, tokens: int = 0, latency_ms: float | None = None) -> None:
         self.done += 1
         self.tokens += tokens
-        if status == "ok":
+        if status == Status.OK:
             self.ok += 1
-        elif status == "error":
+        elif status == Status.ERROR:
             self.error += 1
         else:
             self.invalid += 1
@@ -420,7 +419,7 @@ class Progress:
         if self.total is not None:
             figures[f"{METRIC}.rows_left"] = max(0, self.total - self.done - self.skipped)
         figures = {f"sample#{key}": value for key, value in figures.items()}
-        for status in ("ok", "error", "invalid"):
+        for status in Status:
             figures[f"count#{METRIC}.rows_{status}"] = since.statuses.get(status, 0)
         p90 = since.latency.quantile(0.9)
         if p90 is not None:

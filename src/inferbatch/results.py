@@ -1,18 +1,20 @@
-"""One output row per input row: how it is built, and how the output file is written.
+"""One output row per input row: the ``Result`` record, and how the output file is written.
 
-A result is a plain dict whose keys are the output columns in SPEC §3 order
-(kept columns last). It is serialised once, to one JSON line, when the row
-finishes; that line goes to the checkpoint and is copied verbatim to a JSONL
-output. ``write_output`` turns the checkpoint's lines, in input order, into
-JSONL, Parquet (explicit Arrow schema) or OpenAI Batch output lines, written
-to a temporary file and renamed into place.
+A row's trip ends in a frozen ``Result``. It is serialised once, to one JSON
+line (``Result.line``), when the row finishes; that line goes to the
+checkpoint and is copied verbatim to a JSONL output. ``OutputWriter`` turns
+the checkpoint's lines, in input order, into JSONL, Parquet (explicit Arrow
+schema) or OpenAI Batch output lines, written to a temporary file and
+renamed into place. Lines read back (checkpoint, ``report``, ``merge``) are
+plain dicts with the same keys.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -69,83 +71,139 @@ def arrow_schema(kept: Iterable[tuple[str, Any]] = (), *, evaluation: bool = Fal
     )
 
 
-def ok_record(row_id: str, index: int, data: dict[str, Any], *, status_code: int, attempts: int, latency_ms: float,
-              request_id: str | None, keep: dict[str, Any], keep_body: bool = False) -> dict[str, Any]:  # fmt: skip
-    """``request_id``: pass ``Response.request_id`` (x-request-id, else the body's id; redacted by the client)."""
-    choice = data["choices"][0]
-    message = choice.get("message") or {}
-    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    tool_calls = message.get("tool_calls")
-    content = message.get("content")
-    record = {
-        "id": row_id,
-        "index": index,
-        "status": Status.OK.value,
-        "status_code": status_code,
-        "content": content if isinstance(content, str) or content is None else orjson.dumps(content).decode(),
-        "finish_reason": choice.get("finish_reason"),
-        "model": data.get("model"),
-        "prompt_tokens": _int(usage.get("prompt_tokens")),
-        "completion_tokens": _int(usage.get("completion_tokens")),
-        "total_tokens": _int(usage.get("total_tokens")),
-        "attempts": attempts,
-        "latency_ms": round(latency_ms, 3),
-        "error": None,
-        "tool_calls": orjson.dumps(tool_calls).decode() if tool_calls else None,
-        "request_id": request_id or (data.get("id") if isinstance(data.get("id"), str) else None),
-        **keep,
-    }
-    if keep_body:
-        record[BODY_KEY] = data
-    return record
+CODE_KEY = "_code"  # the failure's error code, kept in the checkpoint for openai-batch's error.code (SPEC §8.25)
+INTERNAL_KEYS = (BODY_KEY, CODE_KEY)
 
 
-def error_record(row_id: str, index: int, exc: RequestFailed, *, attempts: int, keep: dict[str, Any],
-                 keep_body: bool = False) -> dict[str, Any]:  # fmt: skip
-    body = exc.body if isinstance(exc.body, dict) else None
-    request_id = exc.request_id  # set (redacted) by the client; never read from raw headers here (SPEC §8.33)
-    record = {
-        "id": row_id,
-        "index": index,
-        "status": Status.ERROR.value,
-        "status_code": exc.status,
-        "content": None,
-        "finish_reason": None,
-        "model": None,
-        "prompt_tokens": None,
-        "completion_tokens": None,
-        "total_tokens": None,
-        "attempts": attempts,
-        "latency_ms": round(exc.latency_ms, 3) if exc.latency_ms is not None else None,
-        "error": exc.message,
-        "tool_calls": None,
-        "request_id": request_id,
-        **keep,
-    }
-    if keep_body and exc.status is not None:
-        record[BODY_KEY] = body
-    return record
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """The evaluation columns of one result (SPEC §3): which variant and sample, and what its assertions said."""
+
+    variant: str | None
+    sample: int
+    passed: bool
+    failures: tuple[str, ...]
+    cached: bool
 
 
-def invalid_record(row_id: str, index: int, reason: str, keep: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": row_id,
-        "index": index,
-        "status": Status.INVALID.value,
-        "status_code": None,
-        "content": None,
-        "finish_reason": None,
-        "model": None,
-        "prompt_tokens": None,
-        "completion_tokens": None,
-        "total_tokens": None,
-        "attempts": 0,
-        "latency_ms": None,
-        "error": f"invalid_row: {reason}",
-        "tool_calls": None,
-        "request_id": None,
-        **keep,
-    }
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One output row: what a row's trip returns, and the only thing that is serialised.
+
+    ``error_code`` is carried from the failure (``RequestFailed.code``), never parsed back out of ``error``.
+    ``body`` is the raw response body: kept for openai-batch output and the response cache, not a column.
+    """
+
+    id: str
+    index: int
+    status: Status
+    status_code: int | None = None
+    content: str | None = None
+    finish_reason: str | None = None
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    attempts: int = 0
+    latency_ms: float | None = None
+    error: str | None = None
+    tool_calls: str | None = None
+    request_id: str | None = None
+    error_code: str | None = None
+    cached: bool = False
+    evaluation: Evaluation | None = None
+    kept: Mapping[str, Any] = field(default_factory=dict)
+    body: Any = None
+
+    @classmethod
+    def answered(cls, row_id: str, index: int, data: dict[str, Any], *, status_code: int, attempts: int,
+                 latency_ms: float, request_id: str | None, cached: bool = False,
+                 kept: Mapping[str, Any] | None = None) -> Result:
+        """A completion. ``request_id``: ``Response.request_id`` (x-request-id, else the body's id; redacted).
+
+        Raises KeyError/IndexError/TypeError for a body that is not a completion (the client never passes one;
+        a cache entry from another version may)."""
+        choice = data["choices"][0]
+        message = choice.get("message") or {}
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        tool_calls = message.get("tool_calls")
+        content = message.get("content")
+        return cls(
+            row_id, index, Status.OK, status_code,
+            content=content if isinstance(content, str) or content is None else orjson.dumps(content).decode(),
+            finish_reason=choice.get("finish_reason"),
+            model=data.get("model"),
+            prompt_tokens=_int(usage.get("prompt_tokens")),
+            completion_tokens=_int(usage.get("completion_tokens")),
+            total_tokens=_int(usage.get("total_tokens")),
+            attempts=attempts,
+            latency_ms=round(latency_ms, 3),
+            tool_calls=orjson.dumps(tool_calls).decode() if tool_calls else None,
+            request_id=request_id or (data.get("id") if isinstance(data.get("id"), str) else None),
+            cached=cached,
+            kept=kept or {},
+            body=data,
+        )
+
+    @classmethod
+    def failed(cls, row_id: str, index: int, exc: RequestFailed, *, attempts: int,
+               kept: Mapping[str, Any] | None = None) -> Result:
+        """A request that failed for good; ``exc`` is its last attempt's failure."""
+        status = exc.status
+        return cls(
+            row_id, index, Status.ERROR, status,
+            attempts=attempts,
+            latency_ms=round(exc.latency_ms, 3) if exc.latency_ms is not None else None,
+            error=exc.message,
+            request_id=exc.request_id,  # set (redacted) by the client; never raw headers here (SPEC §8.33)
+            error_code=exc.code or (f"http_{status}" if status is not None else "connection_error"),
+            kept=kept or {},
+            body=exc.body if isinstance(exc.body, dict) and status is not None else None,
+        )
+
+    @classmethod
+    def invalid(cls, row_id: str, index: int, reason: str, kept: Mapping[str, Any] | None = None) -> Result:
+        return cls(row_id, index, Status.INVALID, error=f"invalid_row: {reason}", error_code="invalid_row",
+                   kept=kept or {})
+
+    def record(self, *, keep_body: bool = False) -> dict[str, Any]:
+        """The output columns in SPEC §3 order (evaluation, then kept columns last), plus internal keys:
+        the error code, and the body when ``keep_body`` (openai-batch output)."""
+        record: dict[str, Any] = {
+            "id": self.id,
+            "index": self.index,
+            "status": self.status.value,
+            "status_code": self.status_code,
+            "content": self.content,
+            "finish_reason": self.finish_reason,
+            "model": self.model,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+            "attempts": self.attempts,
+            "latency_ms": self.latency_ms,
+            "error": self.error,
+            "tool_calls": self.tool_calls,
+            "request_id": self.request_id,
+        }
+        evaluation = self.evaluation
+        if evaluation is not None:
+            record["variant"] = evaluation.variant
+            record["sample"] = evaluation.sample
+            record["passed"] = evaluation.passed
+            record["failures"] = orjson.dumps(evaluation.failures).decode()
+            record["cached"] = evaluation.cached
+        if self.kept:
+            record.update(self.kept)
+        if self.error_code is not None and self.status is not Status.OK:
+            record[CODE_KEY] = self.error_code
+        if keep_body and (self.status is Status.OK or self.status_code is not None):
+            record[BODY_KEY] = self.body
+        return record
+
+    def line(self, *, keep_body: bool = False) -> bytes:
+        """The checkpoint's line for this result (a JSONL output copies it, less internal keys)."""
+        return dumps_line(self.record(keep_body=keep_body))
 
 
 def _int(value: Any) -> int | None:
@@ -158,8 +216,8 @@ def dumps_line(record: dict[str, Any]) -> bytes:
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
     """The record without internal keys."""
-    if BODY_KEY in record:
-        record = {k: v for k, v in record.items() if k != BODY_KEY}
+    if BODY_KEY in record or CODE_KEY in record:
+        record = {k: v for k, v in record.items() if k not in INTERNAL_KEYS}
     return record
 
 
@@ -170,24 +228,33 @@ def openai_batch_line(record: dict[str, Any]) -> dict[str, Any]:
     if status_code is not None:
         response = {"status_code": status_code, "request_id": record.get("request_id"), "body": record.get(BODY_KEY)}
     error = None
-    if record["status"] != Status.OK.value:
-        message = record.get("error") or ""
-        error = {"code": error_code(record), "message": message}
+    if record["status"] != Status.OK:
+        error = {"code": error_code(record), "message": record.get("error") or ""}
     return {"id": f"batch_req_{record['id']}", "custom_id": record["id"], "response": response, "error": error}
 
 
-def error_code(record: dict[str, Any]) -> str | None:
-    """SPEC §8.25: invalid_row, timeout, connection_error, the server's code, else http_<status>."""
-    if record["status"] == Status.OK.value:
+def error_code(record: Mapping[str, Any]) -> str | None:
+    """SPEC §8.25, from the code the failure carried; a line written before codes were kept gets
+    ``invalid_row``, ``http_<status>`` or ``connection_error``."""
+    if record["status"] == Status.OK:
         return None
-    if record["status"] == Status.INVALID.value:
-        return "invalid_row"
-    message = record.get("error") or ""
-    code = message.split(":", 1)[0].strip() if ":" in message else ""
-    if code and " " not in code:
+    code = record.get(CODE_KEY)
+    if isinstance(code, str):
         return code
+    if record["status"] == Status.INVALID:
+        return "invalid_row"
     status = record.get("status_code")
     return f"http_{status}" if status is not None else "connection_error"
+
+
+def error_type(record: Mapping[str, Any]) -> str:
+    """The kind of a failed row, for the summary's ``error_types``: its carried code in the checkpoint; in an
+    output file (which has no internal keys), the short type that leads the ``error`` column (SPEC §3)."""
+    code = record.get(CODE_KEY)
+    if isinstance(code, str):
+        return code
+    error = record.get("error") or ""
+    return error.split(":", 1)[0] if ":" in error else "error"
 
 
 def kept_column_types(records: Iterable[dict[str, Any]], kept: tuple[str, ...]) -> list[tuple[str, Any]]:
@@ -213,6 +280,10 @@ def kept_column_types(records: Iterable[dict[str, Any]], kept: tuple[str, ...]) 
             typ = pa.string()
         types.append((name, typ))
     return types
+
+
+def _has_internal(record: dict[str, Any]) -> bool:
+    return BODY_KEY in record or CODE_KEY in record
 
 
 def _as_text(value: Any) -> Any:
@@ -249,7 +320,7 @@ class OutputWriter:
     def write_line(self, line: bytes, record: dict[str, Any]) -> None:
         """``line`` is the checkpoint's serialised ``record``; a plain JSONL output reuses it as is."""
         if self.fmt == "jsonl":
-            self._file.write(line if BODY_KEY not in record else dumps_line(public(record)))
+            self._file.write(line if not _has_internal(record) else dumps_line(public(record)))
         elif self.fmt == "openai-batch":
             self._file.write(dumps_line(openai_batch_line(record)))
         else:

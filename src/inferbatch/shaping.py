@@ -69,6 +69,7 @@ class Invalid:
     line: int
     reason: str
     keep: dict[str, Any]
+    no_model: bool = False  # invalid only because no model is configured: the run needs one (SPEC §8.7)
     slot: int = -1
     variant: str | None = None
     sample: int = 0
@@ -171,7 +172,7 @@ class Shaper:
         try:
             body = self._body(data)
         except RowProblem as exc:
-            return Invalid(row_id, index, line, f"{self.location} {line}: {exc}", keep)
+            return Invalid(row_id, index, line, f"{self.location} {line}: {exc}", keep, no_model=isinstance(exc, NoModel))
         return Request(row_id, index, line, body, keep)
 
     def _identify(self, data: dict[str, Any] | None, error: str | None) -> tuple[str | None, str | None]:
@@ -243,7 +244,7 @@ class Shaper:
         body["messages"] = messages
         if not body.get("model"):
             if not self.model:
-                raise RowProblem(
+                raise NoModel(
                     "no model: set --model, `model` in the job file or INFERENCE_MODEL_ID, or give the row a `model`"
                 )
             body["model"] = self.model
@@ -268,6 +269,10 @@ class Shaper:
 
 class RowProblem(ValueError):
     pass
+
+
+class NoModel(RowProblem):
+    """The row names no model and none is configured."""
 
 
 class _TemplateValues(dict):  # type: ignore[type-arg]
@@ -317,9 +322,9 @@ def _template_fields(template: str) -> tuple[str, ...]:
                 if base and base not in names:
                     names.append(base)
     except ValueError as exc:
-        from inferbatch.errors import UsageError
+        from inferbatch.errors import ConfigError
 
-        raise UsageError(f"--template is not a valid template: {exc} (write literal braces as {{{{ and }}}})") from None
+        raise ConfigError(f"--template is not a valid template: {exc} (write literal braces as {{{{ and }}}})") from None
     return tuple(names)
 
 

@@ -49,9 +49,14 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+from inferbatch.window import SlidingWindow
+
+if TYPE_CHECKING:
+    from inferbatch.config import RunConfig
 
 __all__ = [
     "STATS_KEY",
@@ -321,57 +326,49 @@ def _seconds_header(value: float) -> str:
 
 
 class _Window:
-    """Sliding-window admission of requests and tokens, like Heroku's per-model limits."""
+    """Sliding-window admission of requests and tokens, like Heroku's per-model limits.
 
-    __slots__ = ("entries", "length", "rpm", "tokens", "tpm")
+    The windows are :class:`inferbatch.window.SlidingWindow`, the client limiter's own; the rule here is the
+    server's: a request over the limit on its own is never admitted (the client admits one into an empty window).
+    """
+
+    __slots__ = ("length", "requests", "rpm", "tokens", "tpm")
 
     def __init__(self, rpm: int | None, tpm: int | None, length: float) -> None:
         self.rpm = rpm
         self.tpm = tpm
         self.length = length
-        self.entries: deque[tuple[float, int]] = deque()
-        self.tokens = 0
+        self.requests = SlidingWindow(length)  # 1 a request, counted even with no rpm: the reset headers use it
+        self.tokens = SlidingWindow(length)
 
-    def _expire(self, now: float) -> None:
-        horizon = now - self.length
-        entries = self.entries
-        while entries and entries[0][0] <= horizon:
-            self.tokens -= entries.popleft()[1]
+    def _room(self, window: SlidingWindow, amount: int, limit: int, now: float) -> float:
+        return self.length if amount > limit else window.wait(amount, limit, now)
 
     def admit(self, tokens: int, now: float) -> float | None:
         """Record the request and return None, or return the seconds until it would fit."""
-        self._expire(now)
-        entries = self.entries
         wait = 0.0
-        if self.rpm is not None and len(entries) >= self.rpm:
-            oldest_to_leave = entries[len(entries) - self.rpm][0] if self.rpm > 0 else now
-            wait = max(wait, oldest_to_leave + self.length - now)
-        if self.tpm is not None and self.tokens + tokens > self.tpm:
-            excess = self.tokens + tokens - self.tpm
-            token_wait = self.length
-            for t, k in entries:
-                excess -= k
-                if excess <= 0:
-                    token_wait = t + self.length - now
-                    break
-            wait = max(wait, token_wait)
+        if self.rpm is not None:
+            wait = max(wait, self._room(self.requests, 1, self.rpm, now))
+        if self.tpm is not None:
+            wait = max(wait, self._room(self.tokens, tokens, self.tpm, now))
         if wait > 0:
             return max(wait, 0.001)
-        entries.append((now, tokens))
-        self.tokens += tokens
+        self.requests.add(1, now)
+        self.tokens.add(tokens, now)
         return None
 
     def headers(self, now: float) -> dict[str, str]:
         """``x-ratelimit-*`` headers; the reset is when the oldest entry leaves the window."""
-        reset = format_reset(self.entries[0][0] + self.length - now) if self.entries else "0s"
+        oldest = self.requests.oldest_leaves_in(now)
+        reset = format_reset(oldest) if oldest is not None else "0s"
         headers: dict[str, str] = {}
         if self.rpm is not None:
             headers["x-ratelimit-limit-requests"] = str(self.rpm)
-            headers["x-ratelimit-remaining-requests"] = str(max(0, self.rpm - len(self.entries)))
+            headers["x-ratelimit-remaining-requests"] = str(max(0, self.rpm - self.requests.count(now)))
             headers["x-ratelimit-reset-requests"] = reset
         if self.tpm is not None:
             headers["x-ratelimit-limit-tokens"] = str(self.tpm)
-            headers["x-ratelimit-remaining-tokens"] = str(max(0, self.tpm - self.tokens))
+            headers["x-ratelimit-remaining-tokens"] = str(max(0, self.tpm - int(self.tokens.used(now))))
             headers["x-ratelimit-reset-tokens"] = reset
         return headers
 
@@ -745,3 +742,15 @@ async def _serve_until_signal(opts: SimOptions, host: str, port: int, ready: Cal
         if ready is not None:
             ready(server.url)
         await stop.wait()
+
+
+@asynccontextmanager
+async def simulated(cfg: RunConfig) -> AsyncIterator[RunConfig]:
+    """``--simulate``: a simulator on loopback for the block, and ``cfg`` pointed at it (a caller's to start,
+    never the runner's: ``async with simulated(cfg) as cfg: await run_batch(cfg)``)."""
+    from dataclasses import replace
+
+    from inferbatch.config import endpoint_url
+
+    async with running(SimOptions()) as server:
+        yield replace(cfg, url=endpoint_url(server.url))

@@ -44,12 +44,13 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from inferbatch import storage
 from inferbatch.config import RunConfig, Shard
 from inferbatch.errors import (
-    CheckpointError, InferbatchError, InputError, Interrupted, SafetyStop, UsageError,
+    CheckpointError, InferbatchError, InputError, Interrupted, SafetyStop, ConfigError,
 )  # fmt: skip
 from inferbatch.limits import Limiter
 from inferbatch.progress import Progress, logfmt
@@ -225,8 +226,11 @@ def _write_done(uri: str, data: dict[str, object]) -> None:
 
 class Worker:
     def __init__(self, base: RunConfig, *, inbox: str, outbox: str, poll: float, output_ext: str,
-                 once: bool = False, quiet: bool = False, settle_s: float = SETTLE_S) -> None:  # fmt: skip
+                 once: bool = False, quiet: bool = False, settle_s: float = SETTLE_S,
+                 on_second_interrupt: Callable[[], None] | None = None) -> None:  # fmt: skip
+        """``on_second_interrupt``: what a second Ctrl-C does (the CLI leaves at once); by default KeyboardInterrupt."""
         self.base = base
+        self.on_second_interrupt = on_second_interrupt
         self.inbox = inbox
         self.outbox = outbox
         self.poll = poll
@@ -251,27 +255,27 @@ class Worker:
     def _check_places(self) -> None:
         """Refuse (exit 2) an inbox or outbox the worker could only loop on or crash over."""
         if outbox_inside_inbox(self.outbox, self.inbox):
-            raise UsageError(
+            raise ConfigError(
                 f"--outbox {self.outbox} is inside --inbox {self.inbox}: the worker would take its own results "
                 "as inputs; give the outbox a folder (or prefix) of its own"
             )
         if not storage.is_s3(self.inbox):
             if not os.path.exists(self.inbox):
-                raise UsageError(f"--inbox {self.inbox} does not exist: create the folder, or fix the path")
+                raise ConfigError(f"--inbox {self.inbox} does not exist: create the folder, or fix the path")
             if not os.path.isdir(self.inbox):
-                raise UsageError(f"--inbox {self.inbox} is a file; the inbox is a folder (or an s3:// prefix)")
+                raise ConfigError(f"--inbox {self.inbox} is a file; the inbox is a folder (or an s3:// prefix)")
         if not storage.is_s3(self.outbox):
             folder = Path(self.outbox)
             if folder.exists() and not folder.is_dir():
-                raise UsageError(f"--outbox {self.outbox} is a file; the outbox is a folder (or an s3:// prefix)")
+                raise ConfigError(f"--outbox {self.outbox} is a file; the outbox is a folder (or an s3:// prefix)")
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 self.ignores_case = _ignores_case(folder)
             except OSError as exc:
-                raise UsageError(f"--outbox {self.outbox} cannot be written ({exc.strerror or exc})") from None
+                raise ConfigError(f"--outbox {self.outbox} cannot be written ({exc.strerror or exc})") from None
 
-    async def serve(self) -> int:
-        """Process the inbox, sleep, repeat; returns an exit code only when stopped by a signal (or --once)."""
+    async def serve(self) -> Interrupted | None:
+        """Process the inbox, sleep, repeat; returns only when stopped by a signal (the signal), or after --once."""
         async with signal_handlers(self._on_signal):
             while self.stopped is None:
                 settling = await self.process_inbox()
@@ -282,7 +286,7 @@ class Worker:
                 pause = self.poll if settling is None else min(self.poll, settling + 0.05)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), pause)
-        return self.stopped.exit_code if self.stopped is not None else 0
+        return self.stopped
 
     async def process_inbox(self) -> float | None:
         """Run every input that is due, in name order; returns the seconds until a file still being written may
@@ -439,7 +443,7 @@ class Worker:
         except CheckpointError as exc:
             self._say(logging.WARNING, "worker_skip", uri, reason=str(exc))
             return
-        except (InputError, UsageError) as exc:
+        except (InputError, ConfigError) as exc:
             self._failed[item.name] = (item.state, time.monotonic())
             log.error(logfmt("worker_failed", input=uri, error=str(exc),
                              retry=f"when the file changes, or in {FAILED_RETRY_S:.0f} s"))  # fmt: skip
@@ -502,7 +506,10 @@ class Worker:
     def _on_signal(self, sig: signal.Signals, code: int) -> None:
         self._signals += 1
         if self._signals > 1 and sig == signal.SIGINT:
-            os._exit(130)
+            if self.on_second_interrupt is None:
+                raise KeyboardInterrupt
+            self.on_second_interrupt()
+            return
         reason = Interrupted(sig.name, code)
         self.stopped = reason
         self.switch.trigger(reason)

@@ -1,0 +1,209 @@
+"""One row's trip: ``await send(request, ctx)`` sends it until it has a final answer, and returns a ``Result``.
+
+    request ─cache?─▶ retry.call ─▶ attempt: budget.reserve ─▶ limiter.acquire ─▶ client.send
+                                              ◀── settle both with what came back ──┘
+    Result (ok | error)  or  a typed stop raised:
+
+    Stopped           the run is stopping: the row is cut off, has no result, a rerun sends it
+    AuthFailed        401, or a 403 for a model the run itself names (SPEC §4)
+    QuotaExhausted    the server says the quota is gone, or asks for a wait over --max-wait
+    BudgetExceeded    --max-total-tokens / --max-cost reached with nothing left in flight
+    ConfigError        --max-cost with a row whose own model has no price (SPEC §8.31)
+
+Everything a trip needs and shares with the other rows of the run is in ``Context``; nothing here
+calls back into the runner. ``remember`` stores a fresh answer in the response cache, after the
+runner has recorded it (a paid answer is kept whatever the cache does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+from tenacity import RetryCallState
+
+from inferbatch import retry
+from inferbatch.budget import Budget, Reservation
+from inferbatch.cache import ResponseCache
+from inferbatch.client import Response
+from inferbatch.errors import (
+    AuthFailed, AuthRejected, BudgetExceeded, QuotaExhausted, QuotaRejected, RequestFailed,
+)  # fmt: skip
+from inferbatch.limits import Limiter, Stopped
+from inferbatch.pricing import Pricing, unpriced_error
+from inferbatch.results import Result
+from inferbatch.shaping import Request, estimate_prompt_tokens
+
+log = logging.getLogger("inferbatch")
+
+__all__ = ["Context", "Sender", "Stopped", "remember", "send"]
+
+
+class Sender(Protocol):
+    """What ``send`` needs of ``client.Client``: one HTTP attempt, raising ``RequestFailed`` subclasses."""
+
+    async def send(self, body: bytes) -> Response: ...
+
+
+@dataclass(slots=True)
+class Context:
+    """What every row's trip shares with the others in one run."""
+
+    client: Sender
+    limiter: Limiter
+    budget: Budget
+    pricing: Pricing
+    policy: retry.Policy
+    stopping: asyncio.Event
+    mark_sent: Callable[[int], None]  # the checkpoint's in-doubt ledger: sent, outcome not yet known
+    cache: ResponseCache | None = None
+    own_models: frozenset[str | None] = frozenset()  # a 403 for one of these stops the run; for a row's own, fails the row
+    needs_prices: bool = False  # --max-cost: a model without a price must not count as free
+    log_retries: bool = False
+    clock: Callable[[], float] = time.monotonic
+
+
+async def send(request: Request, ctx: Context) -> Result:
+    """Send ``request`` until it has a final answer (see the module docstring for the stops it raises)."""
+    if ctx.cache is not None:
+        cached = await _from_cache(request, ctx.cache)
+        if cached is not None:
+            return cached
+    body = orjson.dumps(request.body)
+    model = request.body.get("model")
+    max_tokens = request.body.get("max_tokens") or request.body.get("max_completion_tokens")
+    prompt_estimate = estimate_prompt_tokens(request.body)
+    attempts = 0
+
+    async def attempt(number: int) -> Response:
+        nonlocal attempts
+        attempts = number
+        return await _attempt(request, body, model, prompt_estimate, max_tokens, ctx)
+
+    try:
+        response = await retry.call(attempt, ctx.policy, sleep=lambda s: _sleep(s, ctx),
+                                    before_sleep=_log_retry if ctx.log_retries else None, clock=ctx.clock)  # fmt: skip
+    except QuotaRejected as exc:
+        raise QuotaExhausted(f"quota stop: {exc.message}; finished rows are saved, rerun once it resets") from None
+    except AuthRejected as exc:
+        if exc.status == 401 or model in ctx.own_models:
+            what = "the key was rejected (401)" if exc.status == 401 else f"the key may not use model {model!r} (403)"
+            raise AuthFailed(f"{what}: {exc.message}; check INFERENCE_KEY and the model") from None
+        # A model only this row names: that row's error, the run goes on (SPEC §4).
+        return Result.failed(request.id, request.index, exc, attempts=attempts, kept=request.keep)
+    except RequestFailed as exc:
+        return Result.failed(request.id, request.index, exc, attempts=attempts, kept=request.keep)
+    return Result.answered(
+        request.id, request.index, response.data, status_code=response.status, attempts=attempts,
+        latency_ms=response.latency_ms, request_id=response.request_id, kept=request.keep,
+    )  # fmt: skip
+
+
+async def remember(request: Request, result: Result, cache: ResponseCache) -> None:
+    """Keep a fresh answer in the response cache (after the runner recorded it)."""
+    if result.cached or result.body is None or result.status != "ok":
+        return
+    entry = {"data": result.body, "latency_ms": result.latency_ms, "request_id": result.request_id}
+    await _cache_io(cache, cache.put, cache.key(orjson.dumps(request.body), request.sample), entry)
+
+
+async def _from_cache(request: Request, cache: ResponseCache) -> Result | None:
+    entry = await _cache_io(cache, cache.get, cache.key(orjson.dumps(request.body), request.sample))
+    if entry is None or not isinstance(entry.get("data"), dict):
+        return None
+    try:
+        return Result.answered(
+            request.id, request.index, entry["data"], status_code=200, attempts=0,
+            latency_ms=float(entry.get("latency_ms") or 0.0), request_id=entry.get("request_id"), cached=True,
+            kept=request.keep,
+        )  # fmt: skip
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None  # an entry from another version: send the request instead
+
+
+async def _cache_io(cache: ResponseCache, func: Callable[..., Any], *args: Any) -> Any:
+    """Local cache files are read in the loop; S3 objects in a thread, so the loop never waits on a network."""
+    if cache.remote:
+        return await asyncio.to_thread(func, *args)
+    return func(*args)
+
+
+async def _attempt(request: Request, body: bytes, model: str | None, prompt_estimate: int, max_tokens: int | None,
+                   ctx: Context) -> Response:  # fmt: skip
+    """One attempt: reserve budget, pass the limiter, send, and settle both with what came back."""
+    if ctx.needs_prices and not ctx.pricing.priced(model):
+        raise unpriced_error(model)
+    estimate = ctx.limiter.estimate(prompt_estimate, max_tokens)
+    reservation = await _reserve(ctx, model, prompt_estimate, estimate - prompt_estimate)
+    prompt_tokens = completion_tokens = 0
+    try:
+        ticket = await ctx.limiter.acquire(estimate)
+        ctx.mark_sent(request.slot)
+        try:
+            response = await ctx.client.send(body)
+        except RequestFailed as exc:
+            # A body cut off after its status line is no success, whatever the status said.
+            status = None if exc.code == "connection_error" else exc.status
+            ctx.limiter.release(ticket, status=status, headers=exc.headers, retry_after=exc.retry_after)
+            raise
+        except BaseException:
+            # Cut off (a drain's cancel) or a bug: the slot comes back, or a shared limiter loses it for good.
+            ctx.limiter.release(ticket, status=None)
+            raise
+        usage = response.data.get("usage")
+        counted = isinstance(usage, dict)
+        if isinstance(usage, dict):
+            prompt_tokens = _count(usage.get("prompt_tokens"))
+            completion_tokens = _count(usage.get("completion_tokens"))
+        ctx.limiter.release(ticket, status=200, headers=response.headers,
+                            total_tokens=prompt_tokens + completion_tokens if counted else None,
+                            completion_tokens=completion_tokens if counted else None)  # fmt: skip
+        return response
+    finally:
+        if reservation is not None:
+            ctx.budget.settle(reservation, model, prompt_tokens, completion_tokens)
+
+
+async def _reserve(ctx: Context, model: str | None, prompt_tokens: int, completion_tokens: int) -> Reservation | None:
+    """Hold budget for one attempt, waiting for in-flight settlements; a stop at the cap."""
+    budget = ctx.budget
+    while budget.active:
+        if ctx.stopping.is_set():
+            raise Stopped
+        reservation = budget.reserve(model, prompt_tokens, completion_tokens)
+        if reservation is not None:
+            return reservation
+        if not budget.outstanding:
+            raise BudgetExceeded(f"budget cap reached: {budget.describe()}; raise the cap and rerun to continue")
+        await budget.changed()
+    return None
+
+
+async def _sleep(seconds: float, ctx: Context) -> None:
+    """Wait before a retry, unless the run is stopping (then the row is cut off, not failed)."""
+    if ctx.stopping.is_set():
+        raise Stopped
+    if seconds > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.stopping.wait(), seconds)
+    if ctx.stopping.is_set():
+        raise Stopped
+
+
+def _log_retry(state: RetryCallState) -> None:
+    if state.outcome is not None:
+        exc = state.outcome.exception()
+        from inferbatch.progress import logfmt
+
+        log.info(logfmt("retry", attempt=state.attempt_number, status=getattr(exc, "status", None),
+                        wait_s=round(state.upcoming_sleep, 2), error=str(exc)[:200]))  # fmt: skip
+
+
+def _count(value: Any) -> int:
+    return value if type(value) is int and value >= 0 else 0
