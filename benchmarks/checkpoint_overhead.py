@@ -76,8 +76,12 @@ def main() -> None:
     with open(source, "w") as handle:
         for i in range(args.rows):
             handle.write(json.dumps({"id": f"r{i}", "messages": [{"role": "user", "content": f"question {i}"}]}) + "\n")
-    sim = subprocess.Popen([sys.executable, "-m", "inferbatch", "simulate", "--port", "0"],
-                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "inferbatch", "simulate", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     assert sim.stdout is not None
     url = sim.stdout.readline().strip()
     rates: dict[bool, list[float]] = {True: [], False: []}

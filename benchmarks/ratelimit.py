@@ -54,8 +54,18 @@ class Simulator:
     """``inferbatch simulate`` as its own process; ``url`` is its base URL."""
 
     def __init__(self, rpm: int, latency_ms: float, retry_after: bool, log: Path) -> None:
-        cmd = [sys.executable, "-m", "inferbatch", "simulate", "--port", "0", "--rpm", str(rpm),
-               "--latency-ms", str(latency_ms)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "inferbatch",
+            "simulate",
+            "--port",
+            "0",
+            "--rpm",
+            str(rpm),
+            "--latency-ms",
+            str(latency_ms),
+        ]
         if not retry_after:
             cmd.append("--no-retry-after")
         self.cmd = cmd
@@ -169,8 +179,16 @@ def _finish(name: str, sim: Simulator, sampler: Sampler, duration: float, rpm: i
     by = final["by_status"]
     first = next((ts for ts, req, _, _ in sampler.samples if req > 0), None)
     other = {k: v for k, v in by.items() if k not in ("200", "429")}
-    result = Result(name, duration, final["requests"], by.get("200", 0), by.get("429", 0), rpm,
-                    first_request_s=first, samples=sampler.samples)  # fmt: skip
+    result = Result(
+        name,
+        duration,
+        final["requests"],
+        by.get("200", 0),
+        by.get("429", 0),
+        rpm,
+        first_request_s=first,
+        samples=sampler.samples,
+    )
     if other:
         result.notes.append(f"other statuses: {other}")
     return result
@@ -187,8 +205,21 @@ def run_inferbatch(name: str, args: argparse.Namespace, workdir: Path, retry_aft
             for i in range(rows):
                 f.write(json.dumps({"id": f"r{i}", "prompt": f"benchmark row {i}: say something short"}) + "\n")
         out = workdir / f"{tag}.out.jsonl"
-        cmd = [sys.executable, "-m", "inferbatch", "run", str(input_path), "-o", str(out), "-c", str(args.concurrency),
-               "--drain-timeout", "5", "--summary-json", str(workdir / f"{tag}.summary.json")]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "inferbatch",
+            "run",
+            str(input_path),
+            "-o",
+            str(out),
+            "-c",
+            str(args.concurrency),
+            "--drain-timeout",
+            "5",
+            "--summary-json",
+            str(workdir / f"{tag}.summary.json"),
+        ]
         env = dict(os.environ, INFERENCE_URL=sim.url, INFERENCE_KEY="benchmark-key", INFERENCE_MODEL_ID=MODEL)
         stderr_path = workdir / f"{tag}.stderr.log"
         with open(stderr_path, "wb") as stderr:
@@ -284,23 +315,31 @@ def versions() -> str:
         nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         nproc = str(os.cpu_count())
-    return (f"python {platform.python_version()}, aiohttp {aiohttp.__version__}, inferbatch {inferbatch_source()}, "
-            f"nproc {nproc}, {platform.system()} {platform.machine()}")  # fmt: skip
+    return (
+        f"python {platform.python_version()}, aiohttp {aiohttp.__version__}, inferbatch {inferbatch_source()}, "
+        f"nproc {nproc}, {platform.system()} {platform.machine()}"
+    )
 
 
 def inferbatch_source() -> str:
     """Where the subprocesses import inferbatch from (PYTHONPATH is honoured), and its git commit if any."""
     try:
-        path = subprocess.run([sys.executable, "-c", "import inferbatch; print(inferbatch.__file__)"],
-                              capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        path = subprocess.run(
+            [sys.executable, "-c", "import inferbatch; print(inferbatch.__file__)"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "?"
     where = str(Path(path).parent.parent)
     try:
-        commit = subprocess.run(["git", "-C", where, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--", "."], capture_output=True,
-                               text=True, check=True).stdout.strip()  # fmt: skip
+        commit = subprocess.run(
+            ["git", "-C", where, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", where, "status", "--porcelain", "--", "."], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return f"from {where}"
     return f"from {where} at {commit}{' (uncommitted changes)' if dirty else ''}"
@@ -312,8 +351,10 @@ def table(results: list[Result]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        lines.append(f"| {r.client} | {r.duration_s:.1f} | {r.requests} | {r.ok} | {r.rate_limited} | "
-                     f"{r.share_429:.1f} | {r.achieved_rpm:.1f} | {r.share_of_limit:.1f} |")  # fmt: skip
+        lines.append(
+            f"| {r.client} | {r.duration_s:.1f} | {r.requests} | {r.ok} | {r.rate_limited} | "
+            f"{r.share_429:.1f} | {r.achieved_rpm:.1f} | {r.share_of_limit:.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -331,8 +372,9 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=200.0, help="seconds per client [200]")
     parser.add_argument("-c", "--concurrency", type=int, default=16, help="concurrency of every client [16]")
     parser.add_argument("--latency-ms", type=float, default=50.0, help="simulator latency [50]")
-    parser.add_argument("--clients", default=",".join(CLIENTS),
-                        help=f"comma-separated subset of {','.join(CLIENTS)} [all]")  # fmt: skip
+    parser.add_argument(
+        "--clients", default=",".join(CLIENTS), help=f"comma-separated subset of {','.join(CLIENTS)} [all]"
+    )
     parser.add_argument("--keep", metavar="DIR", help="keep inputs, outputs and logs in DIR (default: a temp dir)")
     args = parser.parse_args()
     chosen = [c.strip() for c in args.clients.split(",") if c.strip()]
@@ -357,18 +399,25 @@ def main() -> None:
             else:
                 results.append(run_inferbatch(f"inferbatch -c {c}, no Retry-After", args, workdir, retry_after=False))
             r = results[-1]
-            print(f"  {r.client}: requests={r.requests} ok={r.ok} 429={r.rate_limited} "
-                  f"share={r.share_of_limit:.1f}%", file=sys.stderr, flush=True)  # fmt: skip
+            print(
+                f"  {r.client}: requests={r.requests} ok={r.ok} 429={r.rate_limited} share={r.share_of_limit:.1f}%",
+                file=sys.stderr,
+                flush=True,
+            )
 
         print(f"Command: `{command}`  ")
-        print(f"Settings: simulator `--rpm {args.rpm} --latency-ms {args.latency_ms:g}` (60 s sliding window), "
-              f"{args.duration:g} s per client, `-c {c}`  ")  # fmt: skip
+        print(
+            f"Settings: simulator `--rpm {args.rpm} --latency-ms {args.latency_ms:g}` (60 s sliding window), "
+            f"{args.duration:g} s per client, `-c {c}`  "
+        )
         print(f"Environment: {versions()}")
         print()
         print(table(results))
         print()
-        print("Per 60 s window since the client started (from 1 s samples of `/stats`; requests count on arrival, "
-              "200s on completion, so a window can be off by one at its edges):")  # fmt: skip
+        print(
+            "Per 60 s window since the client started (from 1 s samples of `/stats`; requests count on arrival, "
+            "200s on completion, so a window can be off by one at its edges):"
+        )
         print()
         print(window_table(results))
         notes = [(r.client, n) for r in results for n in r.notes]

@@ -75,8 +75,9 @@ class Stub:
         self.latency_ms = latency_ms
         self.proc = subprocess.Popen(
             [PY, str(HERE / "stub_server.py"), "--latency-ms", str(latency_ms)],
-            stdout=subprocess.PIPE, text=True,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()
         if not self.url.startswith("http://"):
@@ -129,14 +130,26 @@ def make_input(directory: Path, rows: int) -> Path:
     return path
 
 
-def client_command(client: str, url: str, source: Path, output: Path, concurrency: int) -> tuple[list[str], dict[str, str]]:
+def client_command(
+    client: str, url: str, source: Path, output: Path, concurrency: int
+) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
     if client == "inferbatch":
         env.update(INFERENCE_URL=url, INFERENCE_KEY="x", INFERENCE_MODEL_ID=MODEL)
         return [*inferbatch_command(), "run", str(source), "-o", str(output), "-c", str(concurrency), "-q"], env
     script = {"openai-sdk": "openai_sdk.py", "bare-aiohttp": "bare_aiohttp.py"}[client]
-    return [PY, str(HERE / "clients" / script), str(source), str(output), "-c", str(concurrency), "--url", url,
-            "--model", MODEL], env  # fmt: skip
+    return [
+        PY,
+        str(HERE / "clients" / script),
+        str(source),
+        str(output),
+        "-c",
+        str(concurrency),
+        "--url",
+        url,
+        "--model",
+        MODEL,
+    ], env
 
 
 def count_ok(client: str, output: Path) -> int:
@@ -182,8 +195,14 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None, stderr_path: Pa
         result_path = Path(tmp.name)
     err = open(stderr_path, "wb") if stderr_path else subprocess.DEVNULL  # noqa: SIM115
     try:
-        subprocess.run([PY, "-S", "-c", LAUNCHER, str(result_path), *cmd], env=env, stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=err, check=True)  # fmt: skip
+        subprocess.run(
+            [PY, "-S", "-c", LAUNCHER, str(result_path), *cmd],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            check=True,
+        )
         usage = json.loads(result_path.read_text())
     finally:
         if stderr_path:
@@ -199,8 +218,9 @@ def run_child(cmd: list[str], env: dict[str, str] | None = None, stderr_path: Pa
     }
 
 
-def measure(client: str, stub: Stub, source: Path, rows: int, output: Path, concurrency: int,
-            workdir: Path) -> dict[str, Any]:  # fmt: skip
+def measure(
+    client: str, stub: Stub, source: Path, rows: int, output: Path, concurrency: int, workdir: Path
+) -> dict[str, Any]:
     cleanup(output)
     cmd, env = client_command(client, stub.url, source, output, concurrency)
     stub.reset()
@@ -238,15 +258,34 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def client_table(by_client: dict[str, list[dict[str, Any]]]) -> str:
-    header = ["client", "wall s", "req/s", "req/s in server window", "CPU s", "CPU µs/row", "peak RSS MB",
-              "stub CPU %", "ok rows", "runs"]  # fmt: skip
+    header = [
+        "client",
+        "wall s",
+        "req/s",
+        "req/s in server window",
+        "CPU s",
+        "CPU µs/row",
+        "peak RSS MB",
+        "stub CPU %",
+        "ok rows",
+        "runs",
+    ]
     rows = []
     for client, runs in by_client.items():
-        rows.append([
-            f"`{client}`", f"{med(runs, 'wall_s'):.2f}", f"{med(runs, 'rps'):,.0f}", f"{med(runs, 'window_rps'):,.0f}",
-            f"{med(runs, 'cpu_s'):.2f}", f"{med(runs, 'cpu_us_per_row'):,.0f}", f"{med(runs, 'rss_mb'):.1f}",
-            f"{med(runs, 'server_cpu_pct'):.0f}", f"{min(r['ok'] for r in runs):,}/{runs[0]['rows']:,}", str(len(runs)),
-        ])  # fmt: skip
+        rows.append(
+            [
+                f"`{client}`",
+                f"{med(runs, 'wall_s'):.2f}",
+                f"{med(runs, 'rps'):,.0f}",
+                f"{med(runs, 'window_rps'):,.0f}",
+                f"{med(runs, 'cpu_s'):.2f}",
+                f"{med(runs, 'cpu_us_per_row'):,.0f}",
+                f"{med(runs, 'rss_mb'):.1f}",
+                f"{med(runs, 'server_cpu_pct'):.0f}",
+                f"{min(r['ok'] for r in runs):,}/{runs[0]['rows']:,}",
+                str(len(runs)),
+            ]
+        )
     return table(header, rows)
 
 
@@ -267,8 +306,9 @@ def warm_up(stub: Stub, workdir: Path, clients: tuple[str, ...], concurrency: in
         measure(client, stub, source, WARMUP_ROWS, workdir / f"warmup-{client}.jsonl", concurrency, workdir)
 
 
-def compare_clients(name: str, spec: dict[str, int], repeats: int, workdir: Path,
-                    clients: tuple[str, ...] = CLIENTS) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+def compare_clients(
+    name: str, spec: dict[str, int], repeats: int, workdir: Path, clients: tuple[str, ...] = CLIENTS
+) -> dict[str, list[dict[str, Any]]]:
     source = make_input(workdir, spec["rows"])
     by_client: dict[str, list[dict[str, Any]]] = {c: [] for c in clients}
     with Stub(spec["latency_ms"]) as stub:
@@ -276,13 +316,16 @@ def compare_clients(name: str, spec: dict[str, int], repeats: int, workdir: Path
         warm_up(stub, workdir, clients, spec["concurrency"])
         for round_no in range(1, repeats + 1):
             for client in clients:
-                result = measure(client, stub, source, spec["rows"], workdir / f"out-{client}.jsonl",
-                                 spec["concurrency"], workdir)  # fmt: skip
+                result = measure(
+                    client, stub, source, spec["rows"], workdir / f"out-{client}.jsonl", spec["concurrency"], workdir
+                )
                 result["round"] = round_no
                 by_client[client].append(result)
-                log(f"{name} round {round_no} {client}: wall={result['wall_s']:.2f}s rps={result['rps']:,.0f} "
+                log(
+                    f"{name} round {round_no} {client}: wall={result['wall_s']:.2f}s rps={result['rps']:,.0f} "
                     f"window_rps={result['window_rps']:,.0f} cpu={result['cpu_s']:.2f}s rss={result['rss_mb']:.1f}MB "
-                    f"stub_cpu={result['server_cpu_pct']:.0f}% ok={result['ok']}")  # fmt: skip
+                    f"stub_cpu={result['server_cpu_pct']:.0f}% ok={result['ok']}"
+                )
     return by_client
 
 
@@ -294,17 +337,19 @@ def scenario_s1(repeats: int, workdir: Path, raw: dict[str, Any]) -> str:
     vs_bare_w = ratio(by_client, "inferbatch", "bare-aiohttp", "window_rps")
     vs_sdk_w = ratio(by_client, "inferbatch", "openai-sdk", "window_rps")
     cpu_vs_bare = ratio(by_client, "inferbatch", "bare-aiohttp", "cpu_s")
-    return "\n".join([
-        f"### S1 throughput: zero latency, {S1['rows']:,} rows, -c {S1['concurrency']} (median of {repeats})",
-        "",
-        client_table(by_client),
-        "",
-        f"- inferbatch / bare-aiohttp req/s: **{vs_bare:.2f}×** (goal ≥ 0.8×) {verdict(vs_bare >= 0.8)}; "
-        f"in the server window {vs_bare_w:.2f}×",
-        f"- inferbatch / openai-sdk req/s: **{vs_sdk:.1f}×** (goal ≥ 10×) {verdict(vs_sdk >= 10)}; "
-        f"in the server window {vs_sdk_w:.1f}×",
-        f"- inferbatch / bare-aiohttp CPU seconds: {cpu_vs_bare:.2f}×",
-    ])  # fmt: skip
+    return "\n".join(
+        [
+            f"### S1 throughput: zero latency, {S1['rows']:,} rows, -c {S1['concurrency']} (median of {repeats})",
+            "",
+            client_table(by_client),
+            "",
+            f"- inferbatch / bare-aiohttp req/s: **{vs_bare:.2f}×** (goal ≥ 0.8×) {verdict(vs_bare >= 0.8)}; "
+            f"in the server window {vs_bare_w:.2f}×",
+            f"- inferbatch / openai-sdk req/s: **{vs_sdk:.1f}×** (goal ≥ 10×) {verdict(vs_sdk >= 10)}; "
+            f"in the server window {vs_sdk_w:.1f}×",
+            f"- inferbatch / bare-aiohttp CPU seconds: {cpu_vs_bare:.2f}×",
+        ]
+    )
 
 
 def scenario_s2(repeats: int, workdir: Path, raw: dict[str, Any]) -> str:
@@ -331,8 +376,14 @@ def scenario_s2(repeats: int, workdir: Path, raw: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def scenario_s3(repeats: int, workdir: Path, raw: dict[str, Any], million: bool, million_formats: list[str],
-                million_only: bool = False) -> str:  # fmt: skip
+def scenario_s3(
+    repeats: int,
+    workdir: Path,
+    raw: dict[str, Any],
+    million: bool,
+    million_formats: list[str],
+    million_only: bool = False,
+) -> str:
     formats = ("jsonl", "parquet")
     if million_only:
         repeats = 0
@@ -344,34 +395,61 @@ def scenario_s3(repeats: int, workdir: Path, raw: dict[str, Any], million: bool,
         for round_no in range(1, repeats + 1):
             for n in S3_ROWS:
                 for fmt in formats:
-                    result = measure("inferbatch", stub, sources[n], n, workdir / f"out-s3.{fmt}", S3_CONCURRENCY,
-                                     workdir)  # fmt: skip
+                    result = measure(
+                        "inferbatch", stub, sources[n], n, workdir / f"out-s3.{fmt}", S3_CONCURRENCY, workdir
+                    )
                     result.update(round=round_no, format=fmt)
                     runs[(n, fmt)].append(result)
-                    log(f"S3 round {round_no} rows={n:,} {fmt}: wall={result['wall_s']:.2f}s rps={result['rps']:,.0f} "
-                        f"cpu={result['cpu_s']:.2f}s rss={result['rss_mb']:.1f}MB ok={result['ok']}")  # fmt: skip
+                    log(
+                        f"S3 round {round_no} rows={n:,} {fmt}: wall={result['wall_s']:.2f}s rps={result['rps']:,.0f} "
+                        f"cpu={result['cpu_s']:.2f}s rss={result['rss_mb']:.1f}MB ok={result['ok']}"
+                    )
         million_runs: dict[str, dict[str, Any]] = {}
         if million:
             source = make_input(workdir, MILLION)
             for fmt in million_formats:
                 log(f"S3 million rows {fmt} ...")
-                result = measure("inferbatch", stub, source, MILLION, workdir / f"out-s3m.{fmt}", S3_CONCURRENCY,
-                                 workdir)  # fmt: skip
+                result = measure(
+                    "inferbatch", stub, source, MILLION, workdir / f"out-s3m.{fmt}", S3_CONCURRENCY, workdir
+                )
                 result.update(round=1, format=fmt)
                 million_runs[fmt] = result
-                log(f"S3 rows={MILLION:,} {fmt}: wall={result['wall_s']:.2f}s rps={result['rps']:,.0f} "
-                    f"cpu={result['cpu_s']:.2f}s rss={result['rss_mb']:.1f}MB ok={result['ok']}")  # fmt: skip
+                log(
+                    f"S3 rows={MILLION:,} {fmt}: wall={result['wall_s']:.2f}s rps={result['rps']:,.0f} "
+                    f"cpu={result['cpu_s']:.2f}s rss={result['rss_mb']:.1f}MB ok={result['ok']}"
+                )
     raw["S3"] = {f"{n}-{f}": v for (n, f), v in runs.items()} | {f"{MILLION}-{f}": [v] for f, v in million_runs.items()}
 
     header = ["rows", "output", "wall s", "req/s", "CPU s", "CPU µs/row", "peak RSS MB", "ok rows", "runs"]
     rows = []
     for (n, fmt), rs in runs.items():
-        rows.append([f"{n:,}", fmt, f"{med(rs, 'wall_s'):.2f}", f"{med(rs, 'rps'):,.0f}", f"{med(rs, 'cpu_s'):.2f}",
-                     f"{med(rs, 'cpu_us_per_row'):,.0f}", f"{med(rs, 'rss_mb'):.1f}",
-                     f"{min(r['ok'] for r in rs):,}/{n:,}", str(len(rs))])  # fmt: skip
+        rows.append(
+            [
+                f"{n:,}",
+                fmt,
+                f"{med(rs, 'wall_s'):.2f}",
+                f"{med(rs, 'rps'):,.0f}",
+                f"{med(rs, 'cpu_s'):.2f}",
+                f"{med(rs, 'cpu_us_per_row'):,.0f}",
+                f"{med(rs, 'rss_mb'):.1f}",
+                f"{min(r['ok'] for r in rs):,}/{n:,}",
+                str(len(rs)),
+            ]
+        )
     for fmt, r in million_runs.items():
-        rows.append([f"{MILLION:,}", fmt, f"{r['wall_s']:.2f}", f"{r['rps']:,.0f}", f"{r['cpu_s']:.2f}",
-                     f"{r['cpu_us_per_row']:,.0f}", f"{r['rss_mb']:.1f}", f"{r['ok']:,}/{MILLION:,}", "1"])  # fmt: skip
+        rows.append(
+            [
+                f"{MILLION:,}",
+                fmt,
+                f"{r['wall_s']:.2f}",
+                f"{r['rps']:,.0f}",
+                f"{r['cpu_s']:.2f}",
+                f"{r['cpu_us_per_row']:,.0f}",
+                f"{r['rss_mb']:.1f}",
+                f"{r['ok']:,}/{MILLION:,}",
+                "1",
+            ]
+        )
     lines = [
         f"### S3 memory: inferbatch only, zero latency, -c {S3_CONCURRENCY} (median of {repeats or 1})",
         "",
@@ -380,11 +458,17 @@ def scenario_s3(repeats: int, workdir: Path, raw: dict[str, Any], million: bool,
     ]
     small, big = S3_ROWS
     for fmt in formats if repeats else ():
-        r = statistics.median(b["rss_mb"] / s["rss_mb"] for s, b in zip(runs[(small, fmt)], runs[(big, fmt)], strict=True))
-        lines.append(f"- {fmt}: peak RSS at {big:,} rows / at {small:,} rows: **{r:.2f}×** (goal ≤ 1.25×) {verdict(r <= 1.25)}")
+        r = statistics.median(
+            b["rss_mb"] / s["rss_mb"] for s, b in zip(runs[(small, fmt)], runs[(big, fmt)], strict=True)
+        )
+        lines.append(
+            f"- {fmt}: peak RSS at {big:,} rows / at {small:,} rows: **{r:.2f}×** (goal ≤ 1.25×) {verdict(r <= 1.25)}"
+        )
     for fmt, r in million_runs.items():
-        lines.append(f"- {fmt}: peak RSS at {MILLION:,} rows: **{r['rss_mb']:.0f} MB** (goal < 200 MB) "
-                     f"{verdict(r['rss_mb'] < 200)}")  # fmt: skip
+        lines.append(
+            f"- {fmt}: peak RSS at {MILLION:,} rows: **{r['rss_mb']:.0f} MB** (goal < 200 MB) "
+            f"{verdict(r['rss_mb'] < 200)}"
+        )
     return "\n".join(lines)
 
 
@@ -403,10 +487,17 @@ def scenario_s4(workdir: Path, raw: dict[str, Any], runs: int = 10) -> str:
         raw["S4"][label] = results
         wall = med(results, "wall_s")
         log(f"S4 {label}: median {wall:.3f}s")
-        rows.append([label, f"{wall:.3f}", f"{min(r['wall_s'] for r in results):.3f}",
-                     f"{max(r['wall_s'] for r in results):.3f}", f"{med(results, 'cpu_s'):.3f}",
-                     f"{med(results, 'rss_mb'):.1f}",
-                     f"< {goal} s {verdict(wall < goal)}" if goal else "—"])  # fmt: skip
+        rows.append(
+            [
+                label,
+                f"{wall:.3f}",
+                f"{min(r['wall_s'] for r in results):.3f}",
+                f"{max(r['wall_s'] for r in results):.3f}",
+                f"{med(results, 'cpu_s'):.3f}",
+                f"{med(results, 'rss_mb'):.1f}",
+                f"< {goal} s {verdict(wall < goal)}" if goal else "—",
+            ]
+        )
     return "\n".join([f"### S4 start-up (median of {runs})", "", table(header, rows)])
 
 
@@ -427,10 +518,12 @@ def inferbatch_source() -> str:
         return "not importable"
     where = Path(spec.origin).resolve().parent
     try:
-        commit = subprocess.run(["git", "-C", str(where), "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--", "."], capture_output=True,
-                               text=True, check=True).stdout.strip()  # fmt: skip
+        commit = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(where), "status", "--porcelain", "--", "."], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return f"{where} (not a git checkout)"
     return f"{where} at {commit}{' + uncommitted changes' if dirty else ''}"
@@ -448,7 +541,7 @@ def machine_info() -> str:
         pass
     mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     items = [
-        ("date", dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")),
+        ("date", dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")),
         ("nproc", f"{len(os.sched_getaffinity(0))} ({cpu}), {mem_gib:.0f} GiB RAM"),
         ("os", f"{platform.system()} {platform.release()}"),
         ("python", f"{platform.python_version()} ({platform.python_implementation()})"),
@@ -498,8 +591,9 @@ def main(argv: list[str] | None = None) -> int:
     steps: dict[str, Callable[[], str]] = {
         "S1": lambda: scenario_s1(args.repeats, workdir, raw),
         "S2": lambda: scenario_s2(args.repeats, workdir, raw),
-        "S3": lambda: scenario_s3(args.repeats, workdir, raw, args.million or args.million_only,
-                                  million_formats, args.million_only),
+        "S3": lambda: scenario_s3(
+            args.repeats, workdir, raw, args.million or args.million_only, million_formats, args.million_only
+        ),
         "S4": lambda: scenario_s4(workdir, raw),
     }
     try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -64,7 +65,9 @@ def _response(status: str, body: bytes, keep_alive: bool = True) -> bytes:
 OK_KEEP = _response("200 OK", COMPLETION)
 OK_CLOSE = _response("200 OK", COMPLETION, keep_alive=False)
 NOT_FOUND = _response("404 Not Found", b'{"error":{"code":"not_found","message":"no such route"}}', keep_alive=False)
-BAD_REQUEST = _response("400 Bad Request", b'{"error":{"code":"bad_request","message":"bad request"}}', keep_alive=False)
+BAD_REQUEST = _response(
+    "400 Bad Request", b'{"error":{"code":"bad_request","message":"bad request"}}', keep_alive=False
+)
 HEALTH = _response("200 OK", b'{"ok":true}')
 MAX_HEAD = 64 * 1024
 
@@ -223,10 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0, help="0: any free port (the URL is printed)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before each completion response")
     args = parser.parse_args(argv)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.host, args.port, args.latency_ms))
-    except KeyboardInterrupt:
-        pass
     sys.stdout.flush()
 
 

@@ -23,7 +23,14 @@ from inferbatch.simulator import SimOptions, SimServer, in_thread
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test sees the developer's real INFERENCE_* variables."""
-    for name in ("INFERENCE_URL", "INFERENCE_KEY", "INFERENCE_MODEL_ID", "AWS_ENDPOINT_URL", "DYNO", "INFERBATCH_SHARDS"):
+    for name in (
+        "INFERENCE_URL",
+        "INFERENCE_KEY",
+        "INFERENCE_MODEL_ID",
+        "AWS_ENDPOINT_URL",
+        "DYNO",
+        "INFERBATCH_SHARDS",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -97,8 +104,10 @@ def sim_process() -> Iterator[Any]:
     def start(*args: str) -> SimProcess:
         proc = subprocess.Popen(
             [sys.executable, "-m", "inferbatch", "simulate", "--port", "0", *args],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         procs.append(proc)
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
@@ -125,9 +134,13 @@ def wait_for_lines(path: Path, minimum: int, timeout: float = 30) -> int:
 def run_process(args: list[str], url: str, **kwargs: Any) -> subprocess.Popen[str]:
     env = {**os.environ, "INFERENCE_URL": url, "INFERENCE_KEY": "test-key", "INFERENCE_MODEL_ID": "sim-model"}
     return subprocess.Popen(
-        [sys.executable, "-m", "inferbatch", "run", *args], env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs,
-    )  # fmt: skip
+        [sys.executable, "-m", "inferbatch", "run", *args],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kwargs,
+    )
 
 
 def wait_for_stats(server: SimProcess, timeout: float = 30, **minimums: int) -> dict[str, Any]:

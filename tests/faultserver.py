@@ -19,6 +19,7 @@ that count from reaching the total).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import json
 import os
@@ -90,20 +91,26 @@ def _body(spec: BodySpec, seen: Seen) -> bytes:
     return json.dumps(value).encode()
 
 
-def completion(content: str = "fine", *, tool_calls: list[Any] | None = None,
-               id: str = "chatcmpl-fault") -> dict[str, Any]:  # fmt: skip
+def completion(
+    content: str = "fine", *, tool_calls: list[Any] | None = None, id: str = "chatcmpl-fault"
+) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if tool_calls is not None:
         message["tool_calls"] = tool_calls
     return {
-        "id": id, "object": "chat.completion", "model": "fault-model",
+        "id": id,
+        "object": "chat.completion",
+        "model": "fault-model",
         "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
         "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
-    }  # fmt: skip
+    }
 
 
-def quota_body(code: str, message: str = "You exceeded your current quota, please check your plan and billing.",
-               type_: str = "insufficient_quota") -> dict[str, Any]:  # fmt: skip
+def quota_body(
+    code: str,
+    message: str = "You exceeded your current quota, please check your plan and billing.",
+    type_: str = "insufficient_quota",
+) -> dict[str, Any]:
     return {"error": {"code": code, "message": message, "type": type_}}
 
 
@@ -125,8 +132,14 @@ async def _write(writer: asyncio.StreamWriter, data: bytes, outcome: Outcome) ->
     return True
 
 
-def respond(status: int = 200, body: BodySpec = b"", *, headers: HeaderSpec = None,
-            content_type: str = "application/json", content_length: bool = True) -> Action:  # fmt: skip
+def respond(
+    status: int = 200,
+    body: BodySpec = b"",
+    *,
+    headers: HeaderSpec = None,
+    content_type: str = "application/json",
+    content_length: bool = True,
+) -> Action:
     """A complete answer; without ``content_length`` the body is delimited by closing the connection."""
 
     async def act(seen: Seen, writer: asyncio.StreamWriter, outcome: Outcome) -> bool:
@@ -160,10 +173,8 @@ def _abort(writer: asyncio.StreamWriter) -> None:
     """Close with a TCP reset (SO_LINGER 0), not a polite FIN."""
     sock = writer.get_extra_info("socket")
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
     writer.transport.abort()
 
 
@@ -255,8 +266,9 @@ def gzip_garbage(status: int = 200) -> Action:
 
     async def act(seen: Seen, writer: asyncio.StreamWriter, outcome: Outcome) -> bool:
         noise = gzip.compress(json.dumps(completion()).encode())[:10] + os.urandom(200)
-        head = _head(status, {"Content-Type": "application/json", "Content-Encoding": "gzip",
-                              "Content-Length": str(len(noise))})  # fmt: skip
+        head = _head(
+            status, {"Content-Type": "application/json", "Content-Encoding": "gzip", "Content-Length": str(len(noise))}
+        )
         outcome.total = len(noise)
         await _write(writer, head + noise, outcome)
         return True
@@ -270,8 +282,9 @@ def gzip_bomb(size: int) -> Action:
     async def act(seen: Seen, writer: asyncio.StreamWriter, outcome: Outcome) -> bool:
         content = b"a" * size
         packed = gzip.compress(b'{"choices": [{"message": {"content": "' + content + b'"}}]}', compresslevel=9)
-        head = _head(200, {"Content-Type": "application/json", "Content-Encoding": "gzip",
-                           "Content-Length": str(len(packed))})  # fmt: skip
+        head = _head(
+            200, {"Content-Type": "application/json", "Content-Encoding": "gzip", "Content-Length": str(len(packed))}
+        )
         outcome.total = len(packed)
         await _write(writer, head + packed, outcome)
         return True

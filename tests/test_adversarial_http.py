@@ -28,9 +28,22 @@ from click.testing import CliRunner
 
 from conftest import invoke, read_jsonl, write_jsonl
 from faultserver import (
-    FaultServer, completion, garbage_status, gzip_bomb, gzip_garbage, hang, json_error, ok, ok_from, oversized,
-    quota_body, reset_mid_body, respond, running, truncated,
-)  # fmt: skip
+    FaultServer,
+    completion,
+    garbage_status,
+    gzip_bomb,
+    gzip_garbage,
+    hang,
+    json_error,
+    ok,
+    ok_from,
+    oversized,
+    quota_body,
+    reset_mid_body,
+    respond,
+    running,
+    truncated,
+)
 from inferbatch.client import MAX_RESPONSE_BYTES, Client
 from inferbatch.errors import Fatal, QuotaRejected, RequestFailed, Retryable
 
@@ -79,8 +92,11 @@ def assert_no_key_anywhere(result: Any, output: Path) -> None:
 
 
 def cli(runner: CliRunner, server: FaultServer, source: Path, output: Path, *extra: str) -> Any:
-    return invoke(runner, ["run", str(source), "-o", str(output), "--url", server.url, *extra],
-                  env={"INFERENCE_KEY": KEY, "INFERENCE_MODEL_ID": "fault-model"})  # fmt: skip
+    return invoke(
+        runner,
+        ["run", str(source), "-o", str(output), "--url", server.url, *extra],
+        env={"INFERENCE_KEY": KEY, "INFERENCE_MODEL_ID": "fault-model"},
+    )
 
 
 def prompts(*names: str) -> list[dict[str, Any]]:
@@ -188,8 +204,9 @@ def test_a_40_mb_body_does_not_balloon_memory(fault: FaultServer, framing: str, 
     """SPEC §8.37 and §6 (512 MB dynos): a 40 MB answer, valid JSON, costs at most the 32 MiB limit (nothing, with
     Content-Length). Reading it whole and parsing it grew the peak RSS by about 115 MB."""
     fault.on("big", oversized(FORTY_MB, framing=framing))
-    child = subprocess.run([sys.executable, "-c", RSS_CHILD, fault.chat_url, "big"], capture_output=True, text=True,
-                           timeout=120)  # fmt: skip
+    child = subprocess.run(
+        [sys.executable, "-c", RSS_CHILD, fault.chat_url, "big"], capture_output=True, text=True, timeout=120
+    )
     assert child.returncode == 0, child.stderr[-2000:]
     figures = json.loads(child.stdout)
     assert figures["code"] == "response_too_large"
@@ -202,8 +219,16 @@ async def test_headers_and_bodies_echoing_the_key_are_scrubbed(fault: FaultServe
     hands back [REDACTED] in every place a caller could write."""
     fault.on("rid", ok(headers=lambda seen: {"x-request-id": seen.key}))
     fault.on("rid-part", ok(headers=lambda seen: {"x-request-id": "req_" + seen.key[9:21]}))
-    fault.on("content", ok_from(lambda seen: completion(f"you sent {seen.key}", id="chatcmpl-" + seen.key[-10:],
-                                                        tool_calls=[{"function": {"arguments": seen.key[4:16]}}])))
+    fault.on(
+        "content",
+        ok_from(
+            lambda seen: completion(
+                f"you sent {seen.key}",
+                id="chatcmpl-" + seen.key[-10:],
+                tool_calls=[{"function": {"arguments": seen.key[4:16]}}],
+            )
+        ),
+    )
     fault.on("err-rid", json_error(500, "boom", "x", headers=lambda seen: {"x-request-id": seen.key}))
     for prompt in ("rid", "rid-part", "content", "err-rid"):
         got = await outcome(fault, prompt)
@@ -252,27 +277,79 @@ def test_cli_survives_every_fault_and_never_writes_a_piece_of_the_key(
     fault.on("big-chunked", oversized(FORTY_MB, framing="chunked"))
     fault.on("rid", ok(headers=lambda seen: {"x-request-id": seen.key}))
     fault.on("rid-part", ok(headers=lambda seen: {"x-request-id": "req_" + seen.key[3:14]}))
-    fault.on("echo", ok_from(lambda seen: completion(f"key {seen.key}; head {seen.key[:9]}", id="cc-" + seen.key[5:20],
-                                                     tool_calls=[{"function": {"arguments": seen.key[-12:]}}])))
-    fault.on("err-cut", respond(400, lambda seen: {"error": {"code": "invalid_request",
-                                                             "message": "w" * 285 + seen.key}}))  # across the cut
-    fault.on("err-html", respond(403, lambda seen: f"<html><b>blocked</b> {seen.key[2:30]}</html>",
-                                 content_type="text/html"))  # fmt: skip
-    fault.on("err-echo", respond(422, lambda seen: {"error": {"code": "bad", "message": f"bad key {seen.key}",
-                                                              "param": seen.key[6:20]}},
-                                 headers=lambda seen: {"x-request-id": seen.key[1:25]}))  # fmt: skip
-    fault.on("epoch", ok(headers={"x-ratelimit-remaining-requests": "50",
-                                  "x-ratelimit-reset-requests": str(now + 3600)}))  # fmt: skip
-    fault.on("garbage-reset", ok(headers={"x-ratelimit-remaining-requests": "0",
-                                          "x-ratelimit-reset-requests": "inf",
-                                          "x-ratelimit-limit-requests": "nan"}))  # fmt: skip
+    fault.on(
+        "echo",
+        ok_from(
+            lambda seen: completion(
+                f"key {seen.key}; head {seen.key[:9]}",
+                id="cc-" + seen.key[5:20],
+                tool_calls=[{"function": {"arguments": seen.key[-12:]}}],
+            )
+        ),
+    )
+    fault.on(
+        "err-cut", respond(400, lambda seen: {"error": {"code": "invalid_request", "message": "w" * 285 + seen.key}})
+    )  # across the cut
+    fault.on(
+        "err-html", respond(403, lambda seen: f"<html><b>blocked</b> {seen.key[2:30]}</html>", content_type="text/html")
+    )
+    fault.on(
+        "err-echo",
+        respond(
+            422,
+            lambda seen: {"error": {"code": "bad", "message": f"bad key {seen.key}", "param": seen.key[6:20]}},
+            headers=lambda seen: {"x-request-id": seen.key[1:25]},
+        ),
+    )
+    fault.on(
+        "epoch", ok(headers={"x-ratelimit-remaining-requests": "50", "x-ratelimit-reset-requests": str(now + 3600)})
+    )
+    fault.on(
+        "garbage-reset",
+        ok(
+            headers={
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": "inf",
+                "x-ratelimit-limit-requests": "nan",
+            }
+        ),
+    )
     fault.on("retry-after-inf", respond(429, {"error": {"message": "slow"}}, headers={"Retry-After": "inf"}))
-    names = ["reset", "truncated", "garbage", "gzip", "big", "big-chunked", "rid", "rid-part", "echo", "err-cut",
-             "err-html", "err-echo", "epoch", "garbage-reset", "retry-after-inf", "fine"]  # fmt: skip
+    names = [
+        "reset",
+        "truncated",
+        "garbage",
+        "gzip",
+        "big",
+        "big-chunked",
+        "rid",
+        "rid-part",
+        "echo",
+        "err-cut",
+        "err-html",
+        "err-echo",
+        "epoch",
+        "garbage-reset",
+        "retry-after-inf",
+        "fine",
+    ]
     source = write_jsonl(tmp_path / "in.jsonl", prompts(*names))
     output = tmp_path / "out.jsonl"
-    result = cli(runner, fault, source, output, "--max-attempts", "2", "-c", "4", "-v",
-                 "--output-format", output_format, "--summary-json", str(tmp_path / "summary.json"))  # fmt: skip
+    result = cli(
+        runner,
+        fault,
+        source,
+        output,
+        "--max-attempts",
+        "2",
+        "-c",
+        "4",
+        "-v",
+        "--output-format",
+        output_format,
+        "--summary-json",
+        str(tmp_path / "summary.json"),
+    )
     assert result.exit_code == 1, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert_no_key_anywhere(result, output)
@@ -288,11 +365,13 @@ def test_cli_survives_every_fault_and_never_writes_a_piece_of_the_key(
     else:
         rows = {r["custom_id"]: r for r in lines}
         got = {
-            n: ("ok" if rows[n]["error"] is None else "error",
+            n: (
+                "ok" if rows[n]["error"] is None else "error",
                 (rows[n]["response"] or {}).get("status_code"),
-                (rows[n]["error"] or {}).get("code", ""))
+                (rows[n]["error"] or {}).get("code", ""),
+            )
             for n in names
-        }  # fmt: skip
+        }
         attempts = None
         request_ids = {n: (rows[n]["response"] or {}).get("request_id") for n in names}
     expected_codes = {
@@ -325,8 +404,15 @@ def test_cli_survives_every_fault_and_never_writes_a_piece_of_the_key(
 def test_cli_epoch_reset_is_a_moment_not_56_years(fault: FaultServer, runner: CliRunner, tmp_path: Path) -> None:
     """`x-ratelimit-reset-requests: <Unix seconds>` with nothing left: the run waits until that moment (about a
     second here) and finishes; read as a duration it was a 56-year wait, now a quota stop."""
-    fault.on("first", ok(headers=lambda seen: {"x-ratelimit-remaining-requests": "0",
-                                               "x-ratelimit-reset-requests": str(int(time.time()) + 1)}))  # fmt: skip
+    fault.on(
+        "first",
+        ok(
+            headers=lambda seen: {
+                "x-ratelimit-remaining-requests": "0",
+                "x-ratelimit-reset-requests": str(int(time.time()) + 1),
+            }
+        ),
+    )
     source = write_jsonl(tmp_path / "in.jsonl", prompts("first", "second", "third"))
     output = tmp_path / "out.jsonl"
     result = cli(runner, fault, source, output, "-c", "1")
@@ -344,14 +430,17 @@ def final_message(stderr: str) -> str:
 
 
 @pytest.mark.parametrize("status", [429, 403])
-def test_cli_quota_error_stops_the_run_with_exit_3(fault: FaultServer, runner: CliRunner, tmp_path: Path,
-                                                   status: int) -> None:  # fmt: skip
+def test_cli_quota_error_stops_the_run_with_exit_3(
+    fault: FaultServer, runner: CliRunner, tmp_path: Path, status: int
+) -> None:
     """Needs the runner wiring. SPEC §4: an exhausted quota stops the run at once (exit 3, resumable), with a message
     naming it; the row that met it is not recorded as an error (a rerun after the reset sends it), and rows are not
     retried into the wall."""
-    fault.default = respond(status, quota_body("insufficient_quota"),
-                            headers={"x-ratelimit-remaining-tokens": "0",
-                                     "x-ratelimit-reset-tokens": str(int(time.time()) + 7200)})  # fmt: skip
+    fault.default = respond(
+        status,
+        quota_body("insufficient_quota"),
+        headers={"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": str(int(time.time()) + 7200)},
+    )
     source = write_jsonl(tmp_path / "in.jsonl", prompts(*(f"r{i}" for i in range(50))))
     output = tmp_path / "out.jsonl"
     result = cli(runner, fault, source, output, "-c", "2")
@@ -364,8 +453,9 @@ def test_cli_quota_error_stops_the_run_with_exit_3(fault: FaultServer, runner: C
     assert_no_key_anywhere(result, output)
 
 
-def test_cli_retry_after_beyond_max_wait_stops_with_exit_3(fault: FaultServer, runner: CliRunner,
-                                                          tmp_path: Path) -> None:  # fmt: skip
+def test_cli_retry_after_beyond_max_wait_stops_with_exit_3(
+    fault: FaultServer, runner: CliRunner, tmp_path: Path
+) -> None:
     """Needs the runner wiring. A 429 asking for a day (over --max-wait 10m) stops at once, saying until when,
     instead of sleeping ten minutes per attempt."""
     fault.default = respond(429, {"error": {"message": "daily limit"}}, headers={"Retry-After": "86400"})
@@ -388,8 +478,13 @@ def test_cli_exhausted_limit_with_a_far_reset_stops_instead_of_hanging(fault: Fa
     source = write_jsonl(tmp_path / "in.jsonl", prompts(*(f"r{i}" for i in range(5))))
     output = tmp_path / "out.jsonl"
     env = {"PATH": "/usr/bin:/bin", "INFERENCE_KEY": KEY, "INFERENCE_MODEL_ID": "fault-model"}
-    child = subprocess.run([sys.executable, "-m", "inferbatch", "run", str(source), "-o", str(output), "--url",
-                            fault.url, "-c", "1"], capture_output=True, text=True, timeout=60, env=env)  # fmt: skip
+    child = subprocess.run(
+        [sys.executable, "-m", "inferbatch", "run", str(source), "-o", str(output), "--url", fault.url, "-c", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert child.returncode == 3, child.stderr[-2000:]
     message = final_message(child.stderr)
     assert "x-ratelimit-remaining-requests" in message and "in 20d (at " in message
@@ -398,8 +493,9 @@ def test_cli_exhausted_limit_with_a_far_reset_stops_instead_of_hanging(fault: Fa
     assert not leaks(child.stdout + child.stderr) and not leaks(output.read_bytes())
 
 
-def test_a_bug_traceback_shows_no_piece_of_the_key(monkeypatch: pytest.MonkeyPatch,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+def test_a_bug_traceback_shows_no_piece_of_the_key(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """SPEC §4/§8.33: a bug still prints its traceback, with every 8+ character piece of the key redacted, not only
     the whole key (a key cut by repr() or an exception message leaked its head before)."""
     from inferbatch import cli as cli_module

@@ -22,8 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
-from conftest import chat_rows, connection_env, invoke, read_jsonl, write_jsonl
 
+from conftest import chat_rows, connection_env, invoke, read_jsonl, write_jsonl
 from inferbatch.cli import cli
 from inferbatch.sources import count_rows, read_rows
 
@@ -131,8 +131,11 @@ def test_csv_unterminated_quote_makes_only_its_row_invalid(runner: CliRunner, si
     assert result.exit_code == 1, result.stderr
     rows = read_jsonl(out)
     assert [(r["id"], r["index"], r["status"]) for r in rows] == [
-        ("q1", 0, "ok"), ("q2", 1, "invalid"), ("q3", 2, "ok"), ("q4", 3, "ok"),
-    ]  # fmt: skip
+        ("q1", 0, "ok"),
+        ("q2", 1, "invalid"),
+        ("q3", 2, "ok"),
+        ("q4", 3, "ok"),
+    ]
     assert "line 3" in rows[1]["error"] and "quote" in rows[1]["error"], rows[1]["error"]
     assert sent(server) == {"Q: first", "Q: third", "Q: fourth"}
 
@@ -193,8 +196,11 @@ def test_csv_multiline_field_is_one_row_and_the_progress_total_agrees(
     summary = tmp_path / "summary.json"
 
     assert count_rows(str(src)) == 3
-    result = run(runner, [str(src), "-o", str(out), "--template", QUESTION, "--summary-json", str(summary)],
-                 connection_env(server))  # fmt: skip
+    result = run(
+        runner,
+        [str(src), "-o", str(out), "--template", QUESTION, "--summary-json", str(summary)],
+        connection_env(server),
+    )
 
     assert result.exit_code == 1, result.stderr
     rows = read_jsonl(out)
@@ -435,8 +441,9 @@ def test_worker_skips_a_damaged_gzip_without_sending_it(runner: CliRunner, sim: 
     (inbox / "bad.jsonl.gz").write_bytes(damaged(gz_rows(3000), "truncated"))
     write_jsonl(inbox / "good.jsonl", chat_rows(4, prefix="g"))
 
-    result = invoke(runner, ["worker", "--inbox", str(inbox), "--outbox", str(outbox), "--once"],
-                    env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner, ["worker", "--inbox", str(inbox), "--outbox", str(outbox), "--once"], env=connection_env(server)
+    )
 
     assert "Traceback" not in result.output
     assert [p.name for p in outbox.glob("*.done.json")] == [p.name for p in outbox.glob("good*.done.json")] != []
@@ -450,18 +457,26 @@ def test_worker_runs_hostile_csv_and_parquet_like_run(runner: CliRunner, sim: An
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     inbox.mkdir()
     (inbox / "a.csv").write_bytes(b'id,prompt\r\nq1,one\r\nq2,"open\r\nq3,caf\xe9\r\nq4,four,extra\r\nq5,five\r\n')
-    pq.write_table(hostile_table().rename_columns(
-        ["id", "prompt", *hostile_table().column_names[2:]]), inbox / "b.parquet")  # fmt: skip
+    pq.write_table(
+        hostile_table().rename_columns(["id", "prompt", *hostile_table().column_names[2:]]), inbox / "b.parquet"
+    )
 
-    result = invoke(runner, ["worker", "--inbox", str(inbox), "--outbox", str(outbox), "--once", "--keep-columns",
-                             "prompt"], env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner,
+        ["worker", "--inbox", str(inbox), "--outbox", str(outbox), "--once", "--keep-columns", "prompt"],
+        env=connection_env(server),
+    )
 
     assert "Traceback" not in result.output
     [csv_out] = outbox.glob("a*.results.jsonl")
     [parquet_out] = outbox.glob("b*.results.jsonl")
     assert [(r["id"], r["status"]) for r in read_jsonl(csv_out)] == [
-        ("q1", "ok"), ("q2", "invalid"), ("q3", "invalid"), ("q4", "invalid"), ("q5", "ok"),
-    ]  # fmt: skip
+        ("q1", "ok"),
+        ("q2", "invalid"),
+        ("q3", "invalid"),
+        ("q4", "invalid"),
+        ("q5", "ok"),
+    ]
     assert [r["status"] for r in read_jsonl(parquet_out)] == ["ok", "ok"]
     assert sent(server) == {"one", "five", "first", "second"}
 
@@ -545,8 +560,9 @@ def test_parquet_hostile_columns_run_with_keep_columns(runner: CliRunner, sim: A
     out = tmp_path / f"out.{ext}"
     template = "{question} {price} {blob} {when} {day} {at} {span} {big} {meta}"
 
-    result = run(runner, [str(src), "-o", str(out), "--template", template, "--keep-columns", KEPT],
-                 connection_env(server))  # fmt: skip
+    result = run(
+        runner, [str(src), "-o", str(out), "--template", template, "--keep-columns", KEPT], connection_env(server)
+    )
 
     assert result.exit_code == 0, result.stderr
     rows = read_jsonl(out) if ext == "jsonl" else pq.read_table(out).to_pylist()
@@ -568,7 +584,7 @@ def test_parquet_hostile_columns_run_with_keep_columns(runner: CliRunner, sim: A
     assert first["tags"] == {"k": 1}
     assert first["amounts"] == ["1.50"] and second["amounts"] is None
     assert sent(server) == {
-        'first 12.300 café 2023-11-14T22:13:20.123456+00:00 2024-02-29 12:30:00 PT1.5S 18446744073709551615 '
+        "first 12.300 café 2023-11-14T22:13:20.123456+00:00 2024-02-29 12:30:00 PT1.5S 18446744073709551615 "
         '{"name": "x", "score": 0.5}',
         f"second -0.001 {B64} 1970-01-01T00:00:00+00:00 1970-01-01 00:00:00.000005 -PT0.002S 7 {{}}",
     }
@@ -580,8 +596,9 @@ def test_parquet_hostile_columns_with_simulate_to_both_outputs(runner: CliRunner
     pq.write_table(hostile_table(), src)
     for ext in ("jsonl", "parquet"):
         out = tmp_path / f"out.{ext}"
-        result = run(runner, [str(src), "-o", str(out), "--simulate", "--template", "{question} {meta}",
-                              "--keep-columns", KEPT])  # fmt: skip
+        result = run(
+            runner, [str(src), "-o", str(out), "--simulate", "--template", "{question} {meta}", "--keep-columns", KEPT]
+        )
         assert result.exit_code == 0, result.stderr
         assert out.exists()
 
@@ -592,11 +609,13 @@ def test_parquet_value_that_cannot_be_read_makes_only_its_row_invalid(
     """A Parquet value Python cannot hold (a timestamp past year 9999) makes only its row invalid, naming row and column."""
     server = sim()
     src = tmp_path / "in.parquet"
-    table = pa.table({
-        "id": ["a", "b", "c"],
-        "prompt": ["one", "two", "three"],
-        "when": pa.array([0, 10**15, 0], pa.timestamp("ms")),
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "id": ["a", "b", "c"],
+            "prompt": ["one", "two", "three"],
+            "when": pa.array([0, 10**15, 0], pa.timestamp("ms")),
+        }
+    )
     pq.write_table(table, src)
     out = tmp_path / "out.jsonl"
 
@@ -678,9 +697,7 @@ def test_jsonl_odd_lines_are_invalid_rows_and_a_bom_on_a_later_line_is_ignored(
 def test_read_rows_and_count_rows_agree_on_hostile_csv(tmp_path: Path) -> None:
     """The progress total is the number of rows `run` reads, whatever the CSV holds."""
     src = tmp_path / "in.csv"
-    src.write_bytes(
-        b'id,question\r\nq1,"multi\r\nline"\r\n\r\nq2,"oops\r\nq3,caf\xe9\r\nq4,a,b\r\nq5\r\nq6,"x""y"\r\n'
-    )
+    src.write_bytes(b'id,question\r\nq1,"multi\r\nline"\r\n\r\nq2,"oops\r\nq3,caf\xe9\r\nq4,a,b\r\nq5\r\nq6,"x""y"\r\n')
     rows = list(read_rows(str(src)))
     assert count_rows(str(src)) == len(rows) == 6
     assert [r.line for r in rows] == [2, 5, 6, 7, 8, 9]

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import chat_rows, invoke, read_jsonl, write_jsonl
-from test_cache_failures import hooked_simulator
-from test_worker import wait_for, worker_process
 
+from conftest import chat_rows, invoke, read_jsonl, write_jsonl
 from inferbatch.config import resolve
 from inferbatch.worker import InboxFile, Worker, case_clashes, outbox_inside_inbox
+from test_cache_failures import hooked_simulator
+from test_worker import wait_for, worker_process
 
 HOUR_AGO = time.time() - 3600
 
@@ -100,8 +100,9 @@ def test_on_an_outbox_that_ignores_case_a_clashing_name_is_skipped_with_a_reason
     """Promise (§8.19, none is skipped without a log line saying why): where the outbox ignores case (macOS, an
     S3 inbox read into a local folder), the second of `a.jsonl`/`A.jsonl` would overwrite the first's results:
     it is skipped, with a line saying why, instead of clobbering them."""
-    assert case_clashes([InboxFile("u", "a.jsonl", 1, 1), InboxFile("u", "A.JSONL", 1, 1),
-                         InboxFile("u", "b.jsonl", 1, 1)]) == {"A.JSONL": "a.jsonl"}  # fmt: skip
+    assert case_clashes(
+        [InboxFile("u", "a.jsonl", 1, 1), InboxFile("u", "A.JSONL", 1, 1), InboxFile("u", "b.jsonl", 1, 1)]
+    ) == {"A.JSONL": "a.jsonl"}
     server = sim()
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     inbox.mkdir()
@@ -112,8 +113,10 @@ def test_on_an_outbox_that_ignores_case_a_clashing_name_is_skipped_with_a_reason
     asyncio.run(worker.process_inbox())
     assert server.stats.requests == 3  # A.jsonl sorts first
     assert not (outbox / "a.jsonl.results.jsonl").exists()
-    assert any("worker_skip" in r.getMessage() and "a.jsonl" in r.getMessage() and "ignores case" in r.getMessage()
-               for r in caplog.records)  # fmt: skip
+    assert any(
+        "worker_skip" in r.getMessage() and "a.jsonl" in r.getMessage() and "ignores case" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 # ---- places ------------------------------------------------------------------------------------------------
@@ -147,8 +150,9 @@ def test_inside_is_by_folder_not_by_string_prefix(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("problem", ["inbox-missing", "inbox-is-a-file", "outbox-is-a-file", "outbox-under-a-file"])
-def test_an_unusable_inbox_or_outbox_is_exit_2_with_one_line(problem: str, runner: Any, sim: Any,
-                                                             tmp_path: Path) -> None:  # fmt: skip
+def test_an_unusable_inbox_or_outbox_is_exit_2_with_one_line(
+    problem: str, runner: Any, sim: Any, tmp_path: Path
+) -> None:
     """Promise (§1 exit codes): an inbox that does not exist or is a file, an outbox that is a file or cannot be
     created are a usage error, exit 2 with one line (were a traceback, or an idle worker polling nothing)."""
     server = sim()
@@ -278,8 +282,9 @@ def test_an_outbox_from_the_stem_naming_is_not_run_again(runner: Any, sim: Any, 
     outbox.mkdir()
     aged(write_jsonl(inbox / "a.jsonl", chat_rows(4, "j")), write_csv(inbox / "a.csv", "c", 3))
     write_jsonl(outbox / "a.results.jsonl", [{"id": f"j{i}", "index": i, "status": "ok"} for i in range(4)])
-    (outbox / "a.done.json").write_text(json.dumps({"input": str(inbox / "a.jsonl"), "output": str(outbox /
-                                                    "a.results.jsonl"), "rows": 4, "ok": 4}))  # fmt: skip
+    (outbox / "a.done.json").write_text(
+        json.dumps({"input": str(inbox / "a.jsonl"), "output": str(outbox / "a.results.jsonl"), "rows": 4, "ok": 4})
+    )
     result = invoke(runner, worker_args(inbox, outbox), env=env_for(server))
     assert result.exit_code == 0, result.stderr
     assert server.stats.requests == 3  # a.csv only
@@ -310,7 +315,13 @@ def test_an_unfinished_checkpoint_from_the_stem_naming_is_resumed(runner: Any, s
     result = invoke(runner, worker_args(inbox, outbox), env=env_for(server))
     assert result.exit_code == 0, result.stderr
     assert server.stats.requests == sent  # nothing sent again: the error row waits for --retry-errors
-    assert [r["status"] for r in read_jsonl(outbox / "a.jsonl.results.jsonl")] == ["ok", "ok", "error", "ok", "ok",
-                                                                                   "ok"]  # fmt: skip
+    assert [r["status"] for r in read_jsonl(outbox / "a.jsonl.results.jsonl")] == [
+        "ok",
+        "ok",
+        "error",
+        "ok",
+        "ok",
+        "ok",
+    ]
     assert (outbox / "a.jsonl.done.json").exists()
     assert not (outbox / "a.results.jsonl.checkpoint").exists()

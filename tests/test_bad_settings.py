@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+
 from conftest import chat_rows, connection_env, invoke, write_jsonl
 
 
@@ -20,8 +21,7 @@ from conftest import chat_rows, connection_env, invoke, write_jsonl
         (["--url", "http://[::1"], "is not a valid URL"),
     ],
 )
-def test_bad_values_are_exit_2_and_nothing_is_sent(sim, runner, tmp_path: Path, extra: list[str],
-                                                   message: str) -> None:  # fmt: skip
+def test_bad_values_are_exit_2_and_nothing_is_sent(sim, runner, tmp_path: Path, extra: list[str], message: str) -> None:
     server = sim()
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(3))
     result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), *extra], env=connection_env(server))
@@ -34,9 +34,11 @@ def test_output_or_summary_that_is_a_folder_and_a_cache_that_is_a_file(sim, runn
     server = sim()
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(3))
     (tmp_path / "folder").mkdir()
-    for extra in (["-o", str(tmp_path / "folder")],
-                  ["-o", str(tmp_path / "o.jsonl"), "--summary-json", str(tmp_path / "folder")],
-                  ["-o", str(tmp_path / "o.jsonl"), "--cache", str(source)]):  # fmt: skip
+    for extra in (
+        ["-o", str(tmp_path / "folder")],
+        ["-o", str(tmp_path / "o.jsonl"), "--summary-json", str(tmp_path / "folder")],
+        ["-o", str(tmp_path / "o.jsonl"), "--cache", str(source)],
+    ):
         result = invoke(runner, ["run", str(source), *extra], env=connection_env(server))
         assert result.exit_code == 2, extra
         assert result.stderr.count("\n") == 1
@@ -53,7 +55,7 @@ def test_output_and_input_the_same_file_is_refused(runner, tmp_path: Path) -> No
 
 def test_job_file_values_of_the_wrong_type(runner, tmp_path: Path) -> None:
     write_jsonl(tmp_path / "in.jsonl", chat_rows(2))
-    for line in ('template = 7', 'keep_columns = 5', 'concurrency = true', 'system = ["a"]', 'retry_errors = "yes"'):
+    for line in ("template = 7", "keep_columns = 5", "concurrency = true", 'system = ["a"]', 'retry_errors = "yes"'):
         job = tmp_path / "job.toml"
         job.write_text(f'input = "in.jsonl"\noutput = "out.jsonl"\nsimulate = true\n{line}\n')
         result = invoke(runner, ["run", "--job", str(job)])

@@ -8,8 +8,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import chat_rows, connection_env, invoke, read_jsonl, write_jsonl
 
+from conftest import chat_rows, connection_env, invoke, read_jsonl, write_jsonl
 from inferbatch.budget import Budget
 from inferbatch.pricing import PRICES_USD_PER_MTOK, Pricing
 
@@ -91,8 +91,20 @@ def test_max_cost_counts_the_whole_job_across_resumed_runs(sim, runner, tmp_path
     output = tmp_path / "out.jsonl"
     env = connection_env(server)
     # Prices chosen so that each row costs about a cent: 10 prompt + ~20 completion tokens.
-    args = ["run", str(source), "-o", str(output), "-c", "2", "--price-in", "300", "--price-out", "300",
-            "--param", "max_tokens=25"]  # fmt: skip
+    args = [
+        "run",
+        str(source),
+        "-o",
+        str(output),
+        "-c",
+        "2",
+        "--price-in",
+        "300",
+        "--price-out",
+        "300",
+        "--param",
+        "max_tokens=25",
+    ]
     first = invoke(runner, [*args, "--max-cost", "0.05"], env=env)
     assert first.exit_code == 3
     done = read_jsonl(output)
@@ -111,8 +123,9 @@ def test_summary_and_validate_report_cost(sim, runner, tmp_path: Path) -> None:
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(5))
     summary = tmp_path / "summary.json"
     env = connection_env(server, model="claude-4-5-sonnet")
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--summary-json", str(summary)],
-                    env=env)  # fmt: skip
+    result = invoke(
+        runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--summary-json", str(summary)], env=env
+    )
     assert result.exit_code == 0
     figures = json.loads(summary.read_text())
     expected = (figures["prompt_tokens"] * 3 + figures["completion_tokens"] * 15) / 1e6

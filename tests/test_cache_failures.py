@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from conftest import chat_rows, invoke, read_jsonl, write_jsonl
-from test_s3 import CREDENTIALS, create_bucket, start_moto
 
+from conftest import chat_rows, invoke, read_jsonl, write_jsonl
 from inferbatch.simulator import STATS_KEY, SimOptions, create_app
+from test_s3 import CREDENTIALS, create_bucket, start_moto
 
 ROWS = 30
 NTH = 10
@@ -93,8 +93,11 @@ def test_a_cache_folder_removed_mid_run_loses_no_result_and_warns_once(runner: A
         cache.write_text("not a folder any more\n")
 
     with hooked_simulator(NTH, replace_cache_by_a_file) as server:
-        result = invoke(runner, ["run", str(source), "-o", str(out), "--cache", str(cache), "-c", "1",
-                                 "--summary-json", str(summary)], env=env_for(server))  # fmt: skip
+        result = invoke(
+            runner,
+            ["run", str(source), "-o", str(out), "--cache", str(cache), "-c", "1", "--summary-json", str(summary)],
+            env=env_for(server),
+        )
         assert server.stats.requests == ROWS
     assert result.exit_code == 0, result.stderr
     rows = read_jsonl(out)
@@ -115,8 +118,11 @@ def test_a_cache_folder_that_cannot_be_created_is_exit_2_before_anything_is_sent
     (tmp_path / "plain-file").write_text("x\n")
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(3))
     out = tmp_path / "out.jsonl"
-    result = invoke(runner, ["run", str(source), "-o", str(out), "--cache", str(tmp_path / "plain-file" / "cache")],
-                    env=env_for(server))  # fmt: skip
+    result = invoke(
+        runner,
+        ["run", str(source), "-o", str(out), "--cache", str(tmp_path / "plain-file" / "cache")],
+        env=env_for(server),
+    )
     assert result.exit_code == 2
     assert "--cache" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -184,8 +190,11 @@ def test_an_s3_cache_whose_server_dies_mid_run_loses_no_result_and_warns_once(
         own_moto.wait(timeout=10)
 
     with hooked_simulator(NTH, kill_s3) as server:
-        result = invoke(runner, ["run", str(source), "-o", str(out), "--cache", "s3://cache-bucket/cache", "-c", "1"],
-                        env=env_for(server))  # fmt: skip
+        result = invoke(
+            runner,
+            ["run", str(source), "-o", str(out), "--cache", "s3://cache-bucket/cache", "-c", "1"],
+            env=env_for(server),
+        )
         assert server.stats.requests == ROWS
     assert result.exit_code == 0, result.stderr
     rows = read_jsonl(out)

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import chat_rows, connection_env, invoke, read_jsonl, write_jsonl
 
+from conftest import chat_rows, connection_env, invoke, read_jsonl, write_jsonl
 from inferbatch.checkpoint import Checkpoint
 
 LOGS = ("results.jsonl", "sent.log")

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+
 from conftest import chat_rows, connection_env, invoke, read_jsonl, write_jsonl
 
 ESTIMATE = re.compile(r"^estimate rows=(\d+) prompt_tokens=(\d+)\b")
@@ -125,8 +126,17 @@ def test_validate_unreadable_input_exits_2(runner: CliRunner, tmp_path: Path, ki
 
 # ---- report ---------------------------------------------------------------------------------------
 
-COUNT_KEYS = ("rows", "ok", "error", "invalid", "status_codes", "attempts", "retries", "prompt_tokens",
-              "completion_tokens")  # fmt: skip
+COUNT_KEYS = (
+    "rows",
+    "ok",
+    "error",
+    "invalid",
+    "status_codes",
+    "attempts",
+    "retries",
+    "prompt_tokens",
+    "completion_tokens",
+)
 
 
 def summary_counts(text: str) -> dict[str, int]:
@@ -142,16 +152,20 @@ def summary_lines(text: str) -> list[str]:
 @pytest.fixture
 def finished_run(runner: CliRunner, sim: Any, tmp_path: Path) -> Any:
     """A real run to JSONL and to Parquet over the same mixed input, with its --summary-json."""
-    rows: list[Any] = [*chat_rows(3), {"id": "retried", "messages": [{"role": "user", "content": "[[sim:500x1]]"}]},
-                       {"id": "bad", "messages": [{"role": "user", "content": "[[sim:400]]"}]},
-                       {"id": "empty", "messages": []}]  # fmt: skip
+    rows: list[Any] = [
+        *chat_rows(3),
+        {"id": "retried", "messages": [{"role": "user", "content": "[[sim:500x1]]"}]},
+        {"id": "bad", "messages": [{"role": "user", "content": "[[sim:400]]"}]},
+        {"id": "empty", "messages": []},
+    ]
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     runs = {}
     for ext in ("jsonl", "parquet"):
         server = sim()  # a fresh server each time: a [[sim:500x1]] script counts attempts per server
         out, summary = tmp_path / f"out.{ext}", tmp_path / f"summary-{ext}.json"
-        result = invoke(runner, ["run", str(src), "-o", str(out), "--summary-json", str(summary)],
-                        env=connection_env(server))  # fmt: skip
+        result = invoke(
+            runner, ["run", str(src), "-o", str(out), "--summary-json", str(summary)], env=connection_env(server)
+        )
         assert result.exit_code == 1, result.output
         runs[ext] = (out, json.loads(summary.read_text(encoding="utf-8")), result)
     return runs
@@ -185,8 +199,10 @@ def test_report_text_matches_the_run_summary(runner: CliRunner, finished_run: An
 
 
 def test_report_jsonl_and_parquet_agree(runner: CliRunner, finished_run: Any) -> None:
-    reports = [json.loads(invoke(runner, ["report", str(finished_run[ext][0]), "--json"]).stdout)
-               for ext in ("jsonl", "parquet")]  # fmt: skip
+    reports = [
+        json.loads(invoke(runner, ["report", str(finished_run[ext][0]), "--json"]).stdout)
+        for ext in ("jsonl", "parquet")
+    ]
     assert {k: reports[0][k] for k in COUNT_KEYS} == {k: reports[1][k] for k in COUNT_KEYS}
     assert len(read_jsonl(finished_run["jsonl"][0])) == reports[0]["rows"]
 
@@ -213,8 +229,9 @@ def test_report_unreadable_file_exits_2(runner: CliRunner, tmp_path: Path, kind:
 
 
 @pytest.mark.parametrize("spelling", ["same", "dot", "symlink"])
-def test_report_html_may_not_be_the_result_file(runner: CliRunner, finished_run: Any, tmp_path: Path,
-                                                spelling: str) -> None:  # fmt: skip
+def test_report_html_may_not_be_the_result_file(
+    runner: CliRunner, finished_run: Any, tmp_path: Path, spelling: str
+) -> None:
     """SPEC §8.28: `report --html F` may not be the result file it reads, however spelled: exit 2 in one line,
     the results untouched (it used to overwrite them with the HTML page)."""
     out = finished_run["jsonl"][0]
@@ -231,8 +248,9 @@ def test_report_html_may_not_be_the_result_file(runner: CliRunner, finished_run:
     assert out.read_bytes() == before
 
 
-def test_report_html_in_a_folder_that_cannot_exist_is_refused_first(runner: CliRunner, finished_run: Any,
-                                                                     tmp_path: Path) -> None:  # fmt: skip
+def test_report_html_in_a_folder_that_cannot_exist_is_refused_first(
+    runner: CliRunner, finished_run: Any, tmp_path: Path
+) -> None:
     """SPEC §8.28: the --html folder is checked writable before the result file is read: one line, exit 2,
     nothing on stdout."""
     out = finished_run["jsonl"][0]
@@ -254,8 +272,7 @@ def test_report_html_creates_missing_folders(runner: CliRunner, finished_run: An
 
 
 @pytest.mark.parametrize("column", ["status", "parsed", "judge", "variant"])
-def test_validate_refuses_keep_columns_naming_an_output_column(runner: CliRunner, tmp_path: Path,
-                                                               column: str) -> None:  # fmt: skip
+def test_validate_refuses_keep_columns_naming_an_output_column(runner: CliRunner, tmp_path: Path, column: str) -> None:
     """SPEC §8.27 and §8.6: validate holds --keep-columns to the run's rule: exit 2 in one line naming it."""
     src = write_jsonl(tmp_path / "in.jsonl", chat_rows(2))
 
@@ -275,8 +292,11 @@ def test_version(runner: CliRunner) -> None:
     assert version("inferbatch") in result.stdout
 
 
-@pytest.mark.parametrize("command", [[], ["run"], ["validate"], ["report"], ["simulate"]],
-                         ids=["inferbatch", "run", "validate", "report", "simulate"])  # fmt: skip
+@pytest.mark.parametrize(
+    "command",
+    [[], ["run"], ["validate"], ["report"], ["simulate"]],
+    ids=["inferbatch", "run", "validate", "report", "simulate"],
+)
 def test_help(runner: CliRunner, command: list[str]) -> None:
     result = invoke(runner, [*command, "--help"])
 

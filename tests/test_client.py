@@ -504,17 +504,33 @@ async def test_a_200_echoing_the_key_is_scrubbed_before_anyone_sees_it(canned: C
     completion = {
         "id": f"chatcmpl-{LONG_KEY[2:14]}",
         "model": "m",
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {
-            "role": "assistant", "content": f"Your key is {LONG_KEY}; its middle is {LONG_KEY[10:22]}.",
-            "tool_calls": [{"id": "call_1", "type": "function",
-                            "function": {"name": "f", "arguments": json.dumps({"k": LONG_KEY[-9:]})}}]}}],
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {
+                    "role": "assistant",
+                    "content": f"Your key is {LONG_KEY}; its middle is {LONG_KEY[10:22]}.",
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": json.dumps({"k": LONG_KEY[-9:]})},
+                        }
+                    ],
+                },
+            }
+        ],
         "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-    }  # fmt: skip
-    url = await canned({
-        "echo": Answer(200, completion, headers={"x-request-id": LONG_KEY}),
-        "clean": Answer(200, {**completion, "id": "chatcmpl-1",
-                              "choices": [{"index": 0, "message": {"content": "hi"}}]}),
-    })  # fmt: skip
+    }
+    url = await canned(
+        {
+            "echo": Answer(200, completion, headers={"x-request-id": LONG_KEY}),
+            "clean": Answer(
+                200, {**completion, "id": "chatcmpl-1", "choices": [{"index": 0, "message": {"content": "hi"}}]}
+            ),
+        }
+    )
     async with Client(url, LONG_KEY, timeout=5, concurrency=2) as client:
         echoed = await client.send(body("echo"))
         clean = await client.send(body("clean"))
@@ -559,8 +575,9 @@ async def test_a_short_key_is_redacted_whole_only(canned: Canned) -> None:
         ("rate_limit_exceeded", "CREDITS_EXHAUSTED"),
     ],
 )
-async def test_quota_codes_are_quota_rejected_at_once(canned: Canned, status: int, code: str | None,
-                                                      type_: str | None) -> None:  # fmt: skip
+async def test_quota_codes_are_quota_rejected_at_once(
+    canned: Canned, status: int, code: str | None, type_: str | None
+) -> None:
     """A 429/403 whose code or type says quota, credit or billing: QuotaRejected (a Fatal: never retried), naming it."""
     error = {"message": "You exceeded your current quota."}
     if code:
@@ -587,15 +604,23 @@ async def test_quota_message_says_when_it_resets(canned: Canned) -> None:
 
 
 async def test_rate_limit_429s_are_still_retryable(canned: Canned) -> None:
-    found = await canned_failures(canned, {
-        "rate": Answer(429, {"error": {"code": "rate_limit_exceeded", "type": "requests"}},
-                       headers={"Retry-After": "20"}),
-        "quota-ish": Answer(429, {"error": {"message": "insufficient_quota (not a code)"}}),
-        "html-403": Answer(403, "<html>insufficient_quota</html>", "text/html"),
-        "400": Answer(400, {"error": {"code": "insufficient_quota"}}),
-    })  # fmt: skip
-    assert classes(found) == {"rate": ("Retryable", 429), "quota-ish": ("Retryable", 429),
-                              "html-403": ("Retryable", 403), "400": ("Fatal", 400)}  # fmt: skip
+    found = await canned_failures(
+        canned,
+        {
+            "rate": Answer(
+                429, {"error": {"code": "rate_limit_exceeded", "type": "requests"}}, headers={"Retry-After": "20"}
+            ),
+            "quota-ish": Answer(429, {"error": {"message": "insufficient_quota (not a code)"}}),
+            "html-403": Answer(403, "<html>insufficient_quota</html>", "text/html"),
+            "400": Answer(400, {"error": {"code": "insufficient_quota"}}),
+        },
+    )
+    assert classes(found) == {
+        "rate": ("Retryable", 429),
+        "quota-ish": ("Retryable", 429),
+        "html-403": ("Retryable", 403),
+        "400": ("Fatal", 400),
+    }
     assert found["rate"].retry_after == pytest.approx(20.0)
 
 
@@ -628,8 +653,12 @@ async def test_a_server_wait_within_max_wait_is_retryable(canned: Canned) -> Non
 
 
 async def test_a_429_whose_exhausted_limit_resets_beyond_max_wait_is_quota_rejected(canned: Canned) -> None:
-    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": str(int(time.time()) + 20 * 86_400),
-               "x-ratelimit-remaining-tokens": "5000", "x-ratelimit-reset-tokens": "1s"}  # fmt: skip
+    headers = {
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": str(int(time.time()) + 20 * 86_400),
+        "x-ratelimit-remaining-tokens": "5000",
+        "x-ratelimit-reset-tokens": "1s",
+    }
     exc = (await canned_failures(canned, {"x": Answer(429, {"error": {"message": "slow down"}}, headers=headers)}))["x"]
     assert type(exc) is QuotaRejected
     assert "x-ratelimit-remaining-requests: 0" in exc.message
@@ -638,8 +667,13 @@ async def test_a_429_whose_exhausted_limit_resets_beyond_max_wait_is_quota_rejec
 
 async def test_a_short_key_never_mangles_a_completion(canned: Canned) -> None:
     """A key under 8 characters (a test key like "k") is no reason to rewrite the model's words."""
-    url = await canned({"ok": Answer(200, {"choices": [{"message": {"role": "assistant", "content": "the haiku"},
-                                                        "finish_reason": "stop"}]})})  # fmt: skip
+    url = await canned(
+        {
+            "ok": Answer(
+                200, {"choices": [{"message": {"role": "assistant", "content": "the haiku"}, "finish_reason": "stop"}]}
+            )
+        }
+    )
     async with Client(url, "k", timeout=5, concurrency=1) as client:
         response = await client.send(body("ok"))
     assert response.data["choices"][0]["message"]["content"] == "the haiku"
@@ -649,8 +683,12 @@ async def test_an_exhausted_limit_resetting_exactly_at_max_wait_is_waited_for(ca
     """--max-wait is the longest wait taken: a reset exactly that far away is still a wait, one beyond is a stop."""
     headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "600s"}
     later = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "601s"}
-    url = await canned({"at": Answer(429, {"error": {"message": "slow down"}}, headers=headers),
-                        "past": Answer(429, {"error": {"message": "slow down"}}, headers=later)})  # fmt: skip
+    url = await canned(
+        {
+            "at": Answer(429, {"error": {"message": "slow down"}}, headers=headers),
+            "past": Answer(429, {"error": {"message": "slow down"}}, headers=later),
+        }
+    )
     async with Client(url, KEY, timeout=5, concurrency=1, max_wait=600.0) as client:
         with pytest.raises(Retryable) as at:
             await client.send(body("at"))

@@ -68,8 +68,9 @@ def test_a_changed_job_on_a_complete_output_is_refused_as_before(sim, runner, tm
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(5))
     out = tmp_path / "out.jsonl"
     assert invoke(runner, ["run", str(source), "-o", str(out)], env=connection_env(server)).exit_code == 0
-    changed = invoke(runner, ["run", str(source), "-o", str(out), "--param", "temperature=0"],
-                     env=connection_env(server))  # fmt: skip
+    changed = invoke(
+        runner, ["run", str(source), "-o", str(out), "--param", "temperature=0"], env=connection_env(server)
+    )
     assert changed.exit_code == 2
     assert "belongs to another run (changed option(s): params)" in changed.stderr
     assert server.stats.requests == 5
@@ -147,8 +148,9 @@ def test_a_checkpoint_that_cannot_be_written_stops_sending_and_a_rerun_continues
     env = {**os.environ, **connection_env(server)}
     args = [sys.executable, "-m", "inferbatch", "run", str(source), "-o", str(out), "-c", "4", "-q"]
     # About 60 result lines fit under 20 KB; the input (already written) is only read.
-    full = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120,
-                          preexec_fn=lambda: _limit_file_size(20_000))  # fmt: skip
+    full = subprocess.run(
+        args, env=env, capture_output=True, text=True, timeout=120, preexec_fn=lambda: _limit_file_size(20_000)
+    )
     assert full.returncode == 2, full.stderr
     assert "Traceback" not in full.stderr
     assert "cannot write the checkpoint" in full.stderr

@@ -23,13 +23,36 @@ ENV = {"INFERENCE_URL": "https://env.example.com", "INFERENCE_KEY": "env-secret-
 def flags(**given: Any) -> dict[str, Any]:
     """What the CLI passes: every option present, None when not given."""
     base: dict[str, Any] = {
-        "input": "in.jsonl", "output": "out.jsonl", "job": None, "model": None, "system": None, "template": None,
-        "template_file": None, "id_column": None, "params": (), "limit": None, "shard": None, "keep_columns": None,
-        "url": None, "api_key_env": None, "simulate": None, "concurrency": None, "rpm": None, "tpm": None,
-        "max_attempts": None, "timeout": None, "retry_errors": None, "restart": None, "abort_after": None,
-        "output_format": None, "summary_json": None, "drain_timeout": None, "deadline": None,
-        "progress_interval": None, "verbose": 0,
-    }  # fmt: skip
+        "input": "in.jsonl",
+        "output": "out.jsonl",
+        "job": None,
+        "model": None,
+        "system": None,
+        "template": None,
+        "template_file": None,
+        "id_column": None,
+        "params": (),
+        "limit": None,
+        "shard": None,
+        "keep_columns": None,
+        "url": None,
+        "api_key_env": None,
+        "simulate": None,
+        "concurrency": None,
+        "rpm": None,
+        "tpm": None,
+        "max_attempts": None,
+        "timeout": None,
+        "retry_errors": None,
+        "restart": None,
+        "abort_after": None,
+        "output_format": None,
+        "summary_json": None,
+        "drain_timeout": None,
+        "deadline": None,
+        "progress_interval": None,
+        "verbose": 0,
+    }
     base.update(given)
     return base
 
@@ -163,7 +186,7 @@ def test_keep_columns_flag_is_comma_separated() -> None:
 
 
 def test_params_flags_parse_json_and_never_keep_stream() -> None:
-    cfg = resolve(flags(params=("temperature=0", "max_tokens=200", "stop=[\"END\"]", "user=alice", "stream=true")), ENV)
+    cfg = resolve(flags(params=("temperature=0", "max_tokens=200", 'stop=["END"]', "user=alice", "stream=true")), ENV)
     assert cfg.params == {"temperature": 0, "max_tokens": 200, "stop": ["END"], "user": "alice"}
 
 
@@ -262,7 +285,8 @@ def test_bad_url_from_env_is_a_usage_error() -> None:
 
 def test_secret_never_shows_the_key() -> None:
     secret = Secret("sk-very-secret")
-    for shown in (repr(secret), str(secret), f"{secret}", f"{secret!r}", "%s" % secret, str([secret])):
+    percent = "%s" % secret  # noqa: UP031 - %-formatting is one more way to show it
+    for shown in (repr(secret), str(secret), f"{secret}", f"{secret!r}", percent, str([secret])):
         assert "sk-very-secret" not in shown
     assert secret.reveal() == "sk-very-secret"
 
@@ -482,19 +506,44 @@ def test_bad_job_file_value_is_a_usage_error(tmp_path: Path) -> None:
 # Every column SPEC §3 names, the evaluation columns, `parsed` (§8.42) and `judge` (§8.44): written out here,
 # not imported, so the test holds the code to the SPEC's list.
 OUTPUT_COLUMNS = [
-    "id", "index", "status", "status_code", "content", "finish_reason", "model", "prompt_tokens",
-    "completion_tokens", "total_tokens", "attempts", "latency_ms", "error", "tool_calls", "request_id",
-    "cached_tokens", "reasoning_tokens", "parsed", "variant", "sample", "passed", "failures", "cached", "judge",
-    "_body", "_code",  # internal keys of a checkpoint line: a kept column there would vanish from the output
-]  # fmt: skip
+    "id",
+    "index",
+    "status",
+    "status_code",
+    "content",
+    "finish_reason",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "attempts",
+    "latency_ms",
+    "error",
+    "tool_calls",
+    "request_id",
+    "cached_tokens",
+    "reasoning_tokens",
+    "parsed",
+    "variant",
+    "sample",
+    "passed",
+    "failures",
+    "cached",
+    "judge",
+    "_body",
+    "_code",  # internal keys of a checkpoint line: a kept column there would vanish from the output
+]
 
 
 def cli_run(runner: Any, server: Any, tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> Any:
     from conftest import connection_env, invoke, write_jsonl
 
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "prompt": f"q{i}", "topic": "t"} for i in range(3)])
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), *extra],
-                    env=connection_env(server) if env is None else env)  # fmt: skip
+    result = invoke(
+        runner,
+        ["run", str(source), "-o", str(tmp_path / "out.jsonl"), *extra],
+        env=connection_env(server) if env is None else env,
+    )
     assert "Traceback" not in result.output
     return result
 
@@ -530,14 +579,32 @@ def test_job_file_keep_columns_naming_an_output_column_is_refused(sim, runner, t
 
 
 NON_FINITE_FLAGS = [
-    ["--timeout", "inf"], ["--timeout", "-inf"], ["--max-cost", "nan"], ["--rpm", "inf"], ["--tpm", "nan"],
-    ["--price-in", "nan"], ["--price-out", "inf"], ["--drain-timeout", "inf"], ["--progress-interval", "nan"],
-    ["--checkpoint-interval", "inf"], ["--fail-under", "nan"], ["--deadline", "inf"], ["--deadline", "nan"],
-    ["--max-wait", "inf"], ["--max-wait", "1e999"], ["-c", "nan"], ["--max-attempts", "inf"],
-    ["--abort-after", "nan"], ["--max-total-tokens", "1e999"], ["--repeat", "inf"], ["--limit", "inf"],
-    ["--param", "temperature=NaN"], ["--param", "top_p=Infinity"], ["--param", "max_tokens=1e999"],
+    ["--timeout", "inf"],
+    ["--timeout", "-inf"],
+    ["--max-cost", "nan"],
+    ["--rpm", "inf"],
+    ["--tpm", "nan"],
+    ["--price-in", "nan"],
+    ["--price-out", "inf"],
+    ["--drain-timeout", "inf"],
+    ["--progress-interval", "nan"],
+    ["--checkpoint-interval", "inf"],
+    ["--fail-under", "nan"],
+    ["--deadline", "inf"],
+    ["--deadline", "nan"],
+    ["--max-wait", "inf"],
+    ["--max-wait", "1e999"],
+    ["-c", "nan"],
+    ["--max-attempts", "inf"],
+    ["--abort-after", "nan"],
+    ["--max-total-tokens", "1e999"],
+    ["--repeat", "inf"],
+    ["--limit", "inf"],
+    ["--param", "temperature=NaN"],
+    ["--param", "top_p=Infinity"],
+    ["--param", "max_tokens=1e999"],
     ["--param", "stop=[1, -Infinity]"],
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("extra", NON_FINITE_FLAGS, ids=lambda e: " ".join(e))
@@ -553,11 +620,23 @@ def test_nan_and_inf_flags_are_refused(sim, runner, tmp_path: Path, extra: list[
     assert server.stats.requests == 0
 
 
-@pytest.mark.parametrize("line", ["timeout = nan", "max_cost = inf", "rpm = inf", "limit = inf", "concurrency = -inf",
-                                  'deadline = inf', 'max_wait = "inf"', "fail_under = nan", "progress_interval = 1e999",
-                                  "[params]\ntemperature = nan",
-                                  '[[variants]]\nname = "a"\ntemplate = "{prompt}"\n[variants.params]\ntop_p = inf',
-                                  '[[assert]]\ntype = "max-latency-ms"\nvalue = inf'])  # fmt: skip
+@pytest.mark.parametrize(
+    "line",
+    [
+        "timeout = nan",
+        "max_cost = inf",
+        "rpm = inf",
+        "limit = inf",
+        "concurrency = -inf",
+        "deadline = inf",
+        'max_wait = "inf"',
+        "fail_under = nan",
+        "progress_interval = 1e999",
+        "[params]\ntemperature = nan",
+        '[[variants]]\nname = "a"\ntemplate = "{prompt}"\n[variants.params]\ntop_p = inf',
+        '[[assert]]\ntype = "max-latency-ms"\nvalue = inf',
+    ],
+)
 def test_nan_and_inf_in_job_files_are_refused(sim, runner, tmp_path: Path, line: str) -> None:
     """SPEC §8.34 and §6: a job file's nan or inf, in any table, is exit 2 in one line naming the key (`limit = inf`
     was an OverflowError traceback, `timeout = nan` was taken), nothing sent."""
@@ -571,14 +650,20 @@ def test_nan_and_inf_in_job_files_are_refused(sim, runner, tmp_path: Path, line:
     assert server.stats.requests == 0
 
 
-@pytest.mark.parametrize("command", [["worker", "--inbox", "in", "--outbox", "out", "--once", "--simulate",
-                                      "--poll", "nan"], ["simulate", "--rate-429", "nan"],
-                                     ["simulate", "--latency-ms", "inf"], ["report", "r.jsonl", "--price-in", "nan"],
-                                     ["validate", "in.jsonl", "--price-out", "inf"]],
-                         ids=["worker --poll", "simulate --rate-429", "simulate --latency-ms", "report --price-in",
-                              "validate --price-out"])  # fmt: skip
-def test_nan_and_inf_are_refused_by_every_command(runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                  command: list[str]) -> None:  # fmt: skip
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["worker", "--inbox", "in", "--outbox", "out", "--once", "--simulate", "--poll", "nan"],
+        ["simulate", "--rate-429", "nan"],
+        ["simulate", "--latency-ms", "inf"],
+        ["report", "r.jsonl", "--price-in", "nan"],
+        ["validate", "in.jsonl", "--price-out", "inf"],
+    ],
+    ids=["worker --poll", "simulate --rate-429", "simulate --latency-ms", "report --price-in", "validate --price-out"],
+)
+def test_nan_and_inf_are_refused_by_every_command(
+    runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
     """SPEC §8.34: the other commands' numbers too: exit 2 in one line (a simulator would otherwise serve
     with a nan rate, a worker poll with nan, a report price nan)."""
     from conftest import invoke, write_jsonl
@@ -593,14 +678,19 @@ def test_nan_and_inf_are_refused_by_every_command(runner, tmp_path: Path, monkey
     assert command[-2] in refused_in_one_line(result)
 
 
-CREDENTIAL_URLS = ["https://alice:hunter2-Pa55w0rd@inference.example.com", "http://:hunter2-Pa55w0rd@127.0.0.1:9/v1",
-                   "https://hunter2-Pa55w0rd@inference.example.com", "ftp://alice:hunter2-Pa55w0rd@example.com"]  # fmt: skip
+CREDENTIAL_URLS = [
+    "https://alice:hunter2-Pa55w0rd@inference.example.com",
+    "http://:hunter2-Pa55w0rd@127.0.0.1:9/v1",
+    "https://hunter2-Pa55w0rd@inference.example.com",
+    "ftp://alice:hunter2-Pa55w0rd@example.com",
+]
 
 
 @pytest.mark.parametrize("url", CREDENTIAL_URLS)
 @pytest.mark.parametrize("source", ["--url", "INFERENCE_URL", "job file"])
-def test_url_with_user_and_password_is_refused_without_echoing_it(runner, tmp_path: Path, url: str,
-                                                                  source: str) -> None:  # fmt: skip
+def test_url_with_user_and_password_is_refused_without_echoing_it(
+    runner, tmp_path: Path, url: str, source: str
+) -> None:
     """SPEC §8.33: a URL carrying `user:password@` (flag, env or job file) is exit 2 in one line naming where it
     came from, and the message shows neither the password nor the URL holding it."""
     env = {"INFERENCE_KEY": "k" * 20, "INFERENCE_MODEL_ID": "m"}
@@ -653,12 +743,20 @@ PER_MODEL_PLAN = {**STANDARD_PLAN, "INFERENCE_MODEL_ID": "claude-4-5-haiku"}
         (PER_MODEL_PLAN, {"model": "claude-4-5-sonnet"}, None, "claude-4-5-sonnet"),  # flag > env
         (PER_MODEL_PLAN, {"model": ""}, None, "claude-4-5-haiku"),  # the Procfile's --model "$INFERBATCH_MODEL", unset
     ],
-    ids=["standard-rows", "standard-flag", "standard-job", "standard-flag-over-job", "per-model-env",
-         "per-model-env-over-job", "per-model-flag-over-env", "per-model-empty-flag"],
-)  # fmt: skip
-def test_model_on_the_standard_plan_and_on_a_per_model_plan(tmp_path: Path, env: dict[str, str],
-                                                            given: dict[str, Any], job_text: str | None,
-                                                            expected: str | None) -> None:  # fmt: skip
+    ids=[
+        "standard-rows",
+        "standard-flag",
+        "standard-job",
+        "standard-flag-over-job",
+        "per-model-env",
+        "per-model-env-over-job",
+        "per-model-flag-over-env",
+        "per-model-empty-flag",
+    ],
+)
+def test_model_on_the_standard_plan_and_on_a_per_model_plan(
+    tmp_path: Path, env: dict[str, str], given: dict[str, Any], job_text: str | None, expected: str | None
+) -> None:
     """SPEC §8.39: the standard plan sets INFERENCE_URL and INFERENCE_KEY only; the connection resolves without
     INFERENCE_MODEL_ID and the model comes from --model, the job file or the rows. Per-model plans keep working."""
     job = job_file(tmp_path, job_text) if job_text is not None else None
@@ -682,8 +780,11 @@ def test_missing_model_message_names_every_way_to_give_one() -> None:
 
 def test_job_file_model_and_paths_name_environment_variables(tmp_path: Path) -> None:
     """The app's config vars reach a job file: `model = "$INFERBATCH_MODEL"`, `s3://$BUCKETEER_BUCKET_NAME/...`."""
-    job = job_file(tmp_path, 'model = "$INFERBATCH_MODEL"\ninput = "s3://${BUCKETEER_BUCKET_NAME}/in.jsonl"\n'
-                             'output = "s3://$BUCKETEER_BUCKET_NAME/out.jsonl"\n')  # fmt: skip
+    job = job_file(
+        tmp_path,
+        'model = "$INFERBATCH_MODEL"\ninput = "s3://${BUCKETEER_BUCKET_NAME}/in.jsonl"\n'
+        'output = "s3://$BUCKETEER_BUCKET_NAME/out.jsonl"\n',
+    )
     env = {**STANDARD_PLAN, "INFERBATCH_MODEL": "claude-4-5-haiku", "BUCKETEER_BUCKET_NAME": "bkt"}
     cfg = resolve(flags(job=job, input=None, output=None), env)
     assert (cfg.model, cfg.input, cfg.output) == ("claude-4-5-haiku", "s3://bkt/in.jsonl", "s3://bkt/out.jsonl")
@@ -729,10 +830,13 @@ def test_shard_auto_on_a_fir_dyno_asks_for_an_explicit_shard(dyno: str) -> None:
 @pytest.mark.parametrize(
     ("env", "restarted"),
     [
-        ({"DYNO": "worker.1"}, True), ({"DYNO": "worker-23z34x56y-w78k9"}, True), ({"DYNO": "run.1234"}, False),
-        ({"DYNO": "scheduler.42"}, False), ({}, False),
+        ({"DYNO": "worker.1"}, True),
+        ({"DYNO": "worker-23z34x56y-w78k9"}, True),
+        ({"DYNO": "run.1234"}, False),
+        ({"DYNO": "scheduler.42"}, False),
+        ({}, False),
     ],
-)  # fmt: skip
+)
 def test_restarted_on_exit_tells_formation_dynos_from_one_offs(env: dict[str, str], restarted: bool) -> None:
     from inferbatch.config import restarted_on_exit
 
@@ -749,15 +853,18 @@ def test_restarted_on_exit_tells_formation_dynos_from_one_offs(env: dict[str, st
     ],
     ids=["flag", "param", "variant", "priced"],
 )
-def test_max_cost_needs_a_price_for_every_model_the_run_names(tmp_path: Path, given: dict[str, Any],
-                                                             job_text: str | None) -> None:  # fmt: skip
+def test_max_cost_needs_a_price_for_every_model_the_run_names(
+    tmp_path: Path, given: dict[str, Any], job_text: str | None
+) -> None:
     """SPEC §8.31: an unpriced model made --max-cost a no-op (it counted as free): exit 2 before anything is sent."""
     job = job_file(tmp_path, job_text) if job_text else None
     base = flags(job=job, max_cost=1.0, **given)
     if given.get("model") == "claude-4-5-haiku":
         assert resolve(base, STANDARD_PLAN).max_cost == 1.0
         return
-    error = usage_error(base, STANDARD_PLAN if "model" in given else {**STANDARD_PLAN, "INFERENCE_MODEL_ID": "nova-lite"})
+    error = usage_error(
+        base, STANDARD_PLAN if "model" in given else {**STANDARD_PLAN, "INFERENCE_MODEL_ID": "nova-lite"}
+    )
     assert "my-own-model" in str(error) and "--price-in" in str(error) and "--price-out" in str(error)
     assert resolve(flags(**{**base, "price_in": 0.5, "price_out": 1.5}), STANDARD_PLAN).max_cost == 1.0
     assert resolve(flags(**{**base, "max_cost": None}), STANDARD_PLAN).max_cost is None  # no cap, no price needed

@@ -20,8 +20,15 @@ from inferbatch.budget import Budget
 from inferbatch.cache import ResponseCache
 from inferbatch.client import Response
 from inferbatch.errors import (
-    AuthFailed, AuthRejected, BudgetExceeded, Fatal, QuotaExhausted, QuotaRejected, Retryable, ConfigError,
-)  # fmt: skip
+    AuthFailed,
+    AuthRejected,
+    BudgetExceeded,
+    ConfigError,
+    Fatal,
+    QuotaExhausted,
+    QuotaRejected,
+    Retryable,
+)
 from inferbatch.limits import Limiter, Stopped
 from inferbatch.pricing import Pricing, unpriced_error
 from inferbatch.results import Result, Status
@@ -37,8 +44,9 @@ COMPLETION: dict[str, Any] = {
 
 
 def ok(data: dict[str, Any] | None = None) -> Response:
-    return Response(status=200, data=data if data is not None else COMPLETION, headers={}, latency_ms=5.0, raw=b"",
-                    request_id=None)  # fmt: skip
+    return Response(
+        status=200, data=data if data is not None else COMPLETION, headers={}, latency_ms=5.0, raw=b"", request_id=None
+    )
 
 
 Outcome = Response | Exception | Callable[[], Response | Exception]
@@ -48,8 +56,12 @@ class FakeClient:
     """Plays ``script`` in order (each item a Response, an exception to raise, or a factory of either), then
     ``then`` (a factory) for every further send. ``on_send`` runs before each answer (a fake clock's tick)."""
 
-    def __init__(self, *script: Outcome, then: Callable[[], Response | Exception] | None = None,
-                 on_send: Callable[[], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *script: Outcome,
+        then: Callable[[], Response | Exception] | None = None,
+        on_send: Callable[[], None] | None = None,
+    ) -> None:
         self.script = list(script)
         self.then = then
         self.on_send = on_send
@@ -94,9 +106,16 @@ def request(model: str | None = "m", *, sample: int = 0, keep: dict[str, Any] | 
     return Request(id="r1", index=0, line=1, body=body, keep=keep or {}, slot=0, sample=sample)
 
 
-def context(client: FakeClient, *, max_attempts: int = 5, max_elapsed: float | None = None,
-            wait_scale: float = 0.0, budget: Budget | None = None, pricing: Pricing | None = None,
-            **extra: Any) -> tuple[dispatch.Context, list[int]]:  # fmt: skip
+def context(
+    client: FakeClient,
+    *,
+    max_attempts: int = 5,
+    max_elapsed: float | None = None,
+    wait_scale: float = 0.0,
+    budget: Budget | None = None,
+    pricing: Pricing | None = None,
+    **extra: Any,
+) -> tuple[dispatch.Context, list[int]]:
     """A Context around ``client`` with a real, unconstrained limiter and budget, and the mark_sent ledger."""
     pricing = pricing or Pricing()
     sent: list[int] = []
@@ -122,18 +141,31 @@ async def test_a_first_attempt_answer_is_one_attempt_with_the_bodys_content_and_
     req = request(keep={"topic": "greeting"})
     result = await dispatch.send(req, ctx)
     assert result == Result(
-        "r1", 0, Status.OK, 200, content="hello", finish_reason="stop", model="m", prompt_tokens=7,
-        completion_tokens=3, total_tokens=10, attempts=1, latency_ms=5.0, request_id="chatcmpl-1",
-        kept={"topic": "greeting"}, body=COMPLETION,
-    )  # fmt: skip
+        "r1",
+        0,
+        Status.OK,
+        200,
+        content="hello",
+        finish_reason="stop",
+        model="m",
+        prompt_tokens=7,
+        completion_tokens=3,
+        total_tokens=10,
+        attempts=1,
+        latency_ms=5.0,
+        request_id="chatcmpl-1",
+        kept={"topic": "greeting"},
+        body=COMPLETION,
+    )
     assert client.bodies == [orjson.dumps(req.body)]
     assert sent == [0]  # mark_sent(request.slot), once
     assert (ctx.limiter.admitted, ctx.limiter.in_flight, ctx.limiter.tokens_used) == (1, 0, 10)
 
 
 async def test_retryable_twice_then_an_answer_is_three_attempts() -> None:
-    client = FakeClient(Retryable("server_error: 502", status=502, code="server_error"),
-                        Retryable("timeout", code="timeout"), ok())  # fmt: skip
+    client = FakeClient(
+        Retryable("server_error: 502", status=502, code="server_error"), Retryable("timeout", code="timeout"), ok()
+    )
     ctx, sent = context(client, max_attempts=5)
     result = await dispatch.send(request(), ctx)
     assert (result.status, result.attempts, result.content, result.error_code) == (Status.OK, 3, "hello", None)
@@ -155,14 +187,25 @@ async def test_a_budget_is_settled_with_the_answers_usage() -> None:
 
 async def test_always_retryable_ends_as_an_error_after_max_attempts_with_the_carried_code() -> None:
     # The message reads like another code: the row's code must come from ``code=``, never from the text.
-    client = FakeClient(then=lambda: Retryable("timeout: upstream gave up", status=503, code="server_error",
-                                               latency_ms=7.25, request_id="req-9"))  # fmt: skip
+    client = FakeClient(
+        then=lambda: Retryable(
+            "timeout: upstream gave up", status=503, code="server_error", latency_ms=7.25, request_id="req-9"
+        )
+    )
     ctx, sent = context(client, max_attempts=3)
     result = await dispatch.send(request(keep={"k": 1}), ctx)
     assert result == Result(
-        "r1", 0, Status.ERROR, 503, attempts=3, latency_ms=7.25, error="timeout: upstream gave up",
-        request_id="req-9", error_code="server_error", kept={"k": 1},
-    )  # fmt: skip
+        "r1",
+        0,
+        Status.ERROR,
+        503,
+        attempts=3,
+        latency_ms=7.25,
+        error="timeout: upstream gave up",
+        request_id="req-9",
+        error_code="server_error",
+        kept={"k": 1},
+    )
     assert client.sends == 3
     assert sent == [0, 0, 0]
     assert (ctx.limiter.admitted, ctx.limiter.in_flight) == (3, 0)
@@ -172,28 +215,48 @@ async def test_a_retryable_failure_without_a_code_or_status_is_a_connection_erro
     ctx, _ = context(FakeClient(then=lambda: Retryable("connection reset")), max_attempts=2)
     result = await dispatch.send(request(), ctx)
     assert (result.status, result.status_code, result.error_code, result.attempts) == (
-        Status.ERROR, None, "connection_error", 2)  # fmt: skip
+        Status.ERROR,
+        None,
+        "connection_error",
+        2,
+    )
 
 
 async def test_fatal_400_is_an_error_after_one_attempt() -> None:
-    client = FakeClient(Fatal("bad_request: no such parameter", status=400, code="bad_request",
-                              body={"error": {"message": "no such parameter"}}))  # fmt: skip
+    client = FakeClient(
+        Fatal(
+            "bad_request: no such parameter",
+            status=400,
+            code="bad_request",
+            body={"error": {"message": "no such parameter"}},
+        )
+    )
     ctx, sent = context(client, max_attempts=5)
     result = await dispatch.send(request(), ctx)
     assert (result.status, result.status_code, result.attempts, result.error_code) == (
-        Status.ERROR, 400, 1, "bad_request")  # fmt: skip
+        Status.ERROR,
+        400,
+        1,
+        "bad_request",
+    )
     assert result.error == "bad_request: no such parameter"
     assert result.body == {"error": {"message": "no such parameter"}}
     assert client.sends == 1 and sent == [0]
 
 
 async def test_a_fatal_after_retries_counts_every_attempt_and_keeps_the_last_failure() -> None:
-    client = FakeClient(Retryable("server_error", status=500, code="server_error"),
-                        Fatal("not_found: no model", status=404, code="not_found"))  # fmt: skip
+    client = FakeClient(
+        Retryable("server_error", status=500, code="server_error"),
+        Fatal("not_found: no model", status=404, code="not_found"),
+    )
     ctx, _ = context(client, max_attempts=5)
     result = await dispatch.send(request(), ctx)
     assert (result.attempts, result.status_code, result.error_code, result.error) == (
-        2, 404, "not_found", "not_found: no model")  # fmt: skip
+        2,
+        404,
+        "not_found",
+        "not_found: no model",
+    )
     assert client.sends == 2
 
 
@@ -221,7 +284,12 @@ async def test_a_403_for_a_rows_own_model_fails_only_that_row() -> None:
     ctx, _ = context(client, own_models=frozenset({"m"}))
     result = await dispatch.send(request("row-model"), ctx)
     assert (result.status, result.status_code, result.attempts, result.error_code, result.error) == (
-        Status.ERROR, 403, 1, "authorization_error", "not allowed")  # fmt: skip
+        Status.ERROR,
+        403,
+        1,
+        "authorization_error",
+        "not allowed",
+    )
     assert client.sends == 1
 
 
@@ -339,8 +407,10 @@ async def test_max_elapsed_stops_before_a_wait_that_would_end_past_it(monkeypatc
     # its wait would end at 1.1..1.25, past 1.0: no second attempt, though nine are left.
     clock = FakeClock()
     waits = fake_sleeps(monkeypatch, clock)
-    client = FakeClient(then=lambda: Retryable("overloaded", status=503, code="server_error", retry_after=0.5),
-                        on_send=lambda: clock.advance(0.6))  # fmt: skip
+    client = FakeClient(
+        then=lambda: Retryable("overloaded", status=503, code="server_error", retry_after=0.5),
+        on_send=lambda: clock.advance(0.6),
+    )
     ctx, _ = context(client, max_attempts=10, max_elapsed=1.0, wait_scale=1.0, clock=clock)
     result = await dispatch.send(request(), ctx)
     assert (result.status, result.attempts, result.error_code) == (Status.ERROR, 1, "server_error")
@@ -352,8 +422,10 @@ async def test_max_elapsed_allows_the_waits_that_end_within_it(monkeypatch: pyte
     # ≥2.8 and any wait (≥0.5) ends past 3.0: three attempts, two waits.
     clock = FakeClock()
     waits = fake_sleeps(monkeypatch, clock)
-    client = FakeClient(then=lambda: Retryable("overloaded", status=503, code="server_error", retry_after=0.5),
-                        on_send=lambda: clock.advance(0.6))  # fmt: skip
+    client = FakeClient(
+        then=lambda: Retryable("overloaded", status=503, code="server_error", retry_after=0.5),
+        on_send=lambda: clock.advance(0.6),
+    )
     ctx, _ = context(client, max_attempts=10, max_elapsed=3.0, wait_scale=1.0, clock=clock)
     result = await dispatch.send(request(), ctx)
     assert (result.status, result.attempts) == (Status.ERROR, 3)
@@ -418,10 +490,22 @@ async def test_a_remembered_answer_is_served_from_the_cache(tmp_path: Path) -> N
     assert cache.stores == 1
     second = await dispatch.send(req, ctx)
     assert second == Result(
-        "r1", 0, Status.OK, 200, content="hello", finish_reason="stop", model="m", prompt_tokens=7,
-        completion_tokens=3, total_tokens=10, attempts=0, latency_ms=5.0, request_id="chatcmpl-1", cached=True,
+        "r1",
+        0,
+        Status.OK,
+        200,
+        content="hello",
+        finish_reason="stop",
+        model="m",
+        prompt_tokens=7,
+        completion_tokens=3,
+        total_tokens=10,
+        attempts=0,
+        latency_ms=5.0,
+        request_id="chatcmpl-1",
+        cached=True,
         body=COMPLETION,
-    )  # fmt: skip
+    )
     assert client.sends == 1 and sent == [0] and cache.hits == 1
 
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import invoke, read_jsonl
 
+from conftest import invoke, read_jsonl
 from inferbatch.cli import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,8 +30,13 @@ def test_readme_starts_with_the_demo_and_the_test_commands() -> None:
 def test_demo_job_runs_on_a_fresh_copy(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "jobs", tmp_path / "jobs")
     shutil.copytree(ROOT / "sample_data", tmp_path / "sample_data")
-    done = subprocess.run([sys.executable, "-m", "inferbatch", "run", "--job", "jobs/demo.toml"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "inferbatch", "run", "--job", "jobs/demo.toml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     rows = read_jsonl(tmp_path / "out" / "demo.jsonl")
     assert len(rows) == 50 and {r["status"] for r in rows} == {"ok"}

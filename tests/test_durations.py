@@ -49,8 +49,9 @@ def test_values_are_not_judged_here() -> None:
     assert duration_seconds("9" * 400 + "s") == math.inf
 
 
-@pytest.mark.parametrize("text", ["90s", "1m30s", "6m0s", "20ms", "1h2m3s", "2d", "2.5", "0s", " 10s ", "soon",
-                                  "1h 30m", "9x", "m5", "1.5h"])
+@pytest.mark.parametrize(
+    "text", ["90s", "1m30s", "6m0s", "20ms", "1h2m3s", "2d", "2.5", "0s", " 10s ", "soon", "1h 30m", "9x", "m5", "1.5h"]
+)
 def test_config_and_reset_headers_read_durations_alike(text: str) -> None:
     """A duration in a job file and in a server's reset header means the same number of seconds."""
     seconds = duration_seconds(text)

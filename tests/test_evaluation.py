@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner, Result
-from conftest import connection_env, invoke, read_jsonl, run_process, wait_for_lines, write_jsonl
 
+from conftest import connection_env, invoke, read_jsonl, run_process, wait_for_lines, write_jsonl
 from inferbatch.errors import ConfigError
 from inferbatch.evaluation import Assertion, check, wilson
 
@@ -24,9 +24,22 @@ REPO = Path(__file__).resolve().parent.parent
 
 # SPEC §3, in this order (§8.14); evaluation runs add these, kept columns come last.
 BASE_COLUMNS = [
-    "id", "index", "status", "status_code", "content", "finish_reason", "model", "prompt_tokens",
-    "completion_tokens", "total_tokens", "attempts", "latency_ms", "error", "tool_calls", "request_id",
-]  # fmt: skip
+    "id",
+    "index",
+    "status",
+    "status_code",
+    "content",
+    "finish_reason",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "attempts",
+    "latency_ms",
+    "error",
+    "tool_calls",
+    "request_id",
+]
 EVAL_COLUMNS = ["variant", "sample", "passed", "failures", "cached"]
 
 
@@ -82,8 +95,9 @@ def expected_triples(variants: list[str], n: int, repeat: int) -> list[tuple[str
     return [(v, i, s) for v in variants for i in range(n) for s in range(repeat)]
 
 
-def ok_record(content: str | None, latency_ms: float | None = 120.0,
-              completion_tokens: int | None = 7) -> dict[str, Any]:  # fmt: skip
+def ok_record(
+    content: str | None, latency_ms: float | None = 120.0, completion_tokens: int | None = 7
+) -> dict[str, Any]:
     return {"status": "ok", "content": content, "latency_ms": latency_ms, "completion_tokens": completion_tokens}
 
 
@@ -136,16 +150,28 @@ JSON_CONTENT = '{"answer": 42, "items": [{"name": "first"}, {"name": "second"}]}
         ({"type": "is-json"}, ok_record("{'a': 1}"), None, False),
         ({"type": "is-json"}, ok_record(None), None, False),
         # json-path: a column value "42" equals a JSON 42; nested paths with list indexes
-        ({"type": "json-path", "path": "$.answer", "column": "expected"}, ok_record(JSON_CONTENT),
-         {"expected": "42"}, True),
-        ({"type": "json-path", "path": "$.answer", "column": "expected"}, ok_record(JSON_CONTENT),
-         {"expected": "43"}, False),
+        (
+            {"type": "json-path", "path": "$.answer", "column": "expected"},
+            ok_record(JSON_CONTENT),
+            {"expected": "42"},
+            True,
+        ),
+        (
+            {"type": "json-path", "path": "$.answer", "column": "expected"},
+            ok_record(JSON_CONTENT),
+            {"expected": "43"},
+            False,
+        ),
         ({"type": "json-path", "path": "$.answer", "value": 42}, ok_record(JSON_CONTENT), None, True),
         ({"type": "json-path", "path": "$.answer", "value": 41}, ok_record(JSON_CONTENT), None, False),
         ({"type": "json-path", "path": "$.items[1].name", "value": "second"}, ok_record(JSON_CONTENT), None, True),
         ({"type": "json-path", "path": "$.items[1].name", "value": "first"}, ok_record(JSON_CONTENT), None, False),
-        ({"type": "json-path", "path": "$.items[1].name", "column": "expected"}, ok_record(JSON_CONTENT),
-         {"expected": "second"}, True),  # fmt: skip
+        (
+            {"type": "json-path", "path": "$.items[1].name", "column": "expected"},
+            ok_record(JSON_CONTENT),
+            {"expected": "second"},
+            True,
+        ),
         ({"type": "json-path", "path": "$['items'][0]['name']", "value": "first"}, ok_record(JSON_CONTENT), None, True),
         ({"type": "json-path", "path": "$.items[5].name", "value": "second"}, ok_record(JSON_CONTENT), None, False),
         ({"type": "json-path", "path": "$.answer", "value": 42}, ok_record("not json"), None, False),
@@ -220,10 +246,21 @@ def test_bad_assertion_definitions_are_usage_errors(definition: dict[str, Any], 
 def test_bad_assertion_in_a_job_file_is_exit_2_and_nothing_sent(runner: CliRunner, sim: Any, tmp_path: Path) -> None:
     server = sim()
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "q": "x"}])
-    for n, bad in enumerate([{"type": "nope", "value": "x"}, {"type": "regex", "value": "[z-a]"},
-                             {"type": "json-path", "value": 1}, {"type": "contains"}]):  # fmt: skip
-        job = write_job(tmp_path / f"bad{n}.toml", input=str(source), output=str(tmp_path / f"out{n}.jsonl"),
-                        variants=[{"name": "v", "template": "{q}"}], asserts=[bad])  # fmt: skip
+    for n, bad in enumerate(
+        [
+            {"type": "nope", "value": "x"},
+            {"type": "regex", "value": "[z-a]"},
+            {"type": "json-path", "value": 1},
+            {"type": "contains"},
+        ]
+    ):
+        job = write_job(
+            tmp_path / f"bad{n}.toml",
+            input=str(source),
+            output=str(tmp_path / f"out{n}.jsonl"),
+            variants=[{"name": "v", "template": "{q}"}],
+            asserts=[bad],
+        )
         result = run(runner, ["--job", str(job)], env=connection_env(server))
         assert result.exit_code == 2, result.stderr
         assert "[[assert]]" in result.stderr
@@ -345,8 +382,9 @@ def test_variant_flag_runs_only_that_variant(runner: CliRunner, sim: Any, tmp_pa
     job = two_variant_job(tmp_path / "job.toml", source)
     out = tmp_path / "out.jsonl"
 
-    result = run(runner, ["--job", str(job), "--repeat", "3", "--variant", "polite", "-o", str(out)],
-                 env=connection_env(server))  # fmt: skip
+    result = run(
+        runner, ["--job", str(job), "--repeat", "3", "--variant", "polite", "-o", str(out)], env=connection_env(server)
+    )
 
     assert result.exit_code == 0, result.stderr
     rows = read_jsonl(out)
@@ -354,8 +392,9 @@ def test_variant_flag_runs_only_that_variant(runner: CliRunner, sim: Any, tmp_pa
     assert all(r["content"].startswith("sim reply to: Please answer: ") for r in rows)
     assert server.stats.requests == 21
 
-    unknown = run(runner, ["--job", str(job), "--variant", "nope", "-o", str(tmp_path / "x.jsonl")],
-                  env=connection_env(server))  # fmt: skip
+    unknown = run(
+        runner, ["--job", str(job), "--variant", "nope", "-o", str(tmp_path / "x.jsonl")], env=connection_env(server)
+    )
     assert unknown.exit_code == 2
     assert "nope" in unknown.stderr
     assert server.stats.requests == 21
@@ -365,21 +404,25 @@ def test_failures_column_lists_failed_types_and_error_rows_fail_status(
     runner: CliRunner, sim: Any, tmp_path: Path
 ) -> None:
     server = sim()
-    rows = [{"id": f"r{i}", "q": f"city {i}" + (" [[sim:400]]" if i == 2 else ""), "expected": f"city {i}"}
-            for i in range(4)]  # fmt: skip
+    rows = [
+        {"id": f"r{i}", "q": f"city {i}" + (" [[sim:400]]" if i == 2 else ""), "expected": f"city {i}"}
+        for i in range(4)
+    ]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
     job = write_job(
-        tmp_path / "job.toml", input=str(source), output=str(out),
+        tmp_path / "job.toml",
+        input=str(source),
+        output=str(out),
         variants=[{"name": "only", "template": "{q}"}],
         asserts=[
             {"type": "icontains", "column": "expected"},
             {"type": "regex", "value": "^sim reply to: city \\d"},
-            {"type": "max-tokens", "value": 1},          # every sim reply is longer: fails
+            {"type": "max-tokens", "value": 1},  # every sim reply is longer: fails
             {"type": "max-latency-ms", "value": 60000},  # holds
-            {"type": "is-json"},                         # the sim replies plain text: fails
+            {"type": "is-json"},  # the sim replies plain text: fails
         ],
-    )  # fmt: skip
+    )
 
     result = run(runner, ["--job", str(job)], env=connection_env(server))
 
@@ -449,8 +492,7 @@ def test_identical_rerun_is_answered_from_the_cache(runner: CliRunner, sim: Any,
     source = write_jsonl(tmp_path / "in.jsonl", eval_rows(5))
     out = tmp_path / "out.jsonl"
     summary = tmp_path / "summary.json"
-    job = two_variant_job(tmp_path / "job.toml", source, out, cache=str(tmp_path / "cache"),
-                          summary_json=str(summary))  # fmt: skip
+    job = two_variant_job(tmp_path / "job.toml", source, out, cache=str(tmp_path / "cache"), summary_json=str(summary))
     env = connection_env(server)
 
     first = run(runner, ["--job", str(job)], env=env)
@@ -486,8 +528,14 @@ def test_cache_misses_only_for_changed_template_param_or_new_sample(
 
     def go(name: str, variants: list[dict[str, Any]], *extra: str) -> tuple[int, list[dict[str, Any]]]:
         out = tmp_path / f"{name}.jsonl"
-        job = write_job(tmp_path / f"{name}.toml", input=str(source), output=str(out), cache=cache,
-                        variants=variants, asserts=[{"type": "icontains", "column": "expected"}])  # fmt: skip
+        job = write_job(
+            tmp_path / f"{name}.toml",
+            input=str(source),
+            output=str(out),
+            cache=cache,
+            variants=variants,
+            asserts=[{"type": "icontains", "column": "expected"}],
+        )
         before = server.stats.requests
         result = run(runner, ["--job", str(job), *extra], env=env)
         assert result.exit_code == 0, result.stderr
@@ -527,14 +575,20 @@ def test_cache_stores_only_successful_responses(runner: CliRunner, sim: Any, tmp
     cache = str(tmp_path / "cache")
     env = connection_env(server)
 
-    first = run(runner, ["--job", str(two_variant_job(tmp_path / "j1.toml", source, tmp_path / "o1.jsonl",
-                                                      cache=cache))], env=env)  # fmt: skip
+    first = run(
+        runner,
+        ["--job", str(two_variant_job(tmp_path / "j1.toml", source, tmp_path / "o1.jsonl", cache=cache))],
+        env=env,
+    )
     assert first.exit_code == 1, first.stderr
     assert server.stats.requests == 10
     assert [r["status"] for r in read_jsonl(tmp_path / "o1.jsonl")].count("error") == 2
 
-    second = run(runner, ["--job", str(two_variant_job(tmp_path / "j2.toml", source, tmp_path / "o2.jsonl",
-                                                       cache=cache))], env=env)  # fmt: skip
+    second = run(
+        runner,
+        ["--job", str(two_variant_job(tmp_path / "j2.toml", source, tmp_path / "o2.jsonl", cache=cache))],
+        env=env,
+    )
     assert second.exit_code == 1, second.stderr
     assert server.stats.requests == 12  # only the two 400 rows (one per variant) were sent again
     for row in read_jsonl(tmp_path / "o2.jsonl"):
@@ -570,12 +624,14 @@ def test_repeats_are_cached_one_by_one(runner: CliRunner, sim: Any, tmp_path: Pa
 def fail_under_setup(tmp_path: Path) -> tuple[Path, Path]:
     # "plain" asks the question only: rows 8 and 9 expect a word that is not in it (8/10 pass);
     # "hint" puts the expected word into the prompt, so the echo always holds it (10/10).
-    rows = [{"id": f"r{i}", "q": f"item {i} word{i}", "expected": f"word{i}" if i < 8 else "absent"}
-            for i in range(10)]  # fmt: skip
+    rows = [{"id": f"r{i}", "q": f"item {i} word{i}", "expected": f"word{i}" if i < 8 else "absent"} for i in range(10)]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
-    job = write_job(tmp_path / "job.toml", input=str(source),
-                    variants=[{"name": "plain", "template": "{q}"}, {"name": "hint", "template": "{q} ({expected})"}],
-                    asserts=[{"type": "icontains", "column": "expected"}])  # fmt: skip
+    job = write_job(
+        tmp_path / "job.toml",
+        input=str(source),
+        variants=[{"name": "plain", "template": "{q}"}, {"name": "hint", "template": "{q} ({expected})"}],
+        asserts=[{"type": "icontains", "column": "expected"}],
+    )
     return source, job
 
 
@@ -590,8 +646,9 @@ def fail_under_setup(tmp_path: Path) -> tuple[Path, Path]:
         (["--fail-under", "1", "--variant", "plain"], 1),
     ],
 )
-def test_fail_under_sets_the_exit_code(runner: CliRunner, sim: Any, tmp_path: Path, extra: list[str],
-                                       code: int) -> None:  # fmt: skip
+def test_fail_under_sets_the_exit_code(
+    runner: CliRunner, sim: Any, tmp_path: Path, extra: list[str], code: int
+) -> None:
     server = sim()
     _, job = fail_under_setup(tmp_path)
     out = tmp_path / "out.jsonl"
@@ -616,8 +673,9 @@ def test_summary_json_variants_match_the_output(runner: CliRunner, sim: Any, tmp
     out = tmp_path / "out.jsonl"
     summary = tmp_path / "summary.json"
 
-    result = run(runner, ["--job", str(job), "-o", str(out), "--summary-json", str(summary)],
-                 env=connection_env(server))  # fmt: skip
+    result = run(
+        runner, ["--job", str(job), "-o", str(out), "--summary-json", str(summary)], env=connection_env(server)
+    )
 
     assert result.exit_code == 0, result.stderr
     rows = read_jsonl(out)
@@ -660,8 +718,9 @@ def test_changed_assertion_variants_or_repeat_refuse_the_checkpoint(
     asserts = [{"type": "icontains", "column": "expected"}]
 
     def job(name: str, variants: list[dict[str, Any]], asserts: list[dict[str, Any]]) -> Path:
-        return write_job(tmp_path / f"{name}.toml", input=str(source), output=str(out),
-                         variants=variants, asserts=asserts)  # fmt: skip
+        return write_job(
+            tmp_path / f"{name}.toml", input=str(source), output=str(out), variants=variants, asserts=asserts
+        )
 
     first = run(runner, ["--job", str(job("base", variants, asserts))], env=env)
     assert first.exit_code == 1, first.stderr
@@ -756,8 +815,10 @@ def test_csv_dataset_with_templates_only_in_variants_runs(sim, runner, tmp_path:
     server = sim()
     (tmp_path / "data.csv").write_text("id,question,expected\nq1,Capital of France? Paris or Rome,Paris\n")
     job = tmp_path / "job.toml"
-    job.write_text('input = "data.csv"\noutput = "out.jsonl"\n[[variants]]\nname = "v"\ntemplate = "{question}"\n'
-                   '[[assert]]\ntype = "contains"\ncolumn = "expected"\n')  # fmt: skip
+    job.write_text(
+        'input = "data.csv"\noutput = "out.jsonl"\n[[variants]]\nname = "v"\ntemplate = "{question}"\n'
+        '[[assert]]\ntype = "contains"\ncolumn = "expected"\n'
+    )
     validated = invoke(runner, ["validate", "--job", str(job)])
     assert validated.exit_code == 0, validated.stderr
     result = invoke(runner, ["run", "--job", str(job)], env=connection_env(server))

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import chat_rows, invoke, read_jsonl, write_jsonl
-from test_s3 import bucket, moto_endpoint, put  # noqa: F401 - fixtures: a bucket on a moto_server
 
+from conftest import chat_rows, invoke, read_jsonl, write_jsonl
 from inferbatch import pricing
 from inferbatch.config import resolve
 from inferbatch.shaping import shard_of
+from test_s3 import bucket, moto_endpoint, put  # noqa: F401 - fixtures: a bucket on a moto_server
 
 ROOT = Path(__file__).resolve().parent.parent
 APP_JSON = json.loads((ROOT / "app.json").read_text(encoding="utf-8"))
@@ -40,8 +40,23 @@ def no_dyno(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- app.json, against Heroku's documented schema ------------------------------------------------------------------
 
 # From Heroku Dev Center, "app.json Schema" (devcenter.heroku.com/articles/app-json-schema): the keys it documents.
-APP_JSON_KEYS = {"addons", "buildpacks", "description", "env", "environments", "formation", "image", "keywords",
-                 "logo", "name", "repository", "scripts", "stack", "success_url", "website"}  # fmt: skip
+APP_JSON_KEYS = {
+    "addons",
+    "buildpacks",
+    "description",
+    "env",
+    "environments",
+    "formation",
+    "image",
+    "keywords",
+    "logo",
+    "name",
+    "repository",
+    "scripts",
+    "stack",
+    "success_url",
+    "website",
+}
 ADDON_KEYS = {"plan", "as", "options"}  # plan required
 ENV_KEYS = {"description", "value", "required", "generator"}  # generator: "secret"
 FORMATION_KEYS = {"quantity", "size"}
@@ -50,9 +65,23 @@ SCRIPT_KEYS = {"postdeploy", "pr-predestroy"}
 ENVIRONMENT_NAMES = {"test", "review"}
 ENVIRONMENT_KEYS = {"addons", "buildpacks", "env", "formation", "scripts"}
 ENVIRONMENT_SCRIPT_KEYS = {"test-setup", "test", "postdeploy", "pr-predestroy"}
-DYNO_SIZES = {"eco", "basic", "standard-1x", "standard-2x", "performance-m", "performance-l", "performance-l-ram",
-              "performance-xl", "performance-2xl", "private-s", "private-m", "private-l", "shield-s", "shield-m",
-              "shield-l"}  # fmt: skip
+DYNO_SIZES = {
+    "eco",
+    "basic",
+    "standard-1x",
+    "standard-2x",
+    "performance-m",
+    "performance-l",
+    "performance-l-ram",
+    "performance-xl",
+    "performance-2xl",
+    "private-s",
+    "private-m",
+    "private-l",
+    "shield-s",
+    "shield-m",
+    "shield-l",
+}
 ONE_DYNO_PER_PROCESS_TYPE = {"eco", "basic"}  # these sizes cannot scale a process type past one dyno
 
 
@@ -140,10 +169,12 @@ def test_heroku_ci_installs_the_test_extra_as_a_dependency_group() -> None:
 def test_standard_plan_runs_with_the_model_from_the_flag_or_the_rows(sim, runner, tmp_path: Path) -> None:
     server = sim()
     env = {**STANDARD_PLAN, "INFERENCE_URL": server.url}
-    source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "prompt": "q"}, {"id": "b", "prompt": "r",
-                                                                             "model": "nova-lite"}])  # fmt: skip
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--model", "claude-4-5-haiku"],
-                    env=env)  # fmt: skip
+    source = write_jsonl(
+        tmp_path / "in.jsonl", [{"id": "a", "prompt": "q"}, {"id": "b", "prompt": "r", "model": "nova-lite"}]
+    )
+    result = invoke(
+        runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--model", "claude-4-5-haiku"], env=env
+    )
     assert result.exit_code == 0, result.stderr
     assert [r["model"] for r in read_jsonl(tmp_path / "out.jsonl")] == ["claude-4-5-haiku", "nova-lite"]
 
@@ -152,8 +183,11 @@ def test_standard_plan_without_a_model_names_every_way_to_give_one(sim, runner, 
     """Needs the runner to raise config.missing_model_error() (the lead wires it): exit 2, one line, nothing sent."""
     server = sim()
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(3))
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl")],
-                    env={**STANDARD_PLAN, "INFERENCE_URL": server.url})  # fmt: skip
+    result = invoke(
+        runner,
+        ["run", str(source), "-o", str(tmp_path / "out.jsonl")],
+        env={**STANDARD_PLAN, "INFERENCE_URL": server.url},
+    )
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1
     for way in ("--model", "job file", "row", "heroku ai:models:list"):
@@ -167,8 +201,15 @@ def test_standard_plan_without_a_model_names_every_way_to_give_one(sim, runner, 
 def test_price_table_says_its_source_and_date_and_covers_todays_models() -> None:
     doc = pricing.__doc__ or ""
     assert pricing.TABLE_DATE in doc and "devcenter.heroku.com" in doc
-    for model in ("claude-sonnet-4-6", "claude-4-5-sonnet", "claude-4-5-haiku", "claude-opus-4-5",
-                  "openai-gpt-oss-120b", "nova-pro", "nova-lite"):  # fmt: skip
+    for model in (
+        "claude-sonnet-4-6",
+        "claude-4-5-sonnet",
+        "claude-4-5-haiku",
+        "claude-opus-4-5",
+        "openai-gpt-oss-120b",
+        "nova-pro",
+        "nova-lite",
+    ):
         assert pricing.Pricing().priced(model), model
     assert pricing.published_limits("claude-4-5-haiku") == (200, 800_000)
     assert pricing.published_limits("claude-4-5-sonnet") == (150, 800_000)
@@ -211,8 +252,22 @@ def test_max_cost_stops_at_the_first_row_naming_an_unpriced_model(sim, runner, t
     rows = [{"id": f"r{i}", "prompt": f"question {i}"} for i in range(6)]
     rows[3] = {"id": "r3", "prompt": "the unpriced question", "model": "minimax-m2"}
     source = write_jsonl(tmp_path / "in.jsonl", rows)
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--model", "claude-4-5-haiku",
-                             "--max-cost", "5", "-c", "1"], env={**STANDARD_PLAN, "INFERENCE_URL": server.url})  # fmt: skip
+    result = invoke(
+        runner,
+        [
+            "run",
+            str(source),
+            "-o",
+            str(tmp_path / "out.jsonl"),
+            "--model",
+            "claude-4-5-haiku",
+            "--max-cost",
+            "5",
+            "-c",
+            "1",
+        ],
+        env={**STANDARD_PLAN, "INFERENCE_URL": server.url},
+    )
     assert result.exit_code == 2, result.stderr
     assert "minimax-m2" in result.stderr and "--price-in" in result.stderr
     assert "the unpriced question" not in server.stats.prompts
@@ -220,15 +275,18 @@ def test_max_cost_stops_at_the_first_row_naming_an_unpriced_model(sim, runner, t
 
 
 def test_validate_prints_the_estimate_per_model(runner, tmp_path: Path) -> None:
-    rows = [*({"id": f"h{i}", "prompt": "x" * 400} for i in range(4)),
-            *({"id": f"n{i}", "prompt": "y" * 40, "model": "nova-lite"} for i in range(2)),
-            {"id": "o", "prompt": "z", "model": "my-own-model"}]  # fmt: skip
+    rows = [
+        *({"id": f"h{i}", "prompt": "x" * 400} for i in range(4)),
+        *({"id": f"n{i}", "prompt": "y" * 40, "model": "nova-lite"} for i in range(2)),
+        {"id": "o", "prompt": "z", "model": "my-own-model"},
+    ]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     result = invoke(runner, ["validate", str(source), "--model", "claude-4-5-haiku", "--param", "max_tokens=100"])
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    per_model = {parse_logfmt(line)[1]["model"]: parse_logfmt(line)[1] for line in lines
-                 if line.startswith("estimate_model ")}  # fmt: skip
+    per_model = {
+        parse_logfmt(line)[1]["model"]: parse_logfmt(line)[1] for line in lines if line.startswith("estimate_model ")
+    }
     assert set(per_model) == {"claude-4-5-haiku", "nova-lite", "my-own-model"}
     haiku = per_model["claude-4-5-haiku"]
     assert haiku["rows"] == "4" and haiku["max_completion_tokens"] == "400"
@@ -252,8 +310,9 @@ def test_run_with_shard_auto_on_a_fir_dyno_is_one_line_and_exit_2(sim, runner, t
     server = sim()
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(4))
     env = {**STANDARD_PLAN, "INFERENCE_URL": server.url, "DYNO": FIR_DYNO, "INFERBATCH_SHARDS": "2"}
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--model", "m",
-                             "--shard", "auto"], env=env)  # fmt: skip
+    result = invoke(
+        runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--model", "m", "--shard", "auto"], env=env
+    )
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "--shard I/N" in result.stderr and FIR_DYNO in result.stderr
     assert server.stats.requests == 0
@@ -261,11 +320,26 @@ def test_run_with_shard_auto_on_a_fir_dyno_is_one_line_and_exit_2(sim, runner, t
 
 def worker_process(inbox: Path, outbox: Path, url: str, *extra: str, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "inferbatch", "worker", "--inbox", str(inbox), "--outbox", str(outbox),
-         "--poll", "0.5", "--model", "sim-model", *extra],
-        env={**os.environ, **STANDARD_PLAN, "INFERENCE_URL": url, **env}, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "inferbatch",
+            "worker",
+            "--inbox",
+            str(inbox),
+            "--outbox",
+            str(outbox),
+            "--poll",
+            "0.5",
+            "--model",
+            "sim-model",
+            *extra,
+        ],
+        env={**os.environ, **STANDARD_PLAN, "INFERENCE_URL": url, **env},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_worker_dyno_on_fir_says_so_once_and_waits_instead_of_crash_looping(tmp_path: Path) -> None:
@@ -273,8 +347,9 @@ def test_worker_dyno_on_fir_says_so_once_and_waits_instead_of_crash_looping(tmp_
     (a config change or release restarts it), then exits 2."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    proc = worker_process(inbox, tmp_path / "outbox", "http://127.0.0.1:9", "--shard", "auto",
-                          DYNO=FIR_DYNO, INFERBATCH_SHARDS="2")  # fmt: skip
+    proc = worker_process(
+        inbox, tmp_path / "outbox", "http://127.0.0.1:9", "--shard", "auto", DYNO=FIR_DYNO, INFERBATCH_SHARDS="2"
+    )
     try:
         assert proc.stderr is not None
         line = proc.stderr.readline()
@@ -292,8 +367,9 @@ def test_worker_once_or_off_heroku_exits_2_at_once(tmp_path: Path) -> None:
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     for extra, env in ((("--once",), {"DYNO": FIR_DYNO}), ((), {"DYNO": "run.1234"})):
-        proc = worker_process(inbox, tmp_path / "outbox", "http://127.0.0.1:9", "--shard", "auto", *extra,
-                              INFERBATCH_SHARDS="2", **env)  # fmt: skip
+        proc = worker_process(
+            inbox, tmp_path / "outbox", "http://127.0.0.1:9", "--shard", "auto", *extra, INFERBATCH_SHARDS="2", **env
+        )
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 2 and err.count("\n") == 1, err
 
@@ -313,8 +389,12 @@ def test_two_workers_with_shard_auto_share_the_announced_limit(sim, tmp_path: Pa
     mine = {0: [n for n in names if shard_of(n, 2) == 0][:8], 1: [n for n in names if shard_of(n, 2) == 1][:8]}
     for name in mine[0] + mine[1]:
         write_jsonl(inbox / name, chat_rows(15, name.split(".")[0]))
-    procs = [worker_process(inbox, outbox, server.url, "--shard", "auto", "--once", "-c", "4",
-                            DYNO=f"worker.{k}", INFERBATCH_SHARDS="2") for k in (1, 2)]  # fmt: skip
+    procs = [
+        worker_process(
+            inbox, outbox, server.url, "--shard", "auto", "--once", "-c", "4", DYNO=f"worker.{k}", INFERBATCH_SHARDS="2"
+        )
+        for k in (1, 2)
+    ]
     for proc in procs:
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err
@@ -334,8 +414,12 @@ def test_two_workers_with_shard_auto_share_the_announced_limit(sim, tmp_path: Pa
 
 
 def test_nightly_job_is_a_55_minute_s3_job_on_bucketeer() -> None:
-    env = {**STANDARD_PLAN, "INFERENCE_URL": "https://us.inference.heroku.com", "BUCKETEER_BUCKET_NAME": "bkt",
-           "INFERBATCH_MODEL": "claude-4-5-haiku"}  # fmt: skip
+    env = {
+        **STANDARD_PLAN,
+        "INFERENCE_URL": "https://us.inference.heroku.com",
+        "BUCKETEER_BUCKET_NAME": "bkt",
+        "INFERBATCH_MODEL": "claude-4-5-haiku",
+    }
     cfg = resolve({"job": str(NIGHTLY), "input": None}, env)
     assert cfg.deadline == 55 * 60
     assert cfg.input == "s3://bkt/nightly/prompts.jsonl" and cfg.output == "s3://bkt/nightly/results.jsonl"
@@ -367,8 +451,21 @@ def test_nightly_job_runs_on_the_simulator_over_s3(bucket: str, runner, monkeypa
 def test_nightly_job_runs_locally_with_input_and_output_given(runner, tmp_path: Path) -> None:
     """The command line replaces the job's S3 paths, so BUCKETEER_BUCKET_NAME need not be set."""
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(10))
-    result = invoke(runner, ["run", "--job", str(NIGHTLY), str(source), "-o", str(tmp_path / "out.jsonl"),
-                             "--summary-json", str(tmp_path / "summary.json"), "--model", "sim-model",
-                             "--simulate"])  # fmt: skip
+    result = invoke(
+        runner,
+        [
+            "run",
+            "--job",
+            str(NIGHTLY),
+            str(source),
+            "-o",
+            str(tmp_path / "out.jsonl"),
+            "--summary-json",
+            str(tmp_path / "summary.json"),
+            "--model",
+            "sim-model",
+            "--simulate",
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     assert len(read_jsonl(tmp_path / "out.jsonl")) == 10

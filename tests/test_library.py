@@ -37,8 +37,10 @@ def test_public_names_resolve_and_errors_carry_exit_codes() -> None:
 def test_run_batch_returns_a_report_for_a_stop_instead_of_raising(tmp_path: Path) -> None:
     source = tmp_path / "in.jsonl"
     source.write_text("".join(f'{{"id": "r{i}", "prompt": "q {i}"}}\n' for i in range(30)))
-    cfg = inferbatch.resolve({"input": str(source), "output": str(tmp_path / "out.jsonl"), "simulate": True,
-                              "max_total_tokens": 1}, os.environ)  # fmt: skip
+    cfg = inferbatch.resolve(
+        {"input": str(source), "output": str(tmp_path / "out.jsonl"), "simulate": True, "max_total_tokens": 1},
+        os.environ,
+    )
 
     async def run() -> inferbatch.RunReport:
         async with inferbatch.simulated(cfg) as simulated_cfg:
@@ -52,8 +54,9 @@ def test_run_batch_returns_a_report_for_a_stop_instead_of_raising(tmp_path: Path
 def test_run_batch_without_a_url_is_refused_not_sent_anywhere(tmp_path: Path) -> None:
     source = tmp_path / "in.jsonl"
     source.write_text('{"id": "r0", "prompt": "q"}\n')
-    cfg = inferbatch.resolve({"input": str(source), "output": str(tmp_path / "out.jsonl"), "simulate": True},
-                             os.environ)  # fmt: skip
+    cfg = inferbatch.resolve(
+        {"input": str(source), "output": str(tmp_path / "out.jsonl"), "simulate": True}, os.environ
+    )
     try:
         asyncio.run(inferbatch.run_batch(cfg, handle_signals=False))
     except inferbatch.ConfigError as exc:

@@ -268,8 +268,21 @@ def test_parse_reset_garbage_is_none(text: str | None) -> None:
     assert parse_reset(text) is None
 
 
-@pytest.mark.parametrize("text", ["inf", "-inf", "nan", "1e400", "-5", "-0.5s", "2026-01-01T00:00:00",
-                                  "2026-13-45T99:00:00Z", "Infinity", "9" * 400 + "s"])  # fmt: skip
+@pytest.mark.parametrize(
+    "text",
+    [
+        "inf",
+        "-inf",
+        "nan",
+        "1e400",
+        "-5",
+        "-0.5s",
+        "2026-01-01T00:00:00",
+        "2026-13-45T99:00:00Z",
+        "Infinity",
+        "9" * 400 + "s",
+    ],
+)
 def test_parse_reset_ignores_values_that_are_no_time(text: str) -> None:
     """Garbage resets are ignored (None), never an infinite or negative wait: an `inf` reset must not hang the run."""
     assert parse_reset(text, now=WALL) is None
@@ -306,15 +319,23 @@ def test_garbage_reset_or_remaining_headers_are_ignored(value: str) -> None:
     """A server's nonsense never becomes an endless wait or a crash: the limiter goes on as if it said nothing."""
     clock = FakeClock()
     limiter = Limiter(4, clock=clock)
-    limiter.release(admit(limiter), status=200, headers={"x-ratelimit-remaining-requests": "0",
-                                                         "x-ratelimit-reset-requests": value})  # fmt: skip
+    limiter.release(
+        admit(limiter), status=200, headers={"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": value}
+    )
     admit(limiter)
-    limiter.release(admit(limiter), status=200, headers={"x-ratelimit-remaining-requests": value,
-                                                         "x-ratelimit-reset-requests": "10s",
-                                                         "x-ratelimit-limit-requests": value})  # fmt: skip
+    limiter.release(
+        admit(limiter),
+        status=200,
+        headers={
+            "x-ratelimit-remaining-requests": value,
+            "x-ratelimit-reset-requests": "10s",
+            "x-ratelimit-limit-requests": value,
+        },
+    )
     admit(limiter)
-    limiter.release(admit(limiter), status=429, headers={"x-ratelimit-remaining-tokens": "0",
-                                                         "x-ratelimit-reset-tokens": value})  # fmt: skip
+    limiter.release(
+        admit(limiter), status=429, headers={"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": value}
+    )
     assert limiter.paused_until - clock.now <= 1.0  # the short backoff of a 429 that named no wait
 
 
@@ -825,8 +846,15 @@ async def test_a_short_wait_is_not_logged(log_lines: list[str]) -> None:
 
 def test_human_duration() -> None:
     assert [human_duration(s) for s in (0.25, 45, 600, 330, 3600, 11_520, 86_400, 20 * 86_400 + 4 * 3600)] == [
-        "0.25s", "45s", "10m", "5m30s", "1h", "3h12m", "1d", "20d4h",
-    ]  # fmt: skip
+        "0.25s",
+        "45s",
+        "10m",
+        "5m30s",
+        "1h",
+        "3h12m",
+        "1d",
+        "20d4h",
+    ]
 
 
 # ---- TPM is paced, not a minute's tokens at once (SPEC §8.1) --------------------------------------
@@ -890,10 +918,15 @@ def test_n_processes_sharing_one_limit_each_take_a_share_of_it() -> None:
     assert (limiter.rpm, limiter.tpm) == (25, 22_500)
     ticket = limiter.poll(10, 0.0)
     assert not isinstance(ticket, float)
-    limiter.release(ticket, status=200, headers={
-        "x-ratelimit-limit-requests": "60", "x-ratelimit-remaining-requests": "8",
-        "x-ratelimit-reset-requests": "30s",
-    })  # fmt: skip
+    limiter.release(
+        ticket,
+        status=200,
+        headers={
+            "x-ratelimit-limit-requests": "60",
+            "x-ratelimit-remaining-requests": "8",
+            "x-ratelimit-reset-requests": "30s",
+        },
+    )
     assert limiter.rpm == 15  # 60 announced, a quarter of it
     assert limiter._server_requests_left == 2  # 8 left for all four: this one counts on two
     assert Limiter(8, rpm=3, share=4).rpm == 1  # never zero

@@ -26,11 +26,23 @@ def test_procfile_worker_processes_the_inbox_and_stops_on_sigterm(tmp_path: Path
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     inbox.mkdir()
     write_jsonl(inbox / "prompts.jsonl", chat_rows(25))
-    env = honcho_env(INFERBATCH_INBOX=str(inbox), INFERBATCH_OUTBOX=str(outbox), INFERENCE_URL=server.url,
-                     INFERENCE_KEY="k", INFERENCE_MODEL_ID="m", DYNO="worker.1")  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "start", "worker"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)  # fmt: skip
+    env = honcho_env(
+        INFERBATCH_INBOX=str(inbox),
+        INFERBATCH_OUTBOX=str(outbox),
+        INFERENCE_URL=server.url,
+        INFERENCE_KEY="k",
+        INFERENCE_MODEL_ID="m",
+        DYNO="worker.1",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "start", "worker"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not (outbox / "prompts.jsonl.done.json").exists():
@@ -50,8 +62,14 @@ def test_procfile_batch_runs_a_job_file(tmp_path: Path) -> None:
     shutil.copytree(ROOT / "jobs", tmp_path / "jobs")
     shutil.copytree(ROOT / "sample_data", tmp_path / "sample_data")
     env = honcho_env(INFERBATCH_JOB="jobs/demo.toml")
-    done = subprocess.run([sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "start", "batch"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "start", "batch"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "summary rows=50 ok=50" in done.stdout, done.stdout + done.stderr
     assert len(read_jsonl(tmp_path / "out" / "demo.jsonl")) == 50
 
@@ -62,13 +80,25 @@ def test_procfile_worker_on_the_standard_plan_sends_the_apps_model(tmp_path: Pat
     inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
     inbox.mkdir()
     write_jsonl(inbox / "prompts.jsonl", chat_rows(5))
-    env = honcho_env(INFERBATCH_INBOX=str(inbox), INFERBATCH_OUTBOX=str(outbox), INFERENCE_URL=server.url,
-                     INFERENCE_KEY="standard-plan-test-key", INFERBATCH_MODEL="claude-4-5-haiku", DYNO="worker.1",
-                     INFERBATCH_SHARDS="1")  # fmt: skip
+    env = honcho_env(
+        INFERBATCH_INBOX=str(inbox),
+        INFERBATCH_OUTBOX=str(outbox),
+        INFERENCE_URL=server.url,
+        INFERENCE_KEY="standard-plan-test-key",
+        INFERBATCH_MODEL="claude-4-5-haiku",
+        DYNO="worker.1",
+        INFERBATCH_SHARDS="1",
+    )
     env.pop("INFERENCE_MODEL_ID", None)
-    proc = subprocess.Popen([sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "start", "worker"],
-                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "honcho", "-f", str(ROOT / "Procfile"), "start", "worker"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not (outbox / "prompts.jsonl.done.json").exists():

@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 from conftest import chat_rows, connection_env, invoke, read_jsonl, write_jsonl
-
 from inferbatch.progress import Progress, Summary, logfmt
 
 
@@ -16,8 +15,11 @@ def test_progress_lines_appear_at_the_interval_off_a_terminal(sim, runner, tmp_p
     server = sim(latency_ms=40)
     rows = [{"id": f"r{i}", "prompt": f"SECRET-PROMPT-{i}"} for i in range(60)]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "2",
-                             "--progress-interval", "0.3"], env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner,
+        ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "2", "--progress-interval", "0.3"],
+        env=connection_env(server),
+    )
     assert result.exit_code == 0
     progress = [line for line in result.stderr.splitlines() if line.startswith("progress ")]
     assert len(progress) >= 3  # ~1.2 s of work at one line every 0.3 s (checked once a second)
@@ -32,8 +34,11 @@ def test_progress_lines_appear_at_the_interval_off_a_terminal(sim, runner, tmp_p
 def test_quiet_silences_progress(sim, runner, tmp_path: Path) -> None:
     server = sim(latency_ms=20)
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(40))
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "1", "-q",
-                             "--progress-interval", "0.1"], env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner,
+        ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "1", "-q", "--progress-interval", "0.1"],
+        env=connection_env(server),
+    )
     assert result.exit_code == 0
     assert not [line for line in result.stderr.splitlines() if line.startswith("progress ")]
 
@@ -41,8 +46,7 @@ def test_quiet_silences_progress(sim, runner, tmp_path: Path) -> None:
 def test_verbose_logs_one_line_per_retry(sim, runner, tmp_path: Path) -> None:
     server = sim()
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "prompt": "x [[sim:503x2]]"}])
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-v"],
-                    env=connection_env(server))  # fmt: skip
+    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-v"], env=connection_env(server))
     assert result.exit_code == 0
     retries = [line for line in result.stderr.splitlines() if line.startswith("retry ")]
     assert len(retries) == 2 and all("status=503" in line for line in retries)
@@ -70,8 +74,11 @@ def test_summary_json_counts_equal_the_output_file(sim, runner, tmp_path: Path) 
     rows = [*chat_rows(12), {"id": "bad", "prompt": "x [[sim:400]]"}, {"id": "cut", "prompt": "y [[sim:length]]"}]
     source = write_jsonl(tmp_path / "in.jsonl", [*rows, "{broken"])
     summary_path = tmp_path / "s.json"
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--summary-json",
-                             str(summary_path)], env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner,
+        ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--summary-json", str(summary_path)],
+        env=connection_env(server),
+    )
     assert result.exit_code == 1
     figures = json.loads(summary_path.read_text())
     output = read_jsonl(tmp_path / "out.jsonl")
@@ -87,8 +94,19 @@ def test_summary_json_counts_equal_the_output_file(sim, runner, tmp_path: Path) 
 
     report = invoke(runner, ["report", str(tmp_path / "out.jsonl"), "--json"])
     again = json.loads(report.stdout)
-    for key in ("rows", "ok", "error", "invalid", "status_codes", "attempts", "retries", "prompt_tokens",
-                "completion_tokens", "latency_ms", "soft_failures"):  # fmt: skip
+    for key in (
+        "rows",
+        "ok",
+        "error",
+        "invalid",
+        "status_codes",
+        "attempts",
+        "retries",
+        "prompt_tokens",
+        "completion_tokens",
+        "latency_ms",
+        "soft_failures",
+    ):
         assert again[key] == figures[key], key
 
 
@@ -141,8 +159,13 @@ def test_metrics_line_follows_progress_in_herokus_log_metrics_convention() -> No
     assert [parse_logfmt(line)[0] for line in lines] == ["progress", "metrics", "progress", "metrics"]
     first, second = parse_logfmt(lines[1])[1], parse_logfmt(lines[3])[1]
     for figures in (first, second):
-        assert {"sample#inferbatch.rps", "sample#inferbatch.rows_done", "count#inferbatch.rows_ok",
-                "count#inferbatch.rows_error", "measure#inferbatch.latency_p90"} <= set(figures)  # fmt: skip
+        assert {
+            "sample#inferbatch.rps",
+            "sample#inferbatch.rows_done",
+            "count#inferbatch.rows_ok",
+            "count#inferbatch.rows_error",
+            "measure#inferbatch.latency_p90",
+        } <= set(figures)
         assert float(figures["sample#inferbatch.rps"]) > 0
         assert re.fullmatch(r"\d+(\.\d+)?ms", figures["measure#inferbatch.latency_p90"])
     assert (first["count#inferbatch.rows_ok"], first["count#inferbatch.rows_error"]) == ("5", "1")
@@ -158,8 +181,11 @@ def test_metrics_line_follows_progress_in_herokus_log_metrics_convention() -> No
 def test_a_run_logs_metrics_lines_whose_counts_add_up_to_the_rows(sim, runner, tmp_path: Path) -> None:
     server = sim(latency_ms=20)
     source = write_jsonl(tmp_path / "in.jsonl", [*chat_rows(30), "{broken"])
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "2",
-                             "--progress-interval", "0.3"], env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner,
+        ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "2", "--progress-interval", "0.3"],
+        env=connection_env(server),
+    )
     assert result.exit_code == 1
     metrics = [parse_logfmt(line)[1] for line in result.stderr.splitlines() if line.startswith("metrics ")]
     assert len(metrics) >= 2

@@ -15,8 +15,11 @@ def gaps(arrivals: list[float]) -> list[float]:
 def test_rpm_flag_paces_requests_instead_of_bursting(sim, runner, tmp_path: Path) -> None:
     server = sim()
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(8))
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "8", "--rpm", "240"],
-                    env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner,
+        ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "8", "--rpm", "240"],
+        env=connection_env(server),
+    )
     assert result.exit_code == 0
     arrivals = list(server.stats.arrivals)
     assert len(arrivals) == 8
@@ -30,8 +33,9 @@ def test_rpm_flag_paces_requests_instead_of_bursting(sim, runner, tmp_path: Path
 def test_limits_announced_in_headers_pace_the_run_without_flags(sim, runner, tmp_path: Path) -> None:
     server = sim(rpm=240)  # sends x-ratelimit-limit-requests: 240
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(10))
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "1"],
-                    env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "1"], env=connection_env(server)
+    )
     assert result.exit_code == 0
     arrivals = list(server.stats.arrivals)
     # The first response teaches the limit; from then on requests are 0.25 s apart (room for jitter: issue 16).
@@ -45,8 +49,11 @@ def test_exhausted_server_window_pauses_everyone_and_nothing_is_lost(sim, runner
     server = sim(rpm=5, window_s=2.0, retry_after=1.0, ratelimit_headers=False)
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(12))
     summary = tmp_path / "summary.json"
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "8",
-                             "--summary-json", str(summary)], env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner,
+        ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "8", "--summary-json", str(summary)],
+        env=connection_env(server),
+    )
     assert result.exit_code == 0, result.stderr
     output = read_jsonl(tmp_path / "out.jsonl")
     assert [r["status"] for r in output] == ["ok"] * 12
@@ -63,8 +70,11 @@ def test_429_halves_concurrency_and_the_summary_says_so(sim, runner, tmp_path: P
     rows[0] = {"id": "limited", "prompt": "x [[sim:429x1]]"}
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     summary = tmp_path / "summary.json"
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "8",
-                             "--summary-json", str(summary)], env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner,
+        ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "8", "--summary-json", str(summary)],
+        env=connection_env(server),
+    )
     assert result.exit_code == 0
     figures = json.loads(summary.read_text())
     assert figures["rate_limited"] == 1
@@ -76,8 +86,9 @@ def test_429_halves_concurrency_and_the_summary_says_so(sim, runner, tmp_path: P
 def test_max_in_flight_follows_concurrency_under_latency(sim, runner, tmp_path: Path) -> None:
     server = sim(latency_ms=25)
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(120))
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "5"],
-                    env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "5"], env=connection_env(server)
+    )
     assert result.exit_code == 0
     assert server.stats.max_in_flight == 5
 
@@ -86,8 +97,11 @@ def test_summary_reports_achieved_tokens_per_minute_without_a_tpm_limit(sim, run
     server = sim()
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(20))
     summary = tmp_path / "summary.json"
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--summary-json", str(summary)],
-                    env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner,
+        ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--summary-json", str(summary)],
+        env=connection_env(server),
+    )
     assert result.exit_code == 0
     figures = json.loads(summary.read_text())
     assert figures["achieved_tpm"] > 0

@@ -27,8 +27,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import chat_rows, connection_env, invoke, read_jsonl, write_jsonl
 
+from conftest import chat_rows, connection_env, invoke, read_jsonl, write_jsonl
 from inferbatch import report_html
 from inferbatch.report_html import Bins, write_html
 from inferbatch.results import read_output
@@ -119,8 +119,10 @@ def chromium() -> str | None:
     for candidate in ("/usr/bin/chromium", shutil.which("chromium")):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    pytest.fail("headless Chromium is needed to check that the report renders: `apt-get install -y chromium` "
-                "(Debian), or set INFERBATCH_NO_BROWSER=1 to check the HTML with a parser only")  # fmt: skip
+    pytest.fail(
+        "headless Chromium is needed to check that the report renders: `apt-get install -y chromium` "
+        "(Debian), or set INFERBATCH_NO_BROWSER=1 to check the HTML with a parser only"
+    )
 
 
 @dataclass
@@ -136,11 +138,21 @@ def render(html_path: Path, tmp_path: Path) -> Rendered:
         return Rendered(html_path.read_text(encoding="utf-8"), None)
     shot = tmp_path / "report.png"
     command = [
-        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--window-size={WINDOW[0]},{WINDOW[1]}",
-        f"--screenshot={shot}", "--dump-dom", html_path.resolve().as_uri(),
-    ]  # fmt: skip
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        f"--window-size={WINDOW[0]},{WINDOW[1]}",
+        f"--screenshot={shot}",
+        "--dump-dom",
+        html_path.resolve().as_uri(),
+    ]
     env = {**os.environ, "HOME": str(tmp_path)}
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -208,8 +220,9 @@ def real_output(runner: CliRunner, sim: Any, tmp_path: Path) -> Path:
     src = write_jsonl(tmp_path / "in.jsonl", rows)
     out = tmp_path / "out.jsonl"
 
-    result = invoke(runner, ["run", str(src), "-o", str(out), "--max-attempts", "2", "-c", "4"],
-                    env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner, ["run", str(src), "-o", str(out), "--max-attempts", "2", "-c", "4"], env=connection_env(server)
+    )
 
     assert result.exit_code == 1, result.output  # finished, some rows failed
     assert Counter(r["status"] for r in read_jsonl(out)) == {"ok": 21, "error": 3, "invalid": 1}
@@ -308,17 +321,34 @@ def test_untrusted_text_is_escaped_and_no_prompt_or_completion_is_shown(tmp_path
 # ---- evaluation runs -------------------------------------------------------------------------------
 
 
-def record(index: int, status: str, *, row_id: str | None = None, latency_ms: float | None = 10.0,
-           error: str | None = None, **extra: Any) -> dict[str, Any]:  # fmt: skip
+def record(
+    index: int,
+    status: str,
+    *,
+    row_id: str | None = None,
+    latency_ms: float | None = 10.0,
+    error: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     ok = status == "ok"
     return {
-        "id": row_id if row_id is not None else f"r{index}", "index": index, "status": status,
-        "status_code": 200 if ok else 500, "content": "answer" if ok else None, "finish_reason": "stop" if ok else None,
-        "model": "m", "prompt_tokens": 10 if ok else None, "completion_tokens": 5 if ok else None,
-        "total_tokens": 15 if ok else None, "attempts": 1, "latency_ms": latency_ms,
+        "id": row_id if row_id is not None else f"r{index}",
+        "index": index,
+        "status": status,
+        "status_code": 200 if ok else 500,
+        "content": "answer" if ok else None,
+        "finish_reason": "stop" if ok else None,
+        "model": "m",
+        "prompt_tokens": 10 if ok else None,
+        "completion_tokens": 5 if ok else None,
+        "total_tokens": 15 if ok else None,
+        "attempts": 1,
+        "latency_ms": latency_ms,
         "error": error if error is not None else (None if ok else "internal_server_error: boom"),
-        "tool_calls": None, "request_id": None, **extra,
-    }  # fmt: skip
+        "tool_calls": None,
+        "request_id": None,
+        **extra,
+    }
 
 
 def eval_records() -> list[dict[str, Any]]:
@@ -330,9 +360,16 @@ def eval_records() -> list[dict[str, Any]]:
             for sample in range(2):
                 passed = variant == "a" or (f"q{q}", sample) not in b_fails
                 failures = [] if passed else ["contains", "max-tokens"] if q == 0 else ["contains"]
-                out.append({**record(len(out), "ok", row_id=f"q{q}", latency_ms=5.0 + q),
-                            "variant": variant, "sample": sample, "passed": passed,
-                            "failures": json.dumps(failures), "cached": False})  # fmt: skip
+                out.append(
+                    {
+                        **record(len(out), "ok", row_id=f"q{q}", latency_ms=5.0 + q),
+                        "variant": variant,
+                        "sample": sample,
+                        "passed": passed,
+                        "failures": json.dumps(failures),
+                        "cached": False,
+                    }
+                )
     return out
 
 

@@ -18,16 +18,30 @@ def _answer(message: dict[str, object], **extra: object) -> dict[str, object]:
 
 def test_an_answer_with_only_tool_calls_has_null_content_not_the_text_null() -> None:
     calls = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
-    record = Result.answered("r", 0, _answer({"role": "assistant", "content": None, "tool_calls": calls}),
-                             status_code=200, attempts=1, latency_ms=12.5, request_id=None).record()
+    record = Result.answered(
+        "r",
+        0,
+        _answer({"role": "assistant", "content": None, "tool_calls": calls}),
+        status_code=200,
+        attempts=1,
+        latency_ms=12.5,
+        request_id=None,
+    ).record()
     assert record["content"] is None
     assert record["tool_calls"] == '[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]'
 
 
 def test_content_given_as_parts_is_kept_as_json_text() -> None:
     parts = [{"type": "text", "text": "hi"}]
-    record = Result.answered("r", 0, _answer({"role": "assistant", "content": parts}), status_code=200, attempts=1,
-                             latency_ms=1.0, request_id=None).record()
+    record = Result.answered(
+        "r",
+        0,
+        _answer({"role": "assistant", "content": parts}),
+        status_code=200,
+        attempts=1,
+        latency_ms=1.0,
+        request_id=None,
+    ).record()
     assert record["content"] == '[{"type":"text","text":"hi"}]'
 
 
@@ -61,23 +75,33 @@ COMPLETION = {
 
 
 def _ok(**kwargs: object) -> Result:
-    return Result.answered("r1", 0, COMPLETION, status_code=200, attempts=1, latency_ms=5.0, request_id=None,
-                           **kwargs)  # type: ignore[arg-type]  # fmt: skip
+    return Result.answered("r1", 0, COMPLETION, status_code=200, attempts=1, latency_ms=5.0, request_id=None, **kwargs)  # type: ignore[arg-type]
 
 
 def _timeout(**kwargs: object) -> Result:
-    return Result.failed("r2", 1, Retryable("read timed out after 30 s", code="timeout"), attempts=3,
-                         **kwargs)  # type: ignore[arg-type]  # fmt: skip
+    return Result.failed("r2", 1, Retryable("read timed out after 30 s", code="timeout"), attempts=3, **kwargs)  # type: ignore[arg-type]
 
 
 def test_a_plain_records_keys_are_exactly_the_columns_in_order() -> None:
     record = _ok().record()
     assert tuple(record) == COLUMNS
     assert record == {
-        "id": "r1", "index": 0, "status": "ok", "status_code": 200, "content": "hello", "finish_reason": "stop",
-        "model": "m", "prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6, "attempts": 1,
-        "latency_ms": 5.0, "error": None, "tool_calls": None, "request_id": "chatcmpl-7",
-    }  # fmt: skip
+        "id": "r1",
+        "index": 0,
+        "status": "ok",
+        "status_code": 200,
+        "content": "hello",
+        "finish_reason": "stop",
+        "model": "m",
+        "prompt_tokens": 4,
+        "completion_tokens": 2,
+        "total_tokens": 6,
+        "attempts": 1,
+        "latency_ms": 5.0,
+        "error": None,
+        "tool_calls": None,
+        "request_id": "chatcmpl-7",
+    }
 
 
 def test_an_evaluated_records_keys_are_the_columns_then_the_evaluation_columns() -> None:
@@ -116,9 +140,11 @@ def test_an_ok_record_has_no_internal_keys_and_public_returns_it_as_is() -> None
 def test_openai_batch_line_of_an_error_uses_the_carried_code() -> None:
     record = orjson.loads(_timeout().line())
     assert results.openai_batch_line(record) == {
-        "id": "batch_req_r2", "custom_id": "r2", "response": None,
+        "id": "batch_req_r2",
+        "custom_id": "r2",
+        "response": None,
         "error": {"code": "timeout", "message": "read timed out after 30 s"},
-    }  # fmt: skip
+    }
 
 
 def test_the_carried_code_wins_over_the_status() -> None:
@@ -131,24 +157,33 @@ def test_openai_batch_line_of_an_invalid_row() -> None:
     record = orjson.loads(Result.invalid("r3", 2, "line 3: not JSON").line())
     assert record[results.CODE_KEY] == "invalid_row"
     assert results.openai_batch_line(record) == {
-        "id": "batch_req_r3", "custom_id": "r3", "response": None,
+        "id": "batch_req_r3",
+        "custom_id": "r3",
+        "response": None,
         "error": {"code": "invalid_row", "message": "invalid_row: line 3: not JSON"},
-    }  # fmt: skip
+    }
 
 
 def test_openai_batch_line_of_an_answer_has_a_response_and_no_error() -> None:
     record = _ok().record(keep_body=True)
     assert results.openai_batch_line(record) == {
-        "id": "batch_req_r1", "custom_id": "r1", "error": None,
+        "id": "batch_req_r1",
+        "custom_id": "r1",
+        "error": None,
         "response": {"status_code": 200, "request_id": "chatcmpl-7", "body": COMPLETION},
-    }  # fmt: skip
+    }
 
 
 @pytest.mark.parametrize(
     ("status", "status_code", "expected"),
-    [("error", 503, "http_503"), ("error", 400, "http_400"), ("error", None, "connection_error"),
-     ("invalid", None, "invalid_row"), ("ok", 200, None)],
-)  # fmt: skip
+    [
+        ("error", 503, "http_503"),
+        ("error", 400, "http_400"),
+        ("error", None, "connection_error"),
+        ("invalid", None, "invalid_row"),
+        ("ok", 200, None),
+    ],
+)
 def test_a_legacy_record_without_a_code_falls_back(status: str, status_code: int | None, expected: str | None) -> None:
     record = {"id": "r", "status": status, "status_code": status_code, "error": "boom"}
     assert results.error_code(record) == expected
@@ -165,8 +200,9 @@ def test_keep_body_keeps_the_body_of_an_answer_and_of_an_error_with_a_status() -
     assert _ok().record(keep_body=True)[results.BODY_KEY] == COMPLETION
     assert results.BODY_KEY not in _ok().record()
     error_body = {"error": {"message": "rate limited", "type": "rate_limit"}}
-    failed = Result.failed("r", 0, Retryable("rate limited", status=429, code="rate_limited", body=error_body),
-                           attempts=5)  # fmt: skip
+    failed = Result.failed(
+        "r", 0, Retryable("rate limited", status=429, code="rate_limited", body=error_body), attempts=5
+    )
     record = failed.record(keep_body=True)
     assert record[results.BODY_KEY] == error_body
     assert tuple(record) == COLUMNS + (results.CODE_KEY, results.BODY_KEY)

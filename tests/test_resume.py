@@ -132,8 +132,12 @@ def test_kill_9_with_requests_in_flight_reports_them_in_doubt_on_rerun(tmp_path:
     again = run_process([str(source), "-o", str(output), "-c", "4", "--summary-json", str(summary_path)], server.url)
     _, stderr = again.communicate(timeout=60)
     assert again.returncode == 0, stderr
-    warning = re.search(r"^resume: (\d+) row\(s\) were sent before the last run stopped but have no result "
-                        r"\(possibly billed\); they are sent again$", stderr, re.M)  # fmt: skip
+    warning = re.search(
+        r"^resume: (\d+) row\(s\) were sent before the last run stopped but have no result "
+        r"\(possibly billed\); they are sent again$",
+        stderr,
+        re.M,
+    )
     assert warning is not None, stderr
     assert warning.group(1) == "4"
     assert json.loads(summary_path.read_text())["in_doubt_resumed"] == 4

@@ -38,7 +38,7 @@ def samples(attempt: int, exc: BaseException | None = None, n: int = 2000) -> li
 
 
 def test_retryable_statuses_are_exactly_the_documented_set() -> None:
-    assert RETRYABLE_STATUSES == {408, 409, 425, 429, 500, 502, 503, 504, 529}
+    assert {408, 409, 425, 429, 500, 502, 503, 504, 529} == RETRYABLE_STATUSES
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 413, 422, 418, 200, 301, 307])
@@ -289,7 +289,7 @@ async def test_controller_backoff_without_retry_after_grows_within_caps() -> Non
     per_run = [sleep.waits[i : i + 4] for i in range(0, len(sleep.waits), 4)]
     assert len(per_run) == 50
     for waits in per_run:
-        assert all(0.0 <= w <= 2.0 ** k for k, w in enumerate(waits))  # before attempt k+2: up to 1, 2, 4, 8 s
+        assert all(0.0 <= w <= 2.0**k for k, w in enumerate(waits))  # before attempt k+2: up to 1, 2, 4, 8 s
     assert max(run[3] for run in per_run) > 4.0  # the fourth wait really can exceed the first's cap
 
 
@@ -344,14 +344,22 @@ def real_waits() -> Any:
     retry.set_testing(True)
 
 
-async def bounded_run(clock: Clock, failure: Retryable, *, max_attempts: int, max_elapsed: float,
-                      attempt_s: float = 0.0, started_at: float | None = None,
-                      sleep: Recorder | None = None) -> tuple[int, BaseException]:  # fmt: skip
+async def bounded_run(
+    clock: Clock,
+    failure: Retryable,
+    *,
+    max_attempts: int,
+    max_elapsed: float,
+    attempt_s: float = 0.0,
+    started_at: float | None = None,
+    sleep: Recorder | None = None,
+) -> tuple[int, BaseException]:
     sleep = sleep or ClockSleep(clock)
     attempts = 0
     with pytest.raises(Retryable) as info:
-        async for attempt in make_retrying(max_attempts, sleep=sleep, max_elapsed=max_elapsed,
-                                           started_at=started_at, clock=clock):  # fmt: skip
+        async for attempt in make_retrying(
+            max_attempts, sleep=sleep, max_elapsed=max_elapsed, started_at=started_at, clock=clock
+        ):
             with attempt:
                 attempts += 1
                 clock.now += attempt_s
@@ -383,8 +391,9 @@ async def test_default_limits_end_a_slow_failing_row_within_the_bound(real_waits
     clock = Clock()
     failure = Retryable("timeout", status=429, retry_after=590.0)
     started = clock.now
-    attempts, _ = await bounded_run(clock, failure, max_attempts=6, max_elapsed=6 * 300.0, attempt_s=300.0,
-                                    started_at=started)  # fmt: skip
+    attempts, _ = await bounded_run(
+        clock, failure, max_attempts=6, max_elapsed=6 * 300.0, attempt_s=300.0, started_at=started
+    )
     assert attempts < 6
     assert clock.now - started <= 6 * 300.0 + 300.0
     assert clock.now - started < 3600.0
@@ -392,8 +401,9 @@ async def test_default_limits_end_a_slow_failing_row_within_the_bound(real_waits
 
 async def test_the_time_bound_does_not_cut_ordinary_backoff_short(real_waits: Any) -> None:
     clock = Clock()
-    attempts, _ = await bounded_run(clock, Retryable("http_500", status=500), max_attempts=6, max_elapsed=6 * 300.0,
-                                    attempt_s=1.0)  # fmt: skip
+    attempts, _ = await bounded_run(
+        clock, Retryable("http_500", status=500), max_attempts=6, max_elapsed=6 * 300.0, attempt_s=1.0
+    )
     assert attempts == 6
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import chat_rows, connection_env, invoke, write_jsonl
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
@@ -30,8 +31,11 @@ def _free_port() -> int:
 def start_moto() -> tuple[subprocess.Popen[bytes], str]:
     """A moto_server process on a free loopback port, once it answers; returns it and its URL."""
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -48,9 +52,14 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
 def create_bucket(endpoint: str, name: str) -> None:
     from pyarrow import fs as pafs
 
-    pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
-                      endpoint_override=endpoint.split("://")[1], scheme="http",
-                      allow_bucket_creation=True).create_dir(name)  # fmt: skip
+    pafs.S3FileSystem(
+        access_key="testing",
+        secret_key="testing",
+        region="us-east-1",
+        endpoint_override=endpoint.split("://")[1],
+        scheme="http",
+        allow_bucket_creation=True,
+    ).create_dir(name)
 
 
 @pytest.fixture(scope="session")
@@ -91,8 +100,18 @@ def jsonl_bytes(rows: list[dict[str, Any]]) -> bytes:
 def test_jsonl_input_from_s3_output_to_s3(sim, runner, bucket: str) -> None:
     server = sim()
     put(f"s3://{bucket}/in/prompts.jsonl", jsonl_bytes(chat_rows(30)))
-    result = invoke(runner, ["run", f"s3://{bucket}/in/prompts.jsonl", "-o", f"s3://{bucket}/out/results.jsonl",
-                             "--summary-json", f"s3://{bucket}/out/summary.json"], env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner,
+        [
+            "run",
+            f"s3://{bucket}/in/prompts.jsonl",
+            "-o",
+            f"s3://{bucket}/out/results.jsonl",
+            "--summary-json",
+            f"s3://{bucket}/out/summary.json",
+        ],
+        env=connection_env(server),
+    )
     assert result.exit_code == 0, result.stderr
     rows = [json.loads(line) for line in (get(f"s3://{bucket}/out/results.jsonl") or b"").splitlines()]
     assert [r["id"] for r in rows] == [f"row{i}" for i in range(30)]
@@ -101,13 +120,18 @@ def test_jsonl_input_from_s3_output_to_s3(sim, runner, bucket: str) -> None:
     keys = all_keys(bucket)
     assert not [k for k in keys if k.endswith("/")], keys
     assert [k for k in keys if ".checkpoint" in k] == ["out/results.jsonl.checkpoint/manifest.json"]
-    assert json.loads(get(f"s3://{bucket}/out/results.jsonl.checkpoint/manifest.json") or b"{}")["complete"]["rows"] == 30
+    assert (
+        json.loads(get(f"s3://{bucket}/out/results.jsonl.checkpoint/manifest.json") or b"{}")["complete"]["rows"] == 30
+    )
 
     # The same command again: nothing sent, the output untouched, exit 0.
     before = get(f"s3://{bucket}/out/results.jsonl")
     sent = server.stats.requests
-    again = invoke(runner, ["run", f"s3://{bucket}/in/prompts.jsonl", "-o", f"s3://{bucket}/out/results.jsonl"],
-                   env=connection_env(server))  # fmt: skip
+    again = invoke(
+        runner,
+        ["run", f"s3://{bucket}/in/prompts.jsonl", "-o", f"s3://{bucket}/out/results.jsonl"],
+        env=connection_env(server),
+    )
     assert again.exit_code == 0, again.stderr
     assert "already complete" in again.stderr
     assert server.stats.requests == sent
@@ -119,9 +143,12 @@ def all_keys(bucket: str) -> list[str]:
     import botocore.session
 
     client = botocore.session.get_session().create_client(
-        "s3", region_name="us-east-1", endpoint_url=os.environ["AWS_ENDPOINT_URL"],
-        aws_access_key_id="testing", aws_secret_access_key="testing",
-    )  # fmt: skip
+        "s3",
+        region_name="us-east-1",
+        endpoint_url=os.environ["AWS_ENDPOINT_URL"],
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     return sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))
 
 
@@ -133,8 +160,11 @@ def test_parquet_input_from_s3_and_parquet_output(sim, runner, bucket: str, tmp_
     server = sim()
     local = Path(__file__).resolve().parent.parent / "sample_data" / "prompts.parquet"
     storage.upload_file(str(local), f"s3://{bucket}/prompts.parquet")
-    result = invoke(runner, ["run", f"s3://{bucket}/prompts.parquet", "-o", f"s3://{bucket}/results.parquet"],
-                    env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner,
+        ["run", f"s3://{bucket}/prompts.parquet", "-o", f"s3://{bucket}/results.parquet"],
+        env=connection_env(server),
+    )
     assert result.exit_code == 0, result.stderr
     (tmp_path / "r.parquet").write_bytes(get(f"s3://{bucket}/results.parquet") or b"")
     table = pq.read_table(tmp_path / "r.parquet")
@@ -145,8 +175,9 @@ def test_parquet_input_from_s3_and_parquet_output(sim, runner, bucket: str, tmp_
 
 def test_missing_s3_input_is_exit_2_with_one_line(sim, runner, bucket: str) -> None:
     server = sim()
-    result = invoke(runner, ["run", f"s3://{bucket}/nope.jsonl", "-o", f"s3://{bucket}/out.jsonl"],
-                    env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner, ["run", f"s3://{bucket}/nope.jsonl", "-o", f"s3://{bucket}/out.jsonl"], env=connection_env(server)
+    )
     assert result.exit_code == 2
     assert "no such S3 object" in result.stderr and "Traceback" not in result.stderr
     assert server.stats.requests == 0
@@ -158,8 +189,20 @@ def test_kill_9_with_the_checkpoint_on_s3_then_resume(sim_process: Any, bucket: 
     source = write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "prompt": f"q {i}"} for i in range(rows)])
     output = f"s3://{bucket}/results.jsonl"
     env = {**os.environ, "INFERENCE_URL": server.url, "INFERENCE_KEY": "k", "INFERENCE_MODEL_ID": "m"}
-    args = [sys.executable, "-m", "inferbatch", "run", str(source), "-o", output, "-c", "16", "-q",
-            "--checkpoint-interval", "0.5"]  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "inferbatch",
+        "run",
+        str(source),
+        "-o",
+        output,
+        "-c",
+        "16",
+        "-q",
+        "--checkpoint-interval",
+        "0.5",
+    ]
     from inferbatch import storage
 
     kills = 0
@@ -194,15 +237,17 @@ def test_a_live_lease_refuses_a_second_run(sim, runner, bucket: str) -> None:
     put(f"s3://{bucket}/in.jsonl", jsonl_bytes(chat_rows(3)))
     lease = {"run_id": "someone-else", "host": "web.1", "pid": 4, "expires_at": time.time() + 60}
     put(f"s3://{bucket}/out.jsonl.checkpoint/lease.json", orjson.dumps(lease))
-    result = invoke(runner, ["run", f"s3://{bucket}/in.jsonl", "-o", f"s3://{bucket}/out.jsonl"],
-                    env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner, ["run", f"s3://{bucket}/in.jsonl", "-o", f"s3://{bucket}/out.jsonl"], env=connection_env(server)
+    )
     assert result.exit_code == 2
     assert "another inferbatch run" in result.stderr
     assert server.stats.requests == 0
     expired = {**lease, "expires_at": time.time() - 1}
     put(f"s3://{bucket}/out.jsonl.checkpoint/lease.json", orjson.dumps(expired))
-    again = invoke(runner, ["run", f"s3://{bucket}/in.jsonl", "-o", f"s3://{bucket}/out.jsonl"],
-                   env=connection_env(server))  # fmt: skip
+    again = invoke(
+        runner, ["run", f"s3://{bucket}/in.jsonl", "-o", f"s3://{bucket}/out.jsonl"], env=connection_env(server)
+    )
     assert again.exit_code == 0, again.stderr
 
 
@@ -237,9 +282,15 @@ def test_a_run_killed_with_9_on_this_host_leaves_a_lease_taken_over_at_once(
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc to read a process's start time")
 @pytest.mark.parametrize(
     ("holder", "taken_over"),
-    [("alive", False), ("gone", True), ("pid-reused", True), ("zombie", True), ("other-boot", False),
-     ("other-host", False)],
-)  # fmt: skip
+    [
+        ("alive", False),
+        ("gone", True),
+        ("pid-reused", True),
+        ("zombie", True),
+        ("other-boot", False),
+        ("other-host", False),
+    ],
+)
 def test_which_leases_a_rerun_takes_over(holder: str, taken_over: bool, sim, runner, bucket: str) -> None:
     """Promise (SPEC §8.36, §8.20): only a lease whose holder is on this host (same host name, boot and pid
     namespace) and provably gone (no such pid, a zombie, or the pid now names a process started at another
@@ -254,8 +305,13 @@ def test_which_leases_a_rerun_takes_over(holder: str, taken_over: bool, sim, run
     try:
         status = _process_status(sleeper.pid)
         assert status is not None
-        lease = {"run_id": "another-run", **this_process(), "pid": sleeper.pid, "started": status[1],
-                 "expires_at": time.time() + 600}  # fmt: skip
+        lease = {
+            "run_id": "another-run",
+            **this_process(),
+            "pid": sleeper.pid,
+            "started": status[1],
+            "expires_at": time.time() + 600,
+        }
         if holder == "pid-reused":
             lease["started"] = str(int(status[1]) - 1)
         elif holder == "zombie":
@@ -272,8 +328,9 @@ def test_which_leases_a_rerun_takes_over(holder: str, taken_over: bool, sim, run
             elif holder == "other-host":
                 lease["host"] = "web.1"
         put(f"s3://{bucket}/out.jsonl.checkpoint/lease.json", orjson.dumps(lease))
-        result = invoke(runner, ["run", f"s3://{bucket}/in.jsonl", "-o", f"s3://{bucket}/out.jsonl"],
-                        env=connection_env(server))  # fmt: skip
+        result = invoke(
+            runner, ["run", f"s3://{bucket}/in.jsonl", "-o", f"s3://{bucket}/out.jsonl"], env=connection_env(server)
+        )
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -309,7 +366,11 @@ def test_worker_on_s3_names_outputs_by_the_whole_key_and_resumes_an_old_checkpoi
     assert result.exit_code == 0, result.stderr
     assert server.stats.requests == sent_before + 3 + 2  # a.jsonl's finished rows were not sent again
     assert [r["status"] for r in map(json.loads, (get(f"{outbox}/a.jsonl.results.jsonl") or b"").splitlines())] == [
-        "ok", "error", "ok", "ok"]  # fmt: skip
+        "ok",
+        "error",
+        "ok",
+        "ok",
+    ]
     assert len((get(f"{outbox}/a.csv.results.jsonl") or b"").splitlines()) == 3
     assert len((get(f"{outbox}/day1/a.jsonl.results.jsonl") or b"").splitlines()) == 2
     for name in ("a.jsonl", "a.csv", "day1/a.jsonl"):

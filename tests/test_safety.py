@@ -21,19 +21,25 @@ def final_message(stderr: str) -> str:
     return lines[0].removeprefix("inferbatch: ")
 
 
-MISMATCH = re.compile(r"out\.jsonl\.checkpoint belongs to another run \((?P<why>[^;]*)\); "
-                      r"rerun with --restart to discard it and start over")  # fmt: skip
+MISMATCH = re.compile(
+    r"out\.jsonl\.checkpoint belongs to another run \((?P<why>[^;]*)\); "
+    r"rerun with --restart to discard it and start over"
+)
 
 
 def test_401_stops_the_run_with_exit_3_after_at_most_concurrency_requests(sim, runner, tmp_path: Path) -> None:
     server = sim(require_key="the-right-key")
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(500))
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "4"],
-                    env=connection_env(server, key="a-wrong-key"))  # fmt: skip
+    result = invoke(
+        runner,
+        ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "4"],
+        env=connection_env(server, key="a-wrong-key"),
+    )
     assert result.exit_code == 3
     assert server.stats.requests <= 4
-    assert re.fullmatch(r"the key was rejected \(401\): invalid_api_key: .*; check INFERENCE_KEY\b.*",
-                        final_message(result.stderr))  # fmt: skip
+    assert re.fullmatch(
+        r"the key was rejected \(401\): invalid_api_key: .*; check INFERENCE_KEY\b.*", final_message(result.stderr)
+    )
     assert "Traceback" not in result.stderr
     # Rows cut off by a safety stop are not final: nothing is recorded as error for them.
     assert read_jsonl(tmp_path / "out.jsonl") == []
@@ -42,19 +48,24 @@ def test_401_stops_the_run_with_exit_3_after_at_most_concurrency_requests(sim, r
 def test_json_403_authorization_error_is_a_safety_stop(sim, runner, tmp_path: Path) -> None:
     server = sim()
     source = write_jsonl(tmp_path / "in.jsonl", rows_with(100, "[[sim:403auth]]"))
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "2"],
-                    env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "2"], env=connection_env(server)
+    )
     assert result.exit_code == 3
     assert server.stats.requests <= 2
-    assert re.fullmatch(r"the key may not use .*\(403\): authorization_error: .*; check INFERENCE_KEY\b.*",
-                        final_message(result.stderr))  # fmt: skip
+    assert re.fullmatch(
+        r"the key may not use .*\(403\): authorization_error: .*; check INFERENCE_KEY\b.*", final_message(result.stderr)
+    )
 
 
 def test_consecutive_404s_abort_after_25(sim, runner, tmp_path: Path) -> None:
     server = sim(models=("real-model",))
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(1000))
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "4"],
-                    env=connection_env(server, model="no-such-model"))  # fmt: skip
+    result = invoke(
+        runner,
+        ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "4"],
+        env=connection_env(server, model="no-such-model"),
+    )
     assert result.exit_code == 3
     assert final_message(result.stderr).startswith("25 rows in a row failed (last: model_not_found")
     output = read_jsonl(tmp_path / "out.jsonl")
@@ -66,8 +77,11 @@ def test_consecutive_404s_abort_after_25(sim, runner, tmp_path: Path) -> None:
 def test_abort_after_0_never_stops(sim, runner, tmp_path: Path) -> None:
     server = sim(models=("real-model",))
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(40))
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--abort-after", "0"],
-                    env=connection_env(server, model="no-such-model"))  # fmt: skip
+    result = invoke(
+        runner,
+        ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--abort-after", "0"],
+        env=connection_env(server, model="no-such-model"),
+    )
     assert result.exit_code == 1
     assert len(read_jsonl(tmp_path / "out.jsonl")) == 40
 
@@ -77,8 +91,11 @@ def test_html_403_is_a_row_error_and_the_run_continues(sim, runner, tmp_path: Pa
     rows = chat_rows(10)
     rows[4] = {"id": "blocked", "prompt": "something a WAF dislikes [[sim:403html]]"}
     source = write_jsonl(tmp_path / "in.jsonl", rows)
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--max-attempts", "3"],
-                    env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner,
+        ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--max-attempts", "3"],
+        env=connection_env(server),
+    )
     assert result.exit_code == 1
     output = read_jsonl(tmp_path / "out.jsonl")
     blocked = output[4]
@@ -95,8 +112,11 @@ def test_changed_options_or_input_edited_in_place_are_refused_and_restart_starts
     stale answers."""
     server = sim()
     env = connection_env(server)
-    rows = [{"id": "capital", "prompt": "What is the capital of France?"}, *chat_rows(4),
-            {"id": "bad", "prompt": "x [[sim:400]]"}]  # fmt: skip
+    rows = [
+        {"id": "capital", "prompt": "What is the capital of France?"},
+        *chat_rows(4),
+        {"id": "bad", "prompt": "x [[sim:400]]"},
+    ]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     output = tmp_path / "out.jsonl"
     first = invoke(runner, ["run", str(source), "-o", str(output)], env=env)
@@ -160,8 +180,11 @@ def test_invalid_rows_never_count_toward_abort_after(sim, runner, tmp_path: Path
     server = sim()
     rows = [*({"id": f"empty{i}", "messages": []} for i in range(30)), *chat_rows(10)]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--abort-after", "25"],
-                    env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner,
+        ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "--abort-after", "25"],
+        env=connection_env(server),
+    )
     assert result.exit_code == 1, result.stderr  # some rows invalid, no safety stop (3)
     output = read_jsonl(tmp_path / "out.jsonl")
     assert [r["status"] for r in output] == ["invalid"] * 30 + ["ok"] * 10
@@ -197,8 +220,11 @@ def test_key_echoed_in_401_body_never_reaches_any_output(sim, runner, tmp_path: 
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(20))
     output = tmp_path / "out.jsonl"
     summary = tmp_path / "summary.json"
-    result = invoke(runner, ["run", str(source), "-o", str(output), "-v", "--summary-json", str(summary)],
-                    env=connection_env(server, key=SECRET))  # fmt: skip
+    result = invoke(
+        runner,
+        ["run", str(source), "-o", str(output), "-v", "--summary-json", str(summary)],
+        env=connection_env(server, key=SECRET),
+    )
     assert result.exit_code == 3
     assert SECRET not in result.output and SECRET not in result.stderr and SECRET not in result.stdout
     for path in tmp_path.rglob("*"):
@@ -210,8 +236,9 @@ def test_redirect_to_another_host_never_sees_authorization(sim, runner, tmp_path
     elsewhere = sim()
     server = sim(redirect_to=elsewhere.url + "/v1/chat/completions")
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(3))
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl")],
-                    env=connection_env(server, key=SECRET))  # fmt: skip
+    result = invoke(
+        runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl")], env=connection_env(server, key=SECRET)
+    )
     assert elsewhere.stats.requests == 0 and elsewhere.stats.auth_headers_seen == 0
     output = read_jsonl(tmp_path / "out.jsonl")
     assert all(r["status"] == "error" and r["status_code"] == 307 for r in output)

@@ -138,10 +138,13 @@ def test_messages_as_text_that_is_not_json_is_invalid() -> None:
 def test_assistant_message_with_tool_calls_needs_no_content() -> None:
     messages = [
         {"role": "user", "content": "weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function",
-                                                               "function": {"name": "w", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "w", "arguments": "{}"}}],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
-    ]  # fmt: skip
+    ]
     assert request({"messages": messages}).body["messages"] == messages
 
 

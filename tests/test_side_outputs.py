@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import chat_rows, connection_env, invoke, read_jsonl, write_jsonl
 
 
@@ -37,31 +38,44 @@ CLASHES = {
     "cache is the output": (["-o", "out.jsonl", "--cache", "out.jsonl"], "is the output"),
     "cache is the input": (["-o", "out.jsonl", "--cache", "in.jsonl"], "in.jsonl"),
     "output is the job file": (["--job", "job.toml", "-o", "job.toml"], "is the job file"),
-    "summary is the job file": (["--job", "job.toml", "-o", "out.jsonl", "--summary-json", "job.toml"],
-                                "is the job file"),
+    "summary is the job file": (
+        ["--job", "job.toml", "-o", "out.jsonl", "--summary-json", "job.toml"],
+        "is the job file",
+    ),
     "output is the template file": (["--template-file", "prompt.txt", "-o", "prompt.txt"], "--template-file"),
-    "summary is the template file": (["--template-file", "prompt.txt", "-o", "out.jsonl", "--summary-json",
-                                      "prompt.txt"], "--template-file"),
-    "summary inside the checkpoint": (["-o", "out.jsonl", "--summary-json", "out.jsonl.checkpoint/s.json"],
-                                      "checkpoint folder"),
-    "cache inside the checkpoint": (["-o", "out.jsonl", "--cache", "out.jsonl.checkpoint/cache"],
-                                    "checkpoint folder"),
-    "summary is the checkpoint folder": (["-o", "out.jsonl", "--summary-json", "out.jsonl.checkpoint"],
-                                         "checkpoint folder"),
+    "summary is the template file": (
+        ["--template-file", "prompt.txt", "-o", "out.jsonl", "--summary-json", "prompt.txt"],
+        "--template-file",
+    ),
+    "summary inside the checkpoint": (
+        ["-o", "out.jsonl", "--summary-json", "out.jsonl.checkpoint/s.json"],
+        "checkpoint folder",
+    ),
+    "cache inside the checkpoint": (["-o", "out.jsonl", "--cache", "out.jsonl.checkpoint/cache"], "checkpoint folder"),
+    "summary is the checkpoint folder": (
+        ["-o", "out.jsonl", "--summary-json", "out.jsonl.checkpoint"],
+        "checkpoint folder",
+    ),
     "output through a symlink to the input": (["-o", "link.jsonl"], "is the input"),
-    "summary through a symlinked folder": (["-o", "out.jsonl", "--summary-json", "linked-dir/in.jsonl"],
-                                           "is the input"),
-    "s3 summary is the s3 output, spelled //": (["-o", "s3://bucket/out.jsonl", "--summary-json",
-                                                 "s3://bucket//out.jsonl/"], "is the output"),
-    "s3 summary inside the s3 checkpoint": (["-o", "s3://bucket/out.jsonl", "--summary-json",
-                                             "s3://bucket/out.jsonl.checkpoint/s.json"], "checkpoint folder"),
-}  # fmt: skip
+    "summary through a symlinked folder": (
+        ["-o", "out.jsonl", "--summary-json", "linked-dir/in.jsonl"],
+        "is the input",
+    ),
+    "s3 summary is the s3 output, spelled //": (
+        ["-o", "s3://bucket/out.jsonl", "--summary-json", "s3://bucket//out.jsonl/"],
+        "is the output",
+    ),
+    "s3 summary inside the s3 checkpoint": (
+        ["-o", "s3://bucket/out.jsonl", "--summary-json", "s3://bucket/out.jsonl.checkpoint/s.json"],
+        "checkpoint folder",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", sorted(CLASHES))
-def test_a_written_path_that_is_another_path_of_the_run_is_refused(sim, runner, tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch,
-                                                                   case: str) -> None:  # fmt: skip
+def test_a_written_path_that_is_another_path_of_the_run_is_refused(
+    sim, runner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
     """SPEC §8.28: --summary-json, --cache and the output may not be the input, the output, each other, the job
     or template file, or inside the checkpoint folder, however spelled: exit 2 in one line, nothing sent,
     nothing overwritten."""
@@ -120,8 +134,9 @@ def test_missing_folders_of_written_paths_are_created(sim, runner, tmp_path: Pat
     source = write_jsonl(tmp_path / "in.jsonl", chat_rows(2))
     output, summary = tmp_path / "out" / "run1" / "x.jsonl", tmp_path / "reports" / "run1" / "summary.json"
 
-    result = invoke(runner, ["run", str(source), "-o", str(output), "--summary-json", str(summary)],
-                    env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner, ["run", str(source), "-o", str(output), "--summary-json", str(summary)], env=connection_env(server)
+    )
 
     assert result.exit_code == 0, result.output
     assert len(read_jsonl(output)) == 2
@@ -145,14 +160,16 @@ def test_a_summary_that_cannot_be_written_at_the_end_is_exit_2_with_the_output_w
         real_replace(src, dst, *args, **kwargs)
 
     monkeypatch.setattr(os, "replace", disk_full_for_the_summary)
-    result = invoke(runner, ["run", str(source), "-o", str(output), "--summary-json", str(summary)],
-                    env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner, ["run", str(source), "-o", str(output), "--summary-json", str(summary)], env=connection_env(server)
+    )
 
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     errors = [line for line in result.stderr.splitlines() if line.startswith("inferbatch:")]
-    assert errors == [f"inferbatch: cannot write --summary-json {summary}: No space left on device; "
-                      f"the output {output} is written"]  # fmt: skip
+    assert errors == [
+        f"inferbatch: cannot write --summary-json {summary}: No space left on device; the output {output} is written"
+    ]
     assert len(read_jsonl(output)) == 3
     assert summary.read_text(encoding="utf-8") == '{"old": true}\n'  # not truncated, not half written
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temp file left behind
@@ -169,8 +186,9 @@ def shards(sim, runner, tmp_path: Path) -> list[Path]:
     outputs = []
     for index in range(3):
         out = tmp_path / f"shard{index}.jsonl"
-        result = invoke(runner, ["run", str(source), "-o", str(out), "--shard", f"{index}/3"],
-                        env=connection_env(server))  # fmt: skip
+        result = invoke(
+            runner, ["run", str(source), "-o", str(out), "--shard", f"{index}/3"], env=connection_env(server)
+        )
         assert result.exit_code == 0, result.output
         outputs.append(out)
     return outputs
@@ -213,8 +231,7 @@ def test_merge_names_an_overlap_before_a_gap(runner, shards: list[Path], tmp_pat
 
 
 @pytest.mark.parametrize("spelling", ["same", "dot", "symlink"])
-def test_merge_output_may_not_be_one_of_its_inputs(runner, shards: list[Path], tmp_path: Path,
-                                                   spelling: str) -> None:  # fmt: skip
+def test_merge_output_may_not_be_one_of_its_inputs(runner, shards: list[Path], tmp_path: Path, spelling: str) -> None:
     """SPEC §8.28: merge -o may not be one of its inputs, however spelled: exit 2, the input untouched."""
     target = {"same": str(shards[1]), "dot": str(tmp_path / "." / "x" / ".." / shards[1].name)}.get(spelling)
     if spelling == "symlink":
@@ -254,9 +271,12 @@ def test_merge_combines_evaluation_shards(runner, tmp_path: Path) -> None:
     rows = [{"id": f"q{i}", "question": f"question {i}"} for i in range(12)]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     job = tmp_path / "eval.toml"
-    job.write_text('input = "in.jsonl"\nsimulate = true\nrepeat = 2\n'
-                   '[[variants]]\nname = "terse"\ntemplate = "One word: {question}"\n'
-                   '[[variants]]\nname = "long"\ntemplate = "Explain: {question}"\n', encoding="utf-8")  # fmt: skip
+    job.write_text(
+        'input = "in.jsonl"\nsimulate = true\nrepeat = 2\n'
+        '[[variants]]\nname = "terse"\ntemplate = "One word: {question}"\n'
+        '[[variants]]\nname = "long"\ntemplate = "Explain: {question}"\n',
+        encoding="utf-8",
+    )
     whole = tmp_path / "whole.jsonl"
     assert invoke(runner, ["run", "--job", str(job), "-o", str(whole)]).exit_code == 0
     parts = []

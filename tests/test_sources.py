@@ -6,7 +6,7 @@ import gzip
 import io
 import json
 import sys
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from decimal import Decimal
 from pathlib import Path
@@ -15,8 +15,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import chat_rows, write_jsonl
 
+from conftest import chat_rows, write_jsonl
 from inferbatch import sources
 from inferbatch.errors import InputError
 from inferbatch.sources import Row, Survey, count_rows, input_format, input_has_ids, read_rows, survey
@@ -314,7 +314,6 @@ def test_count_rows_of_missing_file_is_none(tmp_path: Path, name: str) -> None:
     assert count_rows(str(tmp_path / name)) is None
 
 
-
 # --- CSV read strictly (SPEC §8.29) --------------------------------------------------------------------------------
 
 
@@ -334,8 +333,11 @@ def test_csv_short_row_is_an_error_row_never_padded(tmp_path: Path) -> None:
 
 def test_csv_unterminated_quote_at_end_of_file_reads_the_next_lines_again(tmp_path: Path) -> None:
     got = csv_rows(tmp_path, b'id,question\nq1,"never closed\nq2,two\nq3,three\n')
-    assert [(r.line, r.data) for r in got] == [(2, {"id": "q1"}), (3, {"id": "q2", "question": "two"}),
-                                               (4, {"id": "q3", "question": "three"})]  # fmt: skip
+    assert [(r.line, r.data) for r in got] == [
+        (2, {"id": "q1"}),
+        (3, {"id": "q2", "question": "two"}),
+        (4, {"id": "q3", "question": "three"}),
+    ]
     assert got[0].error is not None and "unterminated quote in field 2" in got[0].error
 
 
@@ -481,7 +483,7 @@ def test_jsonl_null_line_names_json_types(tmp_path: Path) -> None:
         (Decimal("1E+3"), "1000"),
         (b"caf\xc3\xa9", "café"),
         (b"\xff\x00", "/wA="),
-        (datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=timezone.utc), "2024-01-02T03:04:05.000006+00:00"),
+        (datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=UTC), "2024-01-02T03:04:05.000006+00:00"),
         (date(2024, 1, 2), "2024-01-02"),
         (dtime(3, 4), "03:04:00"),
         (timedelta(minutes=1), "PT60S"),
@@ -499,14 +501,16 @@ def test_plain_values(value: Any, plain: Any) -> None:
 
 def test_parquet_nanoseconds_anywhere_are_read_to_the_microsecond(tmp_path: Path) -> None:
     ns = pa.timestamp("ns")
-    table = pa.table({
-        "prompt": ["a"],
-        "at": pa.array([1_500], ns),
-        "nested": pa.array([{"t": 2_500, "d": 1}], pa.struct([("t", ns), ("d", pa.duration("ns"))])),
-        "many": pa.array([[3_500]], pa.list_(ns)),
-        "coded": pa.array([4_500], ns).dictionary_encode(),
-        "clock": pa.array([5_500], pa.time64("ns")),
-    })  # fmt: skip
+    table = pa.table(
+        {
+            "prompt": ["a"],
+            "at": pa.array([1_500], ns),
+            "nested": pa.array([{"t": 2_500, "d": 1}], pa.struct([("t", ns), ("d", pa.duration("ns"))])),
+            "many": pa.array([[3_500]], pa.list_(ns)),
+            "coded": pa.array([4_500], ns).dictionary_encode(),
+            "clock": pa.array([5_500], pa.time64("ns")),
+        }
+    )
     path = tmp_path / "in.parquet"
     pq.write_table(table, path)
     (row,) = list(read_rows(str(path)))

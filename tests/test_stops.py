@@ -35,8 +35,9 @@ def test_a_json_403_for_the_runs_own_model_still_stops_at_once(sim, runner, tmp_
         row["messages"][0]["content"] += " [[sim:403auth]]"
     rows[0]["model"] = "sim-model"  # naming the run's own model explicitly is still the run's model
     source = write_jsonl(tmp_path / "in.jsonl", rows)
-    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "2"],
-                    env=connection_env(server))  # fmt: skip
+    result = invoke(
+        runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl"), "-c", "2"], env=connection_env(server)
+    )
     assert result.exit_code == 3
     assert "the key may not use model 'sim-model' (403)" in result.stderr
     assert server.stats.requests <= 2

@@ -40,8 +40,9 @@ WAIT_TIMEOUT = 60.0
 
 
 def torture_rows(n: int) -> list[dict[str, Any]]:
-    return [{"id": f"t{i:05d}", "prompt": f"torture question {i}" + (DIRECTIVE if i % 97 == 5 else "")}
-            for i in range(n)]  # fmt: skip
+    return [
+        {"id": f"t{i:05d}", "prompt": f"torture question {i}" + (DIRECTIVE if i % 97 == 5 else "")} for i in range(n)
+    ]
 
 
 # ---- the simulator as its own process --------------------------------------------------------------------
@@ -59,8 +60,10 @@ class Server:
 def start_server(*args: str) -> Server:
     proc = subprocess.Popen(
         [sys.executable, "-m", "inferbatch", "simulate", "--port", "0", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()
     if not url.startswith("http://127.0.0.1:"):
@@ -244,8 +247,20 @@ class Torture:
 
     # -- acting
     def start(self, *args: str) -> subprocess.Popen[str]:
-        command = [sys.executable, "-m", "inferbatch", "run", str(self.source), "-o", self.store.uri,
-                   "-c", str(CONCURRENCY), "-q", *self.extra, *args]  # fmt: skip
+        command = [
+            sys.executable,
+            "-m",
+            "inferbatch",
+            "run",
+            str(self.source),
+            "-o",
+            self.store.uri,
+            "-c",
+            str(CONCURRENCY),
+            "-q",
+            *self.extra,
+            *args,
+        ]
         return subprocess.Popen(command, env=self.env, text=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     def wait_until(self, proc: subprocess.Popen[str], what: str, condition: Callable[[], bool]) -> None:
@@ -257,8 +272,14 @@ class Torture:
             assert time.monotonic() < deadline, f"never reached: {what}; " + self.where()
             time.sleep(0.05)
 
-    def step(self, name: str, args: list[str], action: Callable[[subprocess.Popen[str], int], None] | None = None,
-             *, expect: tuple[int, ...]) -> tuple[set[int], set[int], str]:  # fmt: skip
+    def step(
+        self,
+        name: str,
+        args: list[str],
+        action: Callable[[subprocess.Popen[str], int], None] | None = None,
+        *,
+        expect: tuple[int, ...],
+    ) -> tuple[set[int], set[int], str]:
         """Run one command (``action`` stops it from outside), check the exit code and that no row recorded
         before it was sent again; returns the rows it sent, the rows recorded after it, and its stderr."""
         recorded_before = self.store.recorded()
@@ -283,12 +304,13 @@ class Torture:
             f"{len(self.history) + 1}. {name} {' '.join(args)} -> exit {proc.returncode}; recorded "
             f"{len(recorded_before)} -> {len(recorded_after)}; sent {len(sent)} rows in "
             f"{after.total - before.total} requests; in doubt {len(doubt)}"
-        )  # fmt: skip
+        )
         assert proc.returncode in expect, f"exit {proc.returncode}, wanted {expect}:\n{stderr}\n{self.where()}"
         assert "Traceback" not in stderr, stderr
         resent = sorted(i for i in recorded_before if after.requests[i] != before.requests[i])
-        assert not resent, (f"rows recorded before the step were sent again: {resent[:20]} "
-                            f"(of {len(resent)}); " + self.where())  # fmt: skip
+        assert not resent, (
+            f"rows recorded before the step were sent again: {resent[:20]} (of {len(resent)}); " + self.where()
+        )
         assert recorded_before <= recorded_after, "the checkpoint lost rows; " + self.where()
         return sent, recorded_after, stderr
 
@@ -306,8 +328,9 @@ class Torture:
         output_before = self.store.output_bytes()
 
         def action(proc: subprocess.Popen[str], progress: int) -> None:
-            self.wait_until(proc, f"{new_rows} more rows finished",
-                            lambda: self.store.progress(self.server) >= progress + new_rows)  # fmt: skip
+            self.wait_until(
+                proc, f"{new_rows} more rows finished", lambda: self.store.progress(self.server) >= progress + new_rows
+            )
             proc.kill()
 
         self.step(f"kill -9 after {new_rows} rows", [], action, expect=(-signal.SIGKILL,))
@@ -321,8 +344,9 @@ class Torture:
         """SIGTERM/SIGINT while requests are in flight: they drain, get recorded, and the run exits 143/130."""
 
         def action(proc: subprocess.Popen[str], progress: int) -> None:
-            self.wait_until(proc, f"{new_rows} more rows finished",
-                            lambda: self.store.progress(self.server) >= progress + new_rows)  # fmt: skip
+            self.wait_until(
+                proc, f"{new_rows} more rows finished", lambda: self.store.progress(self.server) >= progress + new_rows
+            )
             self.wait_until(proc, "requests in flight", lambda: self.server.stats()["in_flight"] > 0)
             proc.send_signal(sig)
 
@@ -443,7 +467,8 @@ def test_torture_local_output_every_row_once_in_order_and_nothing_recorded_is_se
 
 
 def test_torture_s3_output_every_row_once_in_order_and_nothing_recorded_is_sent_again(
-    tmp_path: Path, bucket: str  # noqa: F811 - the fixture imported from test_s3
+    tmp_path: Path,
+    bucket: str,  # noqa: F811 - the fixture imported from test_s3
 ) -> None:
     """SPEC §4 and §8.20 on `s3://` (a real moto_server): the same torture with the checkpoint as part objects.
     A kill may lose the rows finished since the last part, which are sent again; a row that was in a part
@@ -468,16 +493,19 @@ def test_simulator_counts_requests_and_answers_per_prompt(sim: Any) -> None:
     server = sim()
     for prompt in ("plain", "plain", "flaky [[sim:500x2]]", "flaky [[sim:500x2]]", "flaky [[sim:500x2]]"):
         body = json.dumps({"model": "m", "messages": [{"role": "user", "content": prompt}]}).encode()
-        request = urllib.request.Request(server.url + "/v1/chat/completions", data=body,
-                                         headers={"Content-Type": "application/json"})  # fmt: skip
+        request = urllib.request.Request(
+            server.url + "/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+        )
         try:
             urllib.request.urlopen(request, timeout=10).close()
         except urllib.error.HTTPError as exc:
             assert exc.code == 500
     with urllib.request.urlopen(server.url + "/stats?prompts=1", timeout=10) as response:
         stats = json.loads(response.read())
-    assert stats["prompts"] == {"plain": {"requests": 2, "answered": 2},
-                                "flaky [[sim:500x2]]": {"requests": 3, "answered": 1}}  # fmt: skip
+    assert stats["prompts"] == {
+        "plain": {"requests": 2, "answered": 2},
+        "flaky [[sim:500x2]]": {"requests": 3, "answered": 1},
+    }
     assert stats["prompts_untracked"] == 0
     with urllib.request.urlopen(server.url + "/stats", timeout=10) as response:
         assert "prompts" not in json.loads(response.read())

@@ -12,23 +12,39 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import chat_rows, invoke, read_jsonl, write_jsonl
 
+from conftest import chat_rows, invoke, read_jsonl, write_jsonl
 from inferbatch.config import parse_shard
 from inferbatch.errors import ConfigError
 
 
-def worker_process(inbox: Path, outbox: Path, url: str, *extra: str, dyno: str | None = None,
-                   shards: str | None = None) -> subprocess.Popen[str]:  # fmt: skip
+def worker_process(
+    inbox: Path, outbox: Path, url: str, *extra: str, dyno: str | None = None, shards: str | None = None
+) -> subprocess.Popen[str]:
     env = {**os.environ, "INFERENCE_URL": url, "INFERENCE_KEY": "k", "INFERENCE_MODEL_ID": "m"}
     if dyno:
         env["DYNO"] = dyno
     if shards:
         env["INFERBATCH_SHARDS"] = shards
     return subprocess.Popen(
-        [sys.executable, "-m", "inferbatch", "worker", "--inbox", str(inbox), "--outbox", str(outbox),
-         "--poll", "0.5", *extra], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "inferbatch",
+            "worker",
+            "--inbox",
+            str(inbox),
+            "--outbox",
+            str(outbox),
+            "--poll",
+            "0.5",
+            *extra,
+        ],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def wait_for(predicate: Any, timeout: float = 60) -> None:

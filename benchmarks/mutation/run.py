@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import datetime as _dt
 import difflib
@@ -44,8 +45,16 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # ---------------------------------------------------------------------------------------------------------------
 # What is mutated. None = the whole module; a list = only those functions/methods (by name, at any depth; nested
 # functions inside them included). Names are resolved at run time; names that no longer exist are reported.
-RUNNER_FUNCTIONS = ["_record", "_finish", "_process", "_attempt", "_reserve", "_open_checkpoint",
-                    "_covers_whole_input", "_already_complete"]  # fmt: skip
+RUNNER_FUNCTIONS = [
+    "_record",
+    "_finish",
+    "_process",
+    "_attempt",
+    "_reserve",
+    "_open_checkpoint",
+    "_covers_whole_input",
+    "_already_complete",
+]
 TARGETS: dict[str, list[str] | None] = {
     "checkpoint.py": None,
     "checkpoint_s3.py": None,
@@ -65,31 +74,65 @@ DEFAULT_MODULES = ["checkpoint.py", "retry.py", "client.py", "limits.py", "budge
 # view to compare with). Files that do not exist (yet, or at --tests-from REV) are skipped with a note.
 TEST_MAP: dict[str, list[str]] = {
     "checkpoint.py": [
-        "tests/test_completion.py", "tests/test_budget.py", "tests/test_stops.py", "tests/test_safety.py",
-        "tests/test_bad_settings.py", "tests/test_checkpoint_durability.py", "tests/test_cli_run.py",
-        "tests/test_resume.py", "tests/test_worker.py", "tests/test_deadline.py", "tests/test_torture.py",
+        "tests/test_completion.py",
+        "tests/test_budget.py",
+        "tests/test_stops.py",
+        "tests/test_safety.py",
+        "tests/test_bad_settings.py",
+        "tests/test_checkpoint_durability.py",
+        "tests/test_cli_run.py",
+        "tests/test_resume.py",
+        "tests/test_worker.py",
+        "tests/test_deadline.py",
+        "tests/test_torture.py",
     ],
     "checkpoint_s3.py": ["tests/test_s3.py"],
     "retry.py": [
-        "tests/test_retry.py", "tests/test_client.py", "tests/test_adversarial_http.py", "tests/test_stops.py",
-        "tests/test_safety.py", "tests/test_cli_run.py", "tests/test_ratelimit_e2e.py",
+        "tests/test_retry.py",
+        "tests/test_client.py",
+        "tests/test_adversarial_http.py",
+        "tests/test_stops.py",
+        "tests/test_safety.py",
+        "tests/test_cli_run.py",
+        "tests/test_ratelimit_e2e.py",
     ],
     "client.py": [
-        "tests/test_client.py", "tests/test_adversarial_http.py", "tests/test_retry.py", "tests/test_stops.py",
-        "tests/test_safety.py", "tests/test_bad_settings.py", "tests/test_cli_run.py", "tests/test_ratelimit_e2e.py",
+        "tests/test_client.py",
+        "tests/test_adversarial_http.py",
+        "tests/test_retry.py",
+        "tests/test_stops.py",
+        "tests/test_safety.py",
+        "tests/test_bad_settings.py",
+        "tests/test_cli_run.py",
+        "tests/test_ratelimit_e2e.py",
     ],
     "limits.py": ["tests/test_limits.py", "tests/test_cli_run.py", "tests/test_ratelimit_e2e.py"],
     "budget.py": ["tests/test_budget.py", "tests/test_library.py", "tests/test_cli_run.py"],
     "results.py": [
-        "tests/test_report_html.py", "tests/test_cli_validate_report.py", "tests/test_completion.py",
-        "tests/test_cli_run.py", "tests/test_evaluation.py", "tests/test_resume.py",
-        "tests/test_checkpoint_durability.py", "tests/test_side_outputs.py",
+        "tests/test_report_html.py",
+        "tests/test_cli_validate_report.py",
+        "tests/test_completion.py",
+        "tests/test_cli_run.py",
+        "tests/test_evaluation.py",
+        "tests/test_resume.py",
+        "tests/test_checkpoint_durability.py",
+        "tests/test_side_outputs.py",
     ],
     "runner.py": [
-        "tests/test_completion.py", "tests/test_budget.py", "tests/test_stops.py", "tests/test_safety.py",
-        "tests/test_bad_settings.py", "tests/test_library.py", "tests/test_progress.py",
-        "tests/test_checkpoint_durability.py", "tests/test_cli_run.py", "tests/test_resume.py",
-        "tests/test_worker.py", "tests/test_ratelimit_e2e.py", "tests/test_deadline.py", "tests/test_torture.py",
+        "tests/test_completion.py",
+        "tests/test_budget.py",
+        "tests/test_stops.py",
+        "tests/test_safety.py",
+        "tests/test_bad_settings.py",
+        "tests/test_library.py",
+        "tests/test_progress.py",
+        "tests/test_checkpoint_durability.py",
+        "tests/test_cli_run.py",
+        "tests/test_resume.py",
+        "tests/test_worker.py",
+        "tests/test_ratelimit_e2e.py",
+        "tests/test_deadline.py",
+        "tests/test_torture.py",
     ],
 }
 # Modules whose code runs under `inferbatch run` (for --discover: a test file driving the CLI's run exercises them).
@@ -102,16 +145,29 @@ LOG_DELETABLE = {"warning", "warn", "error", "exception", "critical"}  # user-vi
 PRAGMA = "pragma: no mutate"
 
 CMP_SWAPS = {
-    ast.Eq: ("!=", "cmp_eq_ne"), ast.NotEq: ("==", "cmp_ne_eq"),
-    ast.Lt: ("<=", "cmp_lt_le"), ast.LtE: ("<", "cmp_le_lt"),
-    ast.Gt: (">=", "cmp_gt_ge"), ast.GtE: (">", "cmp_ge_gt"),
-    ast.In: ("not in", "cmp_in_notin"), ast.NotIn: ("in", "cmp_notin_in"),
-    ast.Is: ("is not", "cmp_is_isnot"), ast.IsNot: ("is", "cmp_isnot_is"),
-}  # fmt: skip
+    ast.Eq: ("!=", "cmp_eq_ne"),
+    ast.NotEq: ("==", "cmp_ne_eq"),
+    ast.Lt: ("<=", "cmp_lt_le"),
+    ast.LtE: ("<", "cmp_le_lt"),
+    ast.Gt: (">=", "cmp_gt_ge"),
+    ast.GtE: (">", "cmp_ge_gt"),
+    ast.In: ("not in", "cmp_in_notin"),
+    ast.NotIn: ("in", "cmp_notin_in"),
+    ast.Is: ("is not", "cmp_is_isnot"),
+    ast.IsNot: ("is", "cmp_isnot_is"),
+}
 CMP_TOKEN = {
-    ast.Eq: r"==", ast.NotEq: r"!=", ast.Lt: r"<(?!=)", ast.LtE: r"<=", ast.Gt: r">(?!=)", ast.GtE: r">=",
-    ast.In: r"\bin\b", ast.NotIn: r"\bnot\s+in\b", ast.Is: r"\bis\b", ast.IsNot: r"\bis\s+not\b",
-}  # fmt: skip
+    ast.Eq: r"==",
+    ast.NotEq: r"!=",
+    ast.Lt: r"<(?!=)",
+    ast.LtE: r"<=",
+    ast.Gt: r">(?!=)",
+    ast.GtE: r">=",
+    ast.In: r"\bin\b",
+    ast.NotIn: r"\bnot\s+in\b",
+    ast.Is: r"\bis\b",
+    ast.IsNot: r"\bis\s+not\b",
+}
 
 OPERATORS = """\
 cmp_eq_ne / cmp_ne_eq        ==  <-> !=
@@ -329,7 +385,9 @@ class Finder:
                         self.add(scope, swap[1], token[0], token[1], swap[0])
                 left = right
         elif isinstance(node, ast.BoolOp):
-            word, new, op = ("and", "or", "bool_and_or") if isinstance(node.op, ast.And) else ("or", "and", "bool_or_and")
+            word, new, op = (
+                ("and", "or", "bool_and_or") if isinstance(node.op, ast.And) else ("or", "and", "bool_or_and")
+            )
             tokens = []
             for a, b in zip(node.values, node.values[1:]):
                 token = self.token_in_gap(self.span(a)[1], self.span(b)[0], rf"\b{word}\b")
@@ -471,10 +529,8 @@ def _ours(root: int) -> list[int]:
 def _kill_tree(proc: subprocess.Popen[bytes]) -> None:
     """Kill the pytest we started and every process it started, each by its pid."""
     for pid in _ours(proc.pid):
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
 
 
 @dataclasses.dataclass
@@ -517,13 +573,16 @@ class Workspace:
         new_python = str(venv / "bin" / "python")
         purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
         theirs = subprocess.run([python, "-c", purelib], check=True, capture_output=True, text=True).stdout.strip()
-        mine = Path(subprocess.run([new_python, "-c", purelib], check=True, capture_output=True, text=True).stdout.strip())
+        mine = Path(
+            subprocess.run([new_python, "-c", purelib], check=True, capture_output=True, text=True).stdout.strip()
+        )
         mine.mkdir(parents=True, exist_ok=True)
         (mine / "00_mutation_copy.pth").write_text(str(self.dir / "src") + "\n", encoding="utf-8")
         (mine / "01_project_venv.pth").write_text(f"import site; site.addsitedir({theirs!r})\n", encoding="utf-8")
         script = venv / "bin" / "inferbatch"  # the console script, for tests that run `inferbatch` from PATH
-        script.write_text(f"#!{new_python}\nimport sys\nfrom inferbatch.cli import main\nsys.exit(main())\n",
-                          encoding="utf-8")  # fmt: skip
+        script.write_text(
+            f"#!{new_python}\nimport sys\nfrom inferbatch.cli import main\nsys.exit(main())\n", encoding="utf-8"
+        )
         script.chmod(0o755)
         return new_python
         self.current: subprocess.Popen[bytes] | None = None
@@ -553,13 +612,20 @@ class Workspace:
         only (as tests/test_deadline.py starts it)."""
         found = {}
         for name, env in (("worker env", self.env), ("PATH-only env", {"PATH": "/usr/bin:/bin"})):
-            done = subprocess.run([self.python, "-c", "import inferbatch; print(inferbatch.__file__)"], env=env,
-                                  cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=120)  # fmt: skip
+            done = subprocess.run(
+                [self.python, "-c", "import inferbatch; print(inferbatch.__file__)"],
+                env=env,
+                cwd=tempfile.gettempdir(),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             found[name] = done.stdout.strip() or done.stderr.strip()
         return found
 
-    def pytest(self, tests: list[str], deselect: list[str], timeout: float, *, stop_first: bool,
-               stop: threading.Event) -> PytestRun:  # fmt: skip
+    def pytest(
+        self, tests: list[str], deselect: list[str], timeout: float, *, stop_first: bool, stop: threading.Event
+    ) -> PytestRun:
         cmd = [self.python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--basetemp={self.basetemp}"]
         if stop_first:
             cmd.append("-x")
@@ -567,8 +633,15 @@ class Workspace:
             cmd += ["--deselect", nodeid]
         cmd += tests
         started = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=self.dir, env=self.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+        proc = subprocess.Popen(
+            cmd,
+            cwd=self.dir,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.current = proc
         try:
             out, _ = proc.communicate(timeout=timeout)
@@ -604,8 +677,15 @@ class Workspace:
             _kill_tree(proc)
 
 
-def build_workspaces(root: Path, count: int, python: str, isolation: str, src_rev: str | None,
-                     tests_rev: str | None, snapshot: dict[str, str]) -> list[Workspace]:  # fmt: skip
+def build_workspaces(
+    root: Path,
+    count: int,
+    python: str,
+    isolation: str,
+    src_rev: str | None,
+    tests_rev: str | None,
+    snapshot: dict[str, str],
+) -> list[Workspace]:
     base = root / "w0"
     files = [f for f in git("ls-files", "-co", "--exclude-standard", "-z").split("\0") if f]
     for rel in files:
@@ -711,8 +791,9 @@ def run_pool(spaces: list[Workspace], jobs: list[Any], handle: Any, stop: thread
         raise
 
 
-def run_baselines(spaces: list[Workspace], plans: dict[str, ModulePlan], args: argparse.Namespace,
-                  stop: threading.Event) -> None:  # fmt: skip
+def run_baselines(
+    spaces: list[Workspace], plans: dict[str, ModulePlan], args: argparse.Namespace, stop: threading.Event
+) -> None:
     """Run each module's tests once with no mutant. Tests failing already are deselected (a mutant would get the
     credit otherwise); a test file that cannot even be collected is dropped. Identical test lists share a run."""
     groups: dict[tuple[str, ...], list[ModulePlan]] = defaultdict(list)
@@ -748,23 +829,34 @@ def run_baselines(spaces: list[Workspace], plans: dict[str, ModulePlan], args: a
             if not new:
                 note = f"baseline fails (exit {run.returncode}) with nothing to deselect:\n{run.output[-2000:]}"
                 break
-            print(f"  baseline {','.join(p.module for p in groups[key])}: try {attempt + 1} failed; "
-                  f"deselecting {len(deselect)} test(s), dropping {len(dropped)} file(s)", file=sys.stderr)  # fmt: skip
+            print(
+                f"  baseline {','.join(p.module for p in groups[key])}: try {attempt + 1} failed; "
+                f"deselecting {len(deselect)} test(s), dropping {len(dropped)} file(s)",
+                file=sys.stderr,
+            )
         for plan in groups[key]:
             plan.tests, plan.deselect, plan.dropped_files, plan.baseline_note = tests, deselect, dropped, note
             if plan.baseline_ok:
                 plan.timeout = args.timeout or max(args.min_timeout, plan.baseline_seconds * args.timeout_factor)  # type: ignore[operator]
         state = "green" if groups[key][0].baseline_ok else "FAILED"
         seconds = groups[key][0].baseline_seconds
-        print(f"[w{space.index}] baseline {','.join(p.module for p in groups[key])}: {state}"
-              f"{f' in {seconds:.1f}s' if seconds else ''}"
-              f"{f' ({len(deselect)} deselected)' if deselect else ''}", file=sys.stderr)  # fmt: skip
+        print(
+            f"[w{space.index}] baseline {','.join(p.module for p in groups[key])}: {state}"
+            f"{f' in {seconds:.1f}s' if seconds else ''}"
+            f"{f' ({len(deselect)} deselected)' if deselect else ''}",
+            file=sys.stderr,
+        )
 
     run_pool(spaces, list(groups), handle, stop)
 
 
-def run_mutants(spaces: list[Workspace], mutants: list[Mutant], plans: dict[str, ModulePlan], results: Results,
-                stop: threading.Event) -> None:  # fmt: skip
+def run_mutants(
+    spaces: list[Workspace],
+    mutants: list[Mutant],
+    plans: dict[str, ModulePlan],
+    results: Results,
+    stop: threading.Event,
+) -> None:
     total = len(mutants)
     done = Counter()  # type: ignore[var-annotated]
     lock = threading.Lock()
@@ -781,8 +873,13 @@ def run_mutants(spaces: list[Workspace], mutants: list[Mutant], plans: dict[str,
             return
         status = {"passed": "survived", "failed": "killed", "timeout": "timeout", "error": "error"}[run.status]
         killed_by = run.failures[0] if run.failures else None
-        record = {**dataclasses.asdict(mutant), "status": status, "seconds": round(run.seconds, 2),
-                  "returncode": run.returncode, "killed_by": killed_by}  # fmt: skip
+        record = {
+            **dataclasses.asdict(mutant),
+            "status": status,
+            "seconds": round(run.seconds, 2),
+            "returncode": run.returncode,
+            "killed_by": killed_by,
+        }
         if status == "error" or (status == "killed" and not killed_by):
             record["output_tail"] = run.output[-1500:]
         results.add(record)
@@ -791,9 +888,11 @@ def run_mutants(spaces: list[Workspace], mutants: list[Mutant], plans: dict[str,
             n = sum(done.values())
             elapsed = time.monotonic() - started
             eta = elapsed / n * (total - n)
-            print(f"[{n}/{total} w{space.index} {elapsed / 60:.1f}m, ~{eta / 60:.0f}m left] {status:8} "
-                  f"{mutant.id} ({run.seconds:.1f}s){f'  <- {killed_by}' if killed_by and status == 'killed' else ''}",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"[{n}/{total} w{space.index} {elapsed / 60:.1f}m, ~{eta / 60:.0f}m left] {status:8} "
+                f"{mutant.id} ({run.seconds:.1f}s){f'  <- {killed_by}' if killed_by and status == 'killed' else ''}",
+                file=sys.stderr,
+            )
 
     run_pool(spaces, mutants, handle, stop)
 
@@ -803,8 +902,10 @@ def run_mutants(spaces: list[Workspace], mutants: list[Mutant], plans: dict[str,
 
 
 def score_table(records: list[dict[str, Any]], modules: list[str]) -> list[str]:
-    lines = ["| module | mutants | killed | timed out | survived | errors | score |",
-             "|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        "| module | mutants | killed | timed out | survived | errors | score |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     totals = Counter()  # type: ignore[var-annotated]
     for module in modules:
         counts = Counter(r["status"] for r in records if r["module"] == module)
@@ -826,12 +927,19 @@ def report(results: Results, plans: dict[str, ModulePlan], elapsed: float) -> st
     meta = results.meta
     records = results.mutants
     modules = [m for m in plans if any(r["module"] == m for r in records)] or list(plans)
-    out = [f"## Mutation score ({meta['started'][:16].replace('T', ' ')})", "",
-           f"src: {meta['src']}; tests: {meta['tests']}; -j {meta['jobs']}; took {elapsed / 60:.1f} min "
-           f"({elapsed:.0f} s)", ""]  # fmt: skip
+    out = [
+        f"## Mutation score ({meta['started'][:16].replace('T', ' ')})",
+        "",
+        f"src: {meta['src']}; tests: {meta['tests']}; -j {meta['jobs']}; took {elapsed / 60:.1f} min ({elapsed:.0f} s)",
+        "",
+    ]
     out += score_table(records, modules)
-    out += ["", "score = (killed + timed out) / (killed + timed out + survived); errors (pytest exit 3/4/5) are "
-            "left out and listed below.", ""]  # fmt: skip
+    out += [
+        "",
+        "score = (killed + timed out) / (killed + timed out + survived); errors (pytest exit 3/4/5) are "
+        "left out and listed below.",
+        "",
+    ]
     notes = []
     for plan in plans.values():
         bits = []
@@ -842,8 +950,11 @@ def report(results: Results, plans: dict[str, ModulePlan], elapsed: float) -> st
         if plan.deselect:
             bits.append("deselected (fail without mutants): " + ", ".join(plan.deselect))
         if not plan.baseline_ok:
-            bits.append("BASELINE NOT GREEN, no mutant run: " + plan.baseline_note.splitlines()[0] if plan.baseline_note
-                        else "BASELINE NOT GREEN, no mutant run")  # fmt: skip
+            bits.append(
+                "BASELINE NOT GREEN, no mutant run: " + plan.baseline_note.splitlines()[0]
+                if plan.baseline_note
+                else "BASELINE NOT GREEN, no mutant run"
+            )
         if bits:
             notes.append(f"- {plan.module}: " + "; ".join(bits))
     if notes:
@@ -867,8 +978,11 @@ def report(results: Results, plans: dict[str, ModulePlan], elapsed: float) -> st
     if not survivors:
         out.append("none")
         out.append("")
-    killers = Counter((r["module"], r["killed_by"].split(" ", 1)[1].split("::")[0])
-                      for r in records if r["status"] == "killed" and r.get("killed_by"))  # fmt: skip
+    killers = Counter(
+        (r["module"], r["killed_by"].split(" ", 1)[1].split("::")[0])
+        for r in records
+        if r["status"] == "killed" and r.get("killed_by")
+    )
     if killers:
         out += ["### First failing test file per killed mutant", "", "| module | test file | kills |", "|---|---|---:|"]
         for (module, test_file), n in sorted(killers.items(), key=lambda kv: (kv[0][0], -kv[1])):
@@ -894,7 +1008,9 @@ def select_previous_survivors(path: Path, mutants: list[Mutant]) -> tuple[list[M
     for r in previous:
         m = by_id.get(r["id"])
         if m is None:
-            candidates = [c for c in by_text.get((r["module"], r["qualname"], r["op"], r["old"]), []) if c not in chosen]
+            candidates = [
+                c for c in by_text.get((r["module"], r["qualname"], r["op"], r["old"]), []) if c not in chosen
+            ]
             m = candidates[0] if candidates else None
         if m is None:
             lost.append(r["id"])
@@ -913,15 +1029,21 @@ def discover() -> None:
         hits = []
         for file in test_files:
             text = file.read_text(encoding="utf-8")
-            why = [w for w, ok in (("imports", imports.search(text)),
-                                   ("drives run", module in RUN_PATH_MODULES and drives.search(text))) if ok]  # fmt: skip
+            why = [
+                w
+                for w, ok in (
+                    ("imports", imports.search(text)),
+                    ("drives run", module in RUN_PATH_MODULES and drives.search(text)),
+                )
+                if ok
+            ]
             if why:
                 hits.append(f"tests/{file.name} ({', '.join(why)})")
         mapped = set(TEST_MAP.get(module, []))
         print(f"{module}:")
         for hit in hits:
             print(f"  {'  ' if hit.split(' ')[0] in mapped else '+ '}{hit}")
-        for extra in sorted(mapped - {h.split(' ')[0] for h in hits}):
+        for extra in sorted(mapped - {h.split(" ")[0] for h in hits}):
             print(f"  = {extra} (mapped; grep finds no import/run)")
     print("\n'+' = grep finds it but TEST_MAP does not run it; '=' = in TEST_MAP only.")
 
@@ -930,43 +1052,81 @@ def discover() -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, epilog="operators (id suffixes):\n" + OPERATORS,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--module", "-m", action="append", default=[],
-                   help="module(s) to mutate, e.g. budget or budget.py,retry.py (default: %s; 'all' adds "
-                        "checkpoint_s3.py)" % ", ".join(DEFAULT_MODULES))  # fmt: skip
+    p = argparse.ArgumentParser(
+        description=__doc__,
+        epilog="operators (id suffixes):\n" + OPERATORS,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--module",
+        "-m",
+        action="append",
+        default=[],
+        help="module(s) to mutate, e.g. budget or budget.py,retry.py (default: {}; 'all' adds checkpoint_s3.py)".format(
+            ", ".join(DEFAULT_MODULES)
+        ),
+    )
     p.add_argument("-j", "--jobs", type=int, default=2, help="parallel workers, one repository copy each (default 2)")
-    p.add_argument("--only", action="append", default=[],
-                   help="mutant id(s) or fnmatch patterns (comma-separated or repeated), e.g. 'budget.py:Budget.*'")
-    p.add_argument("--only-survivors", metavar="RESULTS_JSON", type=Path,
-                   help="run only the mutants that survived in an earlier result file")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="mutant id(s) or fnmatch patterns (comma-separated or repeated), e.g. 'budget.py:Budget.*'",
+    )
+    p.add_argument(
+        "--only-survivors",
+        metavar="RESULTS_JSON",
+        type=Path,
+        help="run only the mutants that survived in an earlier result file",
+    )
     p.add_argument("--limit", type=int, help="run only the first N selected mutants")
-    p.add_argument("--functions", action="append", default=[], metavar="MODULE=NAME,NAME",
-                   help="mutate only these functions/methods of MODULE (overrides TARGETS), e.g. runner.py=_record")
-    p.add_argument("--runner-functions", help="the runner.py functions to mutate (default: %s)"
-                   % ",".join(RUNNER_FUNCTIONS))  # fmt: skip
-    p.add_argument("--tests", action="append", default=[],
-                   help="test files / node ids to run instead of TEST_MAP (for every selected module)")
+    p.add_argument(
+        "--functions",
+        action="append",
+        default=[],
+        metavar="MODULE=NAME,NAME",
+        help="mutate only these functions/methods of MODULE (overrides TARGETS), e.g. runner.py=_record",
+    )
+    p.add_argument(
+        "--runner-functions", help=f"the runner.py functions to mutate (default: {','.join(RUNNER_FUNCTIONS)})"
+    )
+    p.add_argument(
+        "--tests",
+        action="append",
+        default=[],
+        help="test files / node ids to run instead of TEST_MAP (for every selected module)",
+    )
     p.add_argument("--src-from", metavar="REV", help="take src/ from this git revision instead of the working tree")
     p.add_argument("--tests-from", metavar="REV", help="take tests/ from this git revision (a 'before' score)")
     p.add_argument("--timeout", type=float, help="per-mutant timeout in seconds (default: baseline x factor)")
     p.add_argument("--timeout-factor", type=float, default=3.0, help="per-mutant timeout = baseline time x this")
     p.add_argument("--min-timeout", type=float, default=60.0, help="per-mutant timeout floor in seconds")
     p.add_argument("--baseline-timeout", type=float, default=1800.0, help="timeout of each baseline run")
-    p.add_argument("--python", default=str(REPO / ".venv/bin/python") if (REPO / ".venv/bin/python").exists()
-                   else sys.executable, help="interpreter for pytest (default: the repo's .venv)")  # fmt: skip
-    p.add_argument("--json", type=Path, help="result file (default: benchmarks/mutation/results/mutation-STAMP.json,"
-                   " also copied to results/latest.json)")  # fmt: skip
+    p.add_argument(
+        "--python",
+        default=str(REPO / ".venv/bin/python") if (REPO / ".venv/bin/python").exists() else sys.executable,
+        help="interpreter for pytest (default: the repo's .venv)",
+    )
+    p.add_argument(
+        "--json",
+        type=Path,
+        help="result file (default: benchmarks/mutation/results/mutation-STAMP.json,"
+        " also copied to results/latest.json)",
+    )
     p.add_argument("--markdown", type=Path, help="also write the report to this file")
     p.add_argument("--workdir", type=Path, help="where the repository copies go (default: a temp dir)")
     p.add_argument("--keep-workdir", action="store_true", help="do not delete the copies at the end")
     p.add_argument("--list", action="store_true", help="list the selected mutants and exit")
     p.add_argument("--show", metavar="ID", help="print one mutant as a unified diff and exit")
     p.add_argument("--discover", action="store_true", help="print grep's view of module -> test files and exit")
-    p.add_argument("--isolation", choices=["venv", "pythonpath", "none"], default="venv",
-                   help="how child processes are made to import the copy: 'venv' (default) a per-worker venv whose "
-                        "path starts with the copy's src, plus PYTHONPATH; 'pythonpath' only PYTHONPATH (misses "
-                        "tests that pass their own env); 'none' (debug) neither: subprocess tests import the real src")
+    p.add_argument(
+        "--isolation",
+        choices=["venv", "pythonpath", "none"],
+        default="venv",
+        help="how child processes are made to import the copy: 'venv' (default) a per-worker venv whose "
+        "path starts with the copy's src, plus PYTHONPATH; 'pythonpath' only PYTHONPATH (misses "
+        "tests that pass their own env); 'none' (debug) neither: subprocess tests import the real src",
+    )
     return p.parse_args(argv)
 
 
@@ -1002,8 +1162,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - a CLI
     for module in modules:
         source = read_module(module, args.src_from)
         if source is None:
-            print(f"warning: {PACKAGE}/{module} does not exist{f' at {args.src_from}' if args.src_from else ''}; "
-                  "skipped", file=sys.stderr)  # fmt: skip
+            print(
+                f"warning: {PACKAGE}/{module} does not exist{f' at {args.src_from}' if args.src_from else ''}; skipped",
+                file=sys.stderr,
+            )
             continue
         snapshot[module] = source
         found, missing, invalid = generate(module, source, targets[module])
@@ -1019,8 +1181,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - a CLI
             if mutant.id == args.show:
                 before = snapshot[mutant.module].splitlines(keepends=True)
                 after = mutant.apply(snapshot[mutant.module]).splitlines(keepends=True)
-                sys.stdout.writelines(difflib.unified_diff(before, after, f"a/{PACKAGE}/{mutant.module}",
-                                                           f"b/{PACKAGE}/{mutant.module}", n=2))  # fmt: skip
+                sys.stdout.writelines(
+                    difflib.unified_diff(
+                        before, after, f"a/{PACKAGE}/{mutant.module}", f"b/{PACKAGE}/{mutant.module}", n=2
+                    )
+                )
                 return 0
         print(f"no mutant {args.show!r} among {', '.join(modules)}", file=sys.stderr)
         return 2
@@ -1047,8 +1212,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - a CLI
 
     # Plan tests -------------------------------------------------------------------------------------------------
     tests_root_rev = args.tests_from
-    existing_tests = (set(git("ls-tree", "-r", "--name-only", tests_root_rev, "--", "tests").split())
-                      if tests_root_rev else None)  # fmt: skip
+    existing_tests = (
+        set(git("ls-tree", "-r", "--name-only", tests_root_rev, "--", "tests").split()) if tests_root_rev else None
+    )
     plans: dict[str, ModulePlan] = {}
     for module in sorted({m.module for m in mutants}, key=modules.index):
         override = [t.strip() for spec in args.tests for t in spec.split(",") if t.strip()]
@@ -1059,8 +1225,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - a CLI
             exists = file in existing_tests if existing_tests is not None else (REPO / file).exists()
             (present if exists else missing).append(test)
         for test in missing:
-            print(f"note: {module}: {test} does not exist{f' at {tests_root_rev}' if tests_root_rev else ''}; "
-                  "skipped", file=sys.stderr)  # fmt: skip
+            print(
+                f"note: {module}: {test} does not exist{f' at {tests_root_rev}' if tests_root_rev else ''}; skipped",
+                file=sys.stderr,
+            )
         if not present:
             print(f"warning: {module}: no test file to run; its mutants are skipped", file=sys.stderr)
         plans[module] = ModulePlan(module, present, missing)
@@ -1084,17 +1252,21 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - a CLI
     jobs = max(1, min(args.jobs, len(mutants)))
     stop = threading.Event()
     started = time.monotonic()
-    print(f"{len(mutants)} mutants in {', '.join(plans)}; copying the repository into {root} ({jobs} worker(s))",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"{len(mutants)} mutants in {', '.join(plans)}; copying the repository into {root} ({jobs} worker(s))",
+        file=sys.stderr,
+    )
     try:
-        spaces = build_workspaces(root, jobs, args.python, args.isolation, args.src_from, args.tests_from,
-                                  snapshot)  # fmt: skip
+        spaces = build_workspaces(root, jobs, args.python, args.isolation, args.src_from, args.tests_from, snapshot)
         for space in spaces:
             expected = str(space.dir / PACKAGE)
             for how, where in space.check_isolation().items():
                 ok = where.startswith(expected)
-                print(f"[w{space.index}] isolation {args.isolation}: a child python ({how}) imports inferbatch "
-                      f"from {where} {'(the copy)' if ok else '(NOT the copy)'}", file=sys.stderr)  # fmt: skip
+                print(
+                    f"[w{space.index}] isolation {args.isolation}: a child python ({how}) imports inferbatch "
+                    f"from {where} {'(the copy)' if ok else '(NOT the copy)'}",
+                    file=sys.stderr,
+                )
                 if not ok and args.isolation == "venv":
                     print("error: subprocess tests would not see the mutants", file=sys.stderr)
                     return 2
@@ -1104,8 +1276,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - a CLI
             runnable = [m for m in mutants if plans[m.module].baseline_ok]
             for module, plan in plans.items():
                 if not plan.baseline_ok:
-                    print(f"warning: {module}: tests not green without mutants; its mutants are not run\n"
-                          f"{plan.baseline_note}", file=sys.stderr)  # fmt: skip
+                    print(
+                        f"warning: {module}: tests not green without mutants; its mutants are not run\n"
+                        f"{plan.baseline_note}",
+                        file=sys.stderr,
+                    )
             results.save()
             run_mutants(spaces, runnable, plans, results, stop)
         except KeyboardInterrupt:

@@ -1,11 +1,11 @@
 """inferbatch: run large batches of chat completions against OpenAI-compatible APIs, safely and fast.
 
-    import asyncio, os
-    from inferbatch import resolve, run_batch
+import asyncio, os
+from inferbatch import resolve, run_batch
 
-    cfg = resolve({"input": "prompts.jsonl", "output": "out.jsonl", "concurrency": 8}, os.environ)
-    report = asyncio.run(run_batch(cfg))
-    print(report.outcome, report.summary.as_dict())
+cfg = resolve({"input": "prompts.jsonl", "output": "out.jsonl", "concurrency": 8}, os.environ)
+report = asyncio.run(run_batch(cfg))
+print(report.outcome, report.summary.as_dict())
 """
 
 from __future__ import annotations
@@ -45,8 +45,11 @@ _WHERE = {
     "Result": "inferbatch.results",
     "Status": "inferbatch.results",
     "simulated": "inferbatch.simulator",
-    **{name: "inferbatch.errors" for name in __all__ if name.endswith(("Error", "Stop", "Failed", "Failures",
-                                                                       "Exceeded", "Reached", "Interrupted"))},
+    **{
+        name: "inferbatch.errors"
+        for name in __all__
+        if name.endswith(("Error", "Stop", "Failed", "Failures", "Exceeded", "Reached", "Interrupted"))
+    },
 }
 
 

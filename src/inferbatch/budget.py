@@ -23,8 +23,15 @@ class Reservation:
 
 
 class Budget:
-    def __init__(self, *, max_tokens: int | None, max_cost: float | None, pricing: Pricing,
-                 spent_tokens: int = 0, spent_cost: float = 0.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        max_tokens: int | None,
+        max_cost: float | None,
+        pricing: Pricing,
+        spent_tokens: int = 0,
+        spent_cost: float = 0.0,
+    ) -> None:
         self.max_tokens = max_tokens
         self.max_cost = max_cost
         self.pricing = pricing

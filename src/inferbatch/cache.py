@@ -132,8 +132,14 @@ class ResponseCache:
             else:
                 what = "cannot read"
                 then = f"sending such rows (and, after {READ_FAILURES_OFF} failed reads in a row, without reading it)"
-            log.warning("response cache %s: %s (%s); the run goes on %s, and every result still goes to the output",
-                        self.location, what, text, then)  # fmt: skip
+            log.warning(
+                "response cache %s: %s (%s); the run goes on %s, and every result still goes to the output",
+                self.location,
+                what,
+                text,
+                then,
+            )
+
 
 def _write_file(path: Path, data: bytes) -> None:
     """Write an entry whole: a temp file in the entry's folder, renamed into place."""

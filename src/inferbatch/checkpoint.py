@@ -57,7 +57,7 @@ def input_identity(path: str) -> dict[str, Any]:
         size = handle.size()
         name = path
     else:
-        handle = open(path, "rb")
+        handle = open(path, "rb")  # noqa: SIM115 - closed below, with the remote handle
         size = os.fstat(handle.fileno()).st_size
         name = os.path.abspath(path)
     digest = hashlib.blake2b(digest_size=16)
@@ -143,8 +143,9 @@ class Checkpoint:
 
     # ---- opening ---------------------------------------------------------
     @classmethod
-    def open_for_run(cls, output: str, manifest: dict[str, Any], *, restart: bool,
-                     layout: SlotLayout | None = None) -> Checkpoint:  # fmt: skip
+    def open_for_run(
+        cls, output: str, manifest: dict[str, Any], *, restart: bool, layout: SlotLayout | None = None
+    ) -> Checkpoint:
         directory = Path(output + ".checkpoint")
         checkpoint = cls(directory, layout=layout)
         directory.mkdir(parents=True, exist_ok=True)

@@ -51,8 +51,9 @@ class S3Checkpoint(Checkpoint):
         self.parts_written = 0
 
     @classmethod
-    def open_for_s3(cls, output: str, manifest: dict[str, Any], *, restart: bool, interval: float,
-                    layout: SlotLayout | None = None) -> S3Checkpoint:  # fmt: skip
+    def open_for_s3(
+        cls, output: str, manifest: dict[str, Any], *, restart: bool, interval: float, layout: SlotLayout | None = None
+    ) -> S3Checkpoint:
         local = Path(tempfile.mkdtemp(prefix="inferbatch-checkpoint-"))
         checkpoint = cls(output + ".checkpoint", local, interval, layout)
         try:
@@ -65,8 +66,9 @@ class S3Checkpoint(Checkpoint):
             if existing is None or restart:
                 for folder in ("parts", "sent"):
                     storage.delete_prefix(f"{checkpoint.prefix}/{folder}")
-                storage.write_bytes(f"{checkpoint.prefix}/manifest.json",
-                                    orjson.dumps({"version": FORMAT_VERSION, **manifest}))  # fmt: skip
+                storage.write_bytes(
+                    f"{checkpoint.prefix}/manifest.json", orjson.dumps({"version": FORMAT_VERSION, **manifest})
+                )
             elif checkpoint.completion is None:
                 checkpoint._download()
             if checkpoint.completion is None:
@@ -98,8 +100,9 @@ class S3Checkpoint(Checkpoint):
                         f"{output}; its lease ends in {left:.0f} s unless renewed: wait for it, or stop it, before "
                         "running again"
                     )
-                log.warning("taking over the checkpoint lease of a run on this host that is gone (pid %s)",
-                            lease.get("pid"))  # fmt: skip
+                log.warning(
+                    "taking over the checkpoint lease of a run on this host that is gone (pid %s)", lease.get("pid")
+                )
         self._write_lease()
 
     def _write_lease(self) -> None:

@@ -13,21 +13,20 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
 from inferbatch.config import DEFAULTS, OUTPUT_FORMATS
 from inferbatch.errors import InferbatchError, OutputError
-from inferbatch.pricing import Pricing, published_limits
+from inferbatch.pricing import Pricing
 
 if TYPE_CHECKING:
     from inferbatch.config import RunConfig
     from inferbatch.errors import Interrupted
-    from inferbatch.worker import Worker
     from inferbatch.progress import Progress
     from inferbatch.runner import RunReport
+    from inferbatch.worker import Worker
 
 _PROCESS_START = time.monotonic()
 T = TypeVar("T")
@@ -59,18 +58,29 @@ def shaping_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Options that decide what is sent for a row: shared by `run` and `validate`."""
     decorators = [
         click.option("--job", type=click.Path(dir_okay=False), help="Job file (TOML) with settings; flags win."),
-        click.option("--model", help="Model id, as `heroku ai:models:list` names it [env: INFERENCE_MODEL_ID, set "
-                     "by the older per-model plans only]; a row's own `model` wins."),
+        click.option(
+            "--model",
+            help="Model id, as `heroku ai:models:list` names it [env: INFERENCE_MODEL_ID, set "
+            "by the older per-model plans only]; a row's own `model` wins.",
+        ),
         click.option("--system", help="System message prepended to rows without one."),
         click.option("--template", help="User message built from row columns, with {column} placeholders."),
         click.option("--template-file", type=click.Path(dir_okay=False), help="Read --template from a file."),
         click.option("--id-column", help="Column holding the row id [default: custom_id, else id, else position]."),
-        click.option("--param", "params", multiple=True, metavar="KEY=VALUE",
-                     help="Request body parameter (JSON value), e.g. temperature=0. Repeatable."),  # fmt: skip
+        click.option(
+            "--param",
+            "params",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Request body parameter (JSON value), e.g. temperature=0. Repeatable.",
+        ),
         click.option("--limit", metavar="N", help="Only the first N rows."),
-        click.option("--shard", help="Only rows whose id hashes to shard I of N, as I/N; `auto` on Heroku: I from "
-                     "DYNO (worker.3), N from INFERBATCH_SHARDS, and each shard takes 1/N of the rate limits. "
-                     f"{_default('shard')}"),
+        click.option(
+            "--shard",
+            help="Only rows whose id hashes to shard I of N, as I/N; `auto` on Heroku: I from "
+            "DYNO (worker.3), N from INFERBATCH_SHARDS, and each shard takes 1/N of the rate limits. "
+            f"{_default('shard')}",
+        ),
         click.option("--keep-columns", help="Comma-separated input columns to copy into the output."),
     ]
     for decorator in reversed(decorators):
@@ -90,40 +100,76 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
     decorators = [
         click.option("--url", help="API base URL [env: INFERENCE_URL]; /v1/chat/completions is appended."),
         click.option("--api-key-env", help=f"Read the key from this variable instead of {DEFAULTS['api_key_env']}."),
-        click.option("--simulate", is_flag=True, default=None, help="Run against the built-in simulator (no key needed)."),
-        click.option("-c", "--concurrency", metavar="N",
-                     help=f"Most requests in flight at once. {_default('concurrency')}"),
+        click.option(
+            "--simulate", is_flag=True, default=None, help="Run against the built-in simulator (no key needed)."
+        ),
+        click.option(
+            "-c", "--concurrency", metavar="N", help=f"Most requests in flight at once. {_default('concurrency')}"
+        ),
         click.option("--rpm", metavar="N", help="Requests-per-minute ceiling."),
         click.option("--tpm", metavar="N", help="Tokens-per-minute ceiling."),
-        click.option("--max-attempts", metavar="N",
-                     help=f"Attempts per row, the first included. {_default('max_attempts')}"),
+        click.option(
+            "--max-attempts", metavar="N", help=f"Attempts per row, the first included. {_default('max_attempts')}"
+        ),
         click.option("--timeout", metavar="S", help=f"Seconds per attempt. {_default('timeout')}"),
-        click.option("--retry-errors", is_flag=True, default=None, help="On resume, send rows that ended as error again."),
+        click.option(
+            "--retry-errors", is_flag=True, default=None, help="On resume, send rows that ended as error again."
+        ),
         click.option("--restart", is_flag=True, default=None, help="Discard an existing checkpoint and start over."),
-        click.option("--abort-after", metavar="N",
-                     help=f"Stop after N consecutive failed rows (0: never). {_default('abort_after')}"),
-        click.option("--output-format", type=click.Choice(OUTPUT_FORMATS),
-                  help="Output format [default: by the output's extension]."),
-        click.option("--drain-timeout", metavar="S",
-                     help=f"On SIGTERM/SIGINT, seconds in-flight requests may take. {_default('drain_timeout')}"),
+        click.option(
+            "--abort-after",
+            metavar="N",
+            help=f"Stop after N consecutive failed rows (0: never). {_default('abort_after')}",
+        ),
+        click.option(
+            "--output-format",
+            type=click.Choice(OUTPUT_FORMATS),
+            help="Output format [default: by the output's extension].",
+        ),
+        click.option(
+            "--drain-timeout",
+            metavar="S",
+            help=f"On SIGTERM/SIGINT, seconds in-flight requests may take. {_default('drain_timeout')}",
+        ),
         click.option("--deadline", help="Stop admitting so in-flight work ends before this (9m, 23h); exit 75."),
-        click.option("--max-wait", help="Longest wait a server may ask for (Retry-After, a rate-limit reset); "
-                     f"longer is a quota stop, exit 3. {_default('max_wait')}"),
-        click.option("--max-total-tokens", metavar="N",
-                     help="Budget cap: stop admitting before the job's tokens cross N; exit 3."),
-        click.option("--max-cost", metavar="USD",
-                     help="Budget cap in USD: stop admitting before the job's cost crosses it; exit 3."),
+        click.option(
+            "--max-wait",
+            help="Longest wait a server may ask for (Retry-After, a rate-limit reset); "
+            f"longer is a quota stop, exit 3. {_default('max_wait')}",
+        ),
+        click.option(
+            "--max-total-tokens",
+            metavar="N",
+            help="Budget cap: stop admitting before the job's tokens cross N; exit 3.",
+        ),
+        click.option(
+            "--max-cost",
+            metavar="USD",
+            help="Budget cap in USD: stop admitting before the job's cost crosses it; exit 3.",
+        ),
         click.option("--price-in", metavar="USD", help="USD per million prompt tokens [default: built-in table]."),
         click.option("--price-out", metavar="USD", help="USD per million completion tokens [default: built-in table]."),
-        click.option("--checkpoint-interval", metavar="S",
-                     help=f"With an s3:// output, seconds between checkpoint parts. {_default('checkpoint_interval')}"),
-        click.option("--progress-interval", metavar="S",
-                     help=f"Seconds between logfmt progress lines off a terminal. {_default('progress_interval')}"),
-        click.option("--repeat", metavar="K",
-                     help=f"Evaluation: send each (row, variant) K times (a `sample` column). {_default('repeat')}"),
+        click.option(
+            "--checkpoint-interval",
+            metavar="S",
+            help=f"With an s3:// output, seconds between checkpoint parts. {_default('checkpoint_interval')}",
+        ),
+        click.option(
+            "--progress-interval",
+            metavar="S",
+            help=f"Seconds between logfmt progress lines off a terminal. {_default('progress_interval')}",
+        ),
+        click.option(
+            "--repeat",
+            metavar="K",
+            help=f"Evaluation: send each (row, variant) K times (a `sample` column). {_default('repeat')}",
+        ),
         click.option("--variant", multiple=True, help="Evaluation: run only this [[variants]] entry. Repeatable."),
-        click.option("--fail-under", metavar="RATE",
-                     help="Evaluation: exit 1 if any variant's pass rate is below this fraction (e.g. 0.9)."),
+        click.option(
+            "--fail-under",
+            metavar="RATE",
+            help="Evaluation: exit 1 if any variant's pass rate is below this fraction (e.g. 0.9).",
+        ),
         click.option("--cache", help="Response cache folder or s3:// prefix: identical requests are answered from it."),
         click.option("-q", "--quiet", is_flag=True, help="No progress, only warnings and the result."),
         click.option("-v", "--verbose", count=True, help="One logfmt line per retry."),
@@ -170,8 +216,11 @@ def run(input: str | None, quiet: bool, verbose: int, **flags: Any) -> None:
         if report.stop is not None:
             click.echo(f"inferbatch: {report.stop}", err=True)
         if report.already_complete:
-            click.echo(f"{report.output} is already complete (rows={report.summary.rows}): nothing sent, "
-                       "output untouched; --restart runs the job again", err=True)  # fmt: skip
+            click.echo(
+                f"{report.output} is already complete (rows={report.summary.rows}): nothing sent, "
+                "output untouched; --restart runs the job again",
+                err=True,
+            )
         else:
             click.echo(f"wrote {report.output} rows={report.summary.rows}", err=True)
         if cfg.summary_json:
@@ -206,8 +255,9 @@ async def _run(cfg: RunConfig, progress: Progress) -> RunReport:
 
     if cfg.simulate:
         async with simulated(cfg) as simulated_cfg:
-            return await run_batch(simulated_cfg, progress=progress, started_at=_PROCESS_START,
-                                   on_second_interrupt=_leave_now)  # fmt: skip
+            return await run_batch(
+                simulated_cfg, progress=progress, started_at=_PROCESS_START, on_second_interrupt=_leave_now
+            )
     return await run_batch(cfg, progress=progress, started_at=_PROCESS_START, on_second_interrupt=_leave_now)
 
 
@@ -292,16 +342,23 @@ def validate(input: str | None, show: int, **flags: Any) -> None:
             click.echo(logfmt("estimate_model", model=model, **figures.figures(model, pricing)))
         cost = found.cost(pricing)
         shown_cost = f"{cost:.2f}" if cost is not None else "unknown"
-        click.echo(f"estimate rows={total.rows} prompt_tokens={total.prompt_tokens} "
-                   f"max_completion_tokens={total.completion_tokens} cost_usd={shown_cost}")  # fmt: skip
+        click.echo(
+            f"estimate rows={total.rows} prompt_tokens={total.prompt_tokens} "
+            f"max_completion_tokens={total.completion_tokens} cost_usd={shown_cost}"
+        )
         named = [model for model in found.unpriced(pricing) if model != NO_MODEL]  # the no-model note covers the rest
         if named:
-            click.echo(f"note: no built-in price for {', '.join(named)}; pass --price-in and --price-out for a cost "
-                       "estimate (--max-cost needs them too)", err=True)  # fmt: skip
+            click.echo(
+                f"note: no built-in price for {', '.join(named)}; pass --price-in and --price-out for a cost "
+                "estimate (--max-cost needs them too)",
+                err=True,
+            )
         if no_model:
-            click.echo("note: no model set: rows without their own `model` need --model, `model = ...` in the job "
-                       "file, or INFERENCE_MODEL_ID (older plans) to run; `heroku ai:models:list` lists the models",
-                       err=True)  # fmt: skip
+            click.echo(
+                "note: no model set: rows without their own `model` need --model, `model = ...` in the job "
+                "file, or INFERENCE_MODEL_ID (older plans) to run; `heroku ai:models:list` lists the models",
+                err=True,
+            )
     raise click.exceptions.Exit(0 if invalid == 0 else 1)
 
 
@@ -314,8 +371,7 @@ NO_MODEL = "<model>"
 @click.option("--html", "html_file", help="Also write a self-contained HTML report (charts, slowest and failed rows).")
 @click.option("--price-in", type=float, help="USD per million prompt tokens [default: built-in table].")
 @click.option("--price-out", type=float, help="USD per million completion tokens [default: built-in table].")
-def report(output: str, as_json: bool, html_file: str | None, price_in: float | None,
-           price_out: float | None) -> None:  # fmt: skip
+def report(output: str, as_json: bool, html_file: str | None, price_in: float | None, price_out: float | None) -> None:
     """Print the summary of a result file (JSONL or Parquet); with --html, write a report page too."""
     import json
 
@@ -328,8 +384,12 @@ def report(output: str, as_json: bool, html_file: str | None, price_in: float | 
         price_in = positive_float("price_in", price_in, allow_zero=True)
         price_out = positive_float("price_out", price_out, allow_zero=True)
         if html_file:
-            check_paths([PathUse("OUTPUT", output, "the result file reported on"),
-                         PathUse("--html", html_file, "the --html report", writes=True)])  # fmt: skip
+            check_paths(
+                [
+                    PathUse("OUTPUT", output, "the result file reported on"),
+                    PathUse("--html", html_file, "the --html report", writes=True),
+                ]
+            )
     collector = ReportCollector() if html_file else None
     summary = collector.summary if collector is not None else Summary()
     summary.pricing = Pricing(price_in, price_out)
@@ -349,8 +409,15 @@ def report(output: str, as_json: bool, html_file: str | None, price_in: float | 
         raise click.exceptions.Exit(2) from None
     if as_json:
         data = summary.as_dict()
-        for key in ("wall_s", "requests_per_s", "sent_this_run", "unfinished", "in_doubt_resumed", "rate_limited",
-                    "paused_s"):  # fmt: skip
+        for key in (
+            "wall_s",
+            "requests_per_s",
+            "sent_this_run",
+            "unfinished",
+            "in_doubt_resumed",
+            "rate_limited",
+            "paused_s",
+        ):
             data.pop(key, None)
         click.echo(json.dumps(data, indent=2))
     else:
@@ -367,15 +434,25 @@ def report(output: str, as_json: bool, html_file: str | None, price_in: float | 
 
 @cli.command()
 @click.option("--inbox", required=True, help="Folder or s3:// prefix of input files to process.")
-@click.option("--outbox", required=True, help="Folder or s3:// prefix for FILE.results.* and FILE.done.json (FILE: the whole input name).")
+@click.option(
+    "--outbox",
+    required=True,
+    help="Folder or s3:// prefix for FILE.results.* and FILE.done.json (FILE: the whole input name).",
+)
 @click.option("--poll", type=float, default=30.0, show_default=True, help="Seconds between looks at the inbox.")
-@click.option("--output-ext", type=click.Choice(["jsonl", "parquet"]), default="jsonl", show_default=True,
-              help="Format of the results files.")  # fmt: skip
+@click.option(
+    "--output-ext",
+    type=click.Choice(["jsonl", "parquet"]),
+    default="jsonl",
+    show_default=True,
+    help="Format of the results files.",
+)
 @click.option("--once", is_flag=True, help="Process the inbox once and exit (for a Scheduler job).")
 @shaping_options
 @run_options
-def worker(inbox: str, outbox: str, poll: float, output_ext: str, once: bool, quiet: bool, verbose: int,
-           **flags: Any) -> None:  # fmt: skip
+def worker(
+    inbox: str, outbox: str, poll: float, output_ext: str, once: bool, quiet: bool, verbose: int, **flags: Any
+) -> None:
     """Process every input file in INBOX, resumably, one after another, then poll; never exits on success
     (a Heroku worker dyno that exits is restarted). Finished inputs get OUTBOX/FILE.done.json and are
     never run again. With --shard auto, N worker dynos split the inbox by file name.
@@ -391,8 +468,16 @@ def worker(inbox: str, outbox: str, poll: float, output_ext: str, once: bool, qu
         try:
             positive_float("poll", poll)
             cfg = resolve({**flags, "input": inbox, "verbose": verbose}, os.environ)
-            service = Worker(cfg, inbox=inbox, outbox=outbox, poll=poll, output_ext=output_ext, once=once,
-                             quiet=quiet, on_second_interrupt=_leave_now)  # fmt: skip
+            service = Worker(
+                cfg,
+                inbox=inbox,
+                outbox=outbox,
+                poll=poll,
+                output_ext=output_ext,
+                once=once,
+                quiet=quiet,
+                on_second_interrupt=_leave_now,
+            )
         except InferbatchError as exc:
             if exc.exit_code != 2 or once or not restarted_on_exit(os.environ):
                 raise
@@ -419,8 +504,11 @@ def _hold_until_stopped(exc: InferbatchError) -> NoReturn:
 
     stops = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # first: a stop that comes while the line is written waits too
-    click.echo(f"inferbatch: {exc} [this worker dyno now waits: exiting would only restart it into the same "
-               "error; a config var change or a new release restarts it]", err=True)  # fmt: skip
+    click.echo(
+        f"inferbatch: {exc} [this worker dyno now waits: exiting would only restart it into the same "
+        "error; a config var change or a new release restarts it]",
+        err=True,
+    )
     signal.sigwait(stops)
     raise click.exceptions.Exit(exc.exit_code)
 
@@ -428,8 +516,11 @@ def _hold_until_stopped(exc: InferbatchError) -> NoReturn:
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, help="Merged output: .jsonl or .parquet (or s3://).")
-@click.option("--allow-gaps", is_flag=True,
-              help="Write the merge even if row indexes leave a gap (a shard missing or unfinished).")  # fmt: skip
+@click.option(
+    "--allow-gaps",
+    is_flag=True,
+    help="Write the merge even if row indexes leave a gap (a shard missing or unfinished).",
+)
 def merge(inputs: tuple[str, ...], output: str, allow_gaps: bool) -> None:
     """Combine --shard outputs into one file in input order. Refused (exit 2): shards that overlap, an
     output that is one of the inputs, and indexes that leave a gap, unless --allow-gaps. Indexes must run
@@ -460,10 +551,25 @@ def merge(inputs: tuple[str, ...], output: str, allow_gaps: bool) -> None:
 @click.option("--tpm", type=int, help="Enforce tokens per minute (sliding window), 429 beyond.")
 @click.option("--window-s", type=float, default=60.0, show_default=True, help="Length of the rate-limit window.")
 @click.option("--require-key-env", help="Require `Authorization: Bearer $VAR`; names the variable holding the key.")
-def simulate(host: str, port: int, latency_ms: float, jitter_ms: float, seed: int, rate_429: float, rate_500: float,
-             rate_503: float, rate_hang: float, rate_drop: float, rate_malformed: float, retry_after: float,
-             no_retry_after: bool, rpm: int | None, tpm: int | None, window_s: float,
-             require_key_env: str | None) -> None:  # fmt: skip
+def simulate(
+    host: str,
+    port: int,
+    latency_ms: float,
+    jitter_ms: float,
+    seed: int,
+    rate_429: float,
+    rate_500: float,
+    rate_503: float,
+    rate_hang: float,
+    rate_drop: float,
+    rate_malformed: float,
+    retry_after: float,
+    no_retry_after: bool,
+    rpm: int | None,
+    tpm: int | None,
+    window_s: float,
+    require_key_env: str | None,
+) -> None:
     """Serve an OpenAI-compatible chat-completions API on loopback, with deterministic replies,
     latency, fault injection and rate limits. Put [[sim:500x2]]-style directives in a prompt
     to script one row's answers (see README)."""
@@ -475,8 +581,14 @@ def simulate(host: str, port: int, latency_ms: float, jitter_ms: float, seed: in
         for name, value in (("latency_ms", latency_ms), ("jitter_ms", jitter_ms), ("retry_after", retry_after)):
             positive_float(name, value, allow_zero=True)
         positive_float("window_s", window_s)
-        for name, value in (("rate_429", rate_429), ("rate_500", rate_500), ("rate_503", rate_503),
-                            ("rate_hang", rate_hang), ("rate_drop", rate_drop), ("rate_malformed", rate_malformed)):
+        for name, value in (
+            ("rate_429", rate_429),
+            ("rate_500", rate_500),
+            ("rate_503", rate_503),
+            ("rate_hang", rate_hang),
+            ("rate_drop", rate_drop),
+            ("rate_malformed", rate_malformed),
+        ):
             if (positive_float(name, value, allow_zero=True) or 0.0) > 1:
                 raise ConfigError(f"--{name.replace('_', '-')} is a share of requests, between 0 and 1; got {value}")
     require_key = None
@@ -486,11 +598,21 @@ def simulate(host: str, port: int, latency_ms: float, jitter_ms: float, seed: in
             click.echo(f"inferbatch: --require-key-env {require_key_env}: that variable is not set", err=True)
             raise click.exceptions.Exit(2)
     opts = SimOptions(
-        latency_ms=latency_ms, latency_jitter_ms=jitter_ms, seed=seed, rate_429=rate_429, rate_500=rate_500,
-        rate_503=rate_503, rate_hang=rate_hang, rate_drop=rate_drop, rate_malformed=rate_malformed,
-        retry_after=None if no_retry_after else retry_after, rpm=rpm, tpm=tpm, window_s=window_s,
+        latency_ms=latency_ms,
+        latency_jitter_ms=jitter_ms,
+        seed=seed,
+        rate_429=rate_429,
+        rate_500=rate_500,
+        rate_503=rate_503,
+        rate_hang=rate_hang,
+        rate_drop=rate_drop,
+        rate_malformed=rate_malformed,
+        retry_after=None if no_retry_after else retry_after,
+        rpm=rpm,
+        tpm=tpm,
+        window_s=window_s,
         require_key=require_key,
-    )  # fmt: skip
+    )
 
     def ready(url: str) -> None:
         click.echo(f"simulator listening on {url}", err=True)
@@ -522,7 +644,10 @@ def main() -> None:
 
 def _secrets_in_env() -> list[str]:
     """Values that must never be printed: INFERENCE_KEY, any other *_KEY (--api-key-env), secrets, tokens."""
-    names = [n for n in os.environ if n == "INFERENCE_KEY" or n.endswith(("_KEY", "_KEY_ID", "SECRET", "_TOKEN"))
-             or "SECRET" in n]  # fmt: skip
+    names = [
+        n
+        for n in os.environ
+        if n == "INFERENCE_KEY" or n.endswith(("_KEY", "_KEY_ID", "SECRET", "_TOKEN")) or "SECRET" in n
+    ]
     values = {os.environ[n] for n in names if len(os.environ[n]) >= 8}
     return sorted(values, key=len, reverse=True)

@@ -58,9 +58,16 @@ class Response:
 
 
 class Client:
-    def __init__(self, url: str, api_key: str | None, *, timeout: float, concurrency: int,
-                 max_wait: float | None = DEFAULT_MAX_WAIT,
-                 max_response_bytes: int = MAX_RESPONSE_BYTES) -> None:  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None,
+        *,
+        timeout: float,
+        concurrency: int,
+        max_wait: float | None = DEFAULT_MAX_WAIT,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> None:
         """``max_wait``: the longest wait a server may ask for (``--max-wait``); longer is QuotaRejected."""
         self.url = url
         self.redactor = Redactor(api_key)
@@ -75,9 +82,7 @@ class Client:
 
     async def __aenter__(self) -> Client:
         connector = aiohttp.TCPConnector(limit=self._concurrency)
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, headers=self._headers
-        )
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout, headers=self._headers)
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -97,11 +102,12 @@ class Client:
                 raw = await self._read(resp)
                 if raw is None:
                     raise self._too_large(resp, headers, (time.perf_counter() - started) * 1000)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             elapsed = (time.perf_counter() - started) * 1000
             what = "no response" if status is None else f"HTTP {status} but not its whole body"
-            raise Retryable(f"timeout: {what} within {self._timeout.total:g} s", status=status, code="timeout",
-                            latency_ms=elapsed) from None  # fmt: skip
+            raise Retryable(
+                f"timeout: {what} within {self._timeout.total:g} s", status=status, code="timeout", latency_ms=elapsed
+            ) from None
         except aiohttp.ClientError as exc:
             elapsed = (time.perf_counter() - started) * 1000
             what = "" if status is None else f"HTTP {status} body cut off: "
@@ -115,9 +121,12 @@ class Client:
                 excerpt = self._excerpt(raw[:ERROR_SOURCE_BYTES].decode("utf-8", "replace"), 200) or "empty body"
                 raise Retryable(
                     f"malformed_response: 200 without a completion ({excerpt})",
-                    status=200, code="malformed_response", headers=headers, latency_ms=latency_ms,
+                    status=200,
+                    code="malformed_response",
+                    headers=headers,
+                    latency_ms=latency_ms,
                     request_id=self._request_id(headers, None),
-                )  # fmt: skip
+                )
             if self._leaks(raw, data):
                 data = self.redactor.scrub_data(data)
                 raw = orjson.dumps(data)
@@ -148,9 +157,12 @@ class Client:
         return Fatal(
             f"response_too_large: HTTP {resp.status} body over {self._max_bytes / (1024 * 1024):g} MiB{size}; "
             "not read further",
-            status=resp.status, code="response_too_large", headers=headers, latency_ms=latency_ms,
+            status=resp.status,
+            code="response_too_large",
+            headers=headers,
+            latency_ms=latency_ms,
             request_id=self._request_id(headers, None),
-        )  # fmt: skip
+        )
 
     def _leaks(self, raw: bytes, data: Any) -> bool:
         """Whether a piece of the key is in the body: its raw bytes, or their canonical form when escaped."""
@@ -190,11 +202,16 @@ class Client:
         if parsed is not None and self._leaks(raw, parsed):
             body = self.redactor.scrub_data(parsed)
         retry_after = parse_retry_after(headers)
-        kwargs: dict[str, Any] = dict(status=status, code=code, body=body, headers=headers, latency_ms=latency_ms,
-                                      request_id=self._request_id(headers, body))  # fmt: skip
+        kwargs: dict[str, Any] = dict(
+            status=status,
+            code=code,
+            body=body,
+            headers=headers,
+            latency_ms=latency_ms,
+            request_id=self._request_id(headers, body),
+        )
         if status in _QUOTA_STATUSES and _quota_code(parsed):
-            return QuotaRejected(self._quota_message(_one_line(text, 160), headers), retry_after=retry_after,
-                                 **kwargs)  # fmt: skip
+            return QuotaRejected(self._quota_message(_one_line(text, 160), headers), retry_after=retry_after, **kwargs)
         if status == 401 or (status == 403 and parsed is not None):
             return AuthRejected(text, **kwargs)
         if status in RETRYABLE_STATUSES or status == 403:
@@ -211,15 +228,19 @@ class Client:
         limit = human_duration(self._max_wait)
         if retry_after is not None:
             if retry_after > self._max_wait:
-                return (f"quota_exhausted: HTTP {status} says to retry {describe_reset(retry_after)} (Retry-After), "
-                        f"longer than --max-wait {limit}")  # fmt: skip
+                return (
+                    f"quota_exhausted: HTTP {status} says to retry {describe_reset(retry_after)} (Retry-After), "
+                    f"longer than --max-wait {limit}"
+                )
             return None
         if status != 429:
             return None
         for kind, reset in _exhausted(headers):
             if reset > self._max_wait:
-                return (f"quota_exhausted: HTTP 429 with no {kind} left (x-ratelimit-remaining-{kind}: 0); it resets "
-                        f"{describe_reset(reset)}, longer than --max-wait {limit}")  # fmt: skip
+                return (
+                    f"quota_exhausted: HTTP 429 with no {kind} left (x-ratelimit-remaining-{kind}: 0); it resets "
+                    f"{describe_reset(reset)}, longer than --max-wait {limit}"
+                )
         return None
 
     def _quota_message(self, text: str, headers: Mapping[str, str]) -> str:

@@ -1,8 +1,8 @@
 """Where a run starts and ends on disk: the checkpoint it resumes, the output it writes, the completion record.
 
-    open_checkpoint ─▶ (an earlier run completed the job?) ─▶ already_complete: count the output, send nothing
-                    └▶ … the run … ─▶ write_output: the checkpoint's rows in input order ─▶ OUTPUT
-                                      └▶ mark_complete when every row of the whole job ended ok (SPEC §8.2)
+open_checkpoint ─▶ (an earlier run completed the job?) ─▶ already_complete: count the output, send nothing
+                └▶ … the run … ─▶ write_output: the checkpoint's rows in input order ─▶ OUTPUT
+                                  └▶ mark_complete when every row of the whole job ended ok (SPEC §8.2)
 """
 
 from __future__ import annotations
@@ -40,21 +40,26 @@ def open_checkpoint(cfg: RunConfig) -> Checkpoint:
     if cfg.output.startswith("s3://"):
         from inferbatch.checkpoint_s3 import S3Checkpoint
 
-        checkpoint = S3Checkpoint.open_for_s3(cfg.output, manifest, restart=cfg.restart,
-                                              interval=cfg.checkpoint_interval, layout=slot_layout(cfg))  # fmt: skip
+        checkpoint = S3Checkpoint.open_for_s3(
+            cfg.output, manifest, restart=cfg.restart, interval=cfg.checkpoint_interval, layout=slot_layout(cfg)
+        )
     else:
         checkpoint = Checkpoint.open_for_run(cfg.output, manifest, restart=cfg.restart, layout=slot_layout(cfg))
     resumed = checkpoint.resumed
     if resumed.finished:
         log.info(
-            "resume finished=%d errors=%d in_doubt=%d%s", resumed.finished, resumed.errors, resumed.in_doubt,
+            "resume finished=%d errors=%d in_doubt=%d%s",
+            resumed.finished,
+            resumed.errors,
+            resumed.in_doubt,
             " retry_errors=true" if cfg.retry_errors else "",
-        )  # fmt: skip
+        )
     if resumed.in_doubt:
         log.warning(
             "resume: %d row(s) were sent before the last run stopped but have no result "
-            "(possibly billed); they are sent again", resumed.in_doubt,
-        )  # fmt: skip
+            "(possibly billed); they are sent again",
+            resumed.in_doubt,
+        )
     return checkpoint
 
 
@@ -81,8 +86,12 @@ def already_complete(cfg: RunConfig, completion: dict[str, Any]) -> Summary:
             f"{cfg.output} cannot be read ({text}), but its checkpoint says the job completed; "
             "rerun with --restart to run it again"
         ) from None
-    log.info("already complete: %s (%d rows, finished %s); nothing sent; --restart runs it again",
-             cfg.output, summary.rows, completion.get("finished_at"))  # fmt: skip
+    log.info(
+        "already complete: %s (%d rows, finished %s); nothing sent; --restart runs it again",
+        cfg.output,
+        summary.rows,
+        completion.get("finished_at"),
+    )
     return summary
 
 
@@ -134,7 +143,11 @@ def write_output(cfg: RunConfig, checkpoint: Checkpoint, summary: Summary) -> No
 def mark_complete(cfg: RunConfig, checkpoint: Checkpoint, summary: Summary) -> None:
     """Keep the completion record, so the next run of the same command sends nothing (SPEC §8.2)."""
     assert cfg.output is not None
-    checkpoint.complete({
-        "rows": summary.rows, "output": cfg.output, "output_bytes": output_size(cfg.output),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })  # fmt: skip
+    checkpoint.complete(
+        {
+            "rows": summary.rows,
+            "output": cfg.output,
+            "output_bytes": output_size(cfg.output),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    )

@@ -127,12 +127,42 @@ DEFAULTS: dict[str, Any] = {
 FLAG_ONLY_DEFAULTS: dict[str, Any] = {"job": None, "verbose": 0}
 
 # The TOML type each job-file key must have (numbers are checked again when converted).
-_STRINGS = ("system", "template", "template_file", "id_column", "output_format", "summary_json", "deadline", "max_wait",
-            "api_key_env", "url", "model", "input", "output", "cache", "shard")  # fmt: skip
+_STRINGS = (
+    "system",
+    "template",
+    "template_file",
+    "id_column",
+    "output_format",
+    "summary_json",
+    "deadline",
+    "max_wait",
+    "api_key_env",
+    "url",
+    "model",
+    "input",
+    "output",
+    "cache",
+    "shard",
+)
 _BOOLS = ("retry_errors", "restart", "simulate")
-_NUMBERS = ("concurrency", "rpm", "tpm", "max_attempts", "timeout", "limit", "abort_after", "drain_timeout",
-            "max_total_tokens", "max_cost", "price_in", "price_out", "progress_interval", "checkpoint_interval",
-            "repeat", "fail_under")  # fmt: skip
+_NUMBERS = (
+    "concurrency",
+    "rpm",
+    "tpm",
+    "max_attempts",
+    "timeout",
+    "limit",
+    "abort_after",
+    "drain_timeout",
+    "max_total_tokens",
+    "max_cost",
+    "price_in",
+    "price_out",
+    "progress_interval",
+    "checkpoint_interval",
+    "repeat",
+    "fail_under",
+)
 _JOB_TYPES: dict[str, type | tuple[type, ...]] = {
     **{k: str for k in _STRINGS},
     **{k: bool for k in _BOOLS},
@@ -428,9 +458,14 @@ def load_job(path: str, env: Mapping[str, str] | None = None) -> dict[str, Any]:
         expected = _JOB_TYPES.get(key)
         wrong_bool = key in _NUMBERS and isinstance(value, bool)
         if expected is not None and (wrong_bool or not isinstance(value, expected)):
-            names = " or ".join(t.__name__.replace("str", "a string").replace("bool", "true/false")
-                                .replace("list", "a list").replace("int", "a number").replace("float", "a number")
-                                for t in (expected if isinstance(expected, tuple) else (expected,)))  # fmt: skip
+            names = " or ".join(
+                t.__name__.replace("str", "a string")
+                .replace("bool", "true/false")
+                .replace("list", "a list")
+                .replace("int", "a number")
+                .replace("float", "a number")
+                for t in (expected if isinstance(expected, tuple) else (expected,))
+            )
             raise ConfigError(f"job file {path}: `{key}` must be {names}, got {value!r}")
     keep = data.get("keep_columns")
     if isinstance(keep, list) and not all(isinstance(c, str) for c in keep):
@@ -794,7 +829,9 @@ MAX_CONCURRENCY = 4096
 def _concurrency(value: Any) -> int:
     number = _whole_number("concurrency", value)
     if number > MAX_CONCURRENCY:
-        raise ConfigError(f"--concurrency {number} is more than {MAX_CONCURRENCY} requests in flight; no API allows that")
+        raise ConfigError(
+            f"--concurrency {number} is more than {MAX_CONCURRENCY} requests in flight; no API allows that"
+        )
     return number
 
 
@@ -862,8 +899,9 @@ def run_paths(cfg: RunConfig) -> list[PathUse]:
     uses: list[PathUse] = []
     if cfg.output:
         uses.append(PathUse("-o", cfg.output, "the output", writes=True))
-        uses.append(PathUse("-o", cfg.output + ".checkpoint", "the output's checkpoint folder", writes=True,
-                            kind="tree"))  # fmt: skip
+        uses.append(
+            PathUse("-o", cfg.output + ".checkpoint", "the output's checkpoint folder", writes=True, kind="tree")
+        )
     if cfg.summary_json:
         uses.append(PathUse("--summary-json", cfg.summary_json, "the --summary-json file", writes=True))
     if cfg.cache:

@@ -33,8 +33,13 @@ from inferbatch.budget import Budget, Reservation
 from inferbatch.cache import ResponseCache
 from inferbatch.client import Response
 from inferbatch.errors import (
-    AuthFailed, AuthRejected, BudgetExceeded, QuotaExhausted, QuotaRejected, RequestFailed,
-)  # fmt: skip
+    AuthFailed,
+    AuthRejected,
+    BudgetExceeded,
+    QuotaExhausted,
+    QuotaRejected,
+    RequestFailed,
+)
 from inferbatch.limits import Limiter, Stopped
 from inferbatch.pricing import Pricing, unpriced_error
 from inferbatch.results import Result
@@ -63,7 +68,9 @@ class Context:
     stopping: asyncio.Event
     mark_sent: Callable[[int], None]  # the checkpoint's in-doubt ledger: sent, outcome not yet known
     cache: ResponseCache | None = None
-    own_models: frozenset[str | None] = frozenset()  # a 403 for one of these stops the run; for a row's own, fails the row
+    own_models: frozenset[str | None] = (
+        frozenset()
+    )  # a 403 for one of these stops the run; for a row's own, fails the row
     needs_prices: bool = False  # --max-cost: a model without a price must not count as free
     log_retries: bool = False
     clock: Callable[[], float] = time.monotonic
@@ -87,8 +94,13 @@ async def send(request: Request, ctx: Context) -> Result:
         return await _attempt(request, body, model, prompt_estimate, max_tokens, ctx)
 
     try:
-        response = await retry.call(attempt, ctx.policy, sleep=lambda s: _sleep(s, ctx),
-                                    before_sleep=_log_retry if ctx.log_retries else None, clock=ctx.clock)  # fmt: skip
+        response = await retry.call(
+            attempt,
+            ctx.policy,
+            sleep=lambda s: _sleep(s, ctx),
+            before_sleep=_log_retry if ctx.log_retries else None,
+            clock=ctx.clock,
+        )
     except QuotaRejected as exc:
         raise QuotaExhausted(f"quota stop: {exc.message}; finished rows are saved, rerun once it resets") from None
     except AuthRejected as exc:
@@ -100,9 +112,15 @@ async def send(request: Request, ctx: Context) -> Result:
     except RequestFailed as exc:
         return Result.failed(request.id, request.index, exc, attempts=attempts, kept=request.keep)
     return Result.answered(
-        request.id, request.index, response.data, status_code=response.status, attempts=attempts,
-        latency_ms=response.latency_ms, request_id=response.request_id, kept=request.keep,
-    )  # fmt: skip
+        request.id,
+        request.index,
+        response.data,
+        status_code=response.status,
+        attempts=attempts,
+        latency_ms=response.latency_ms,
+        request_id=response.request_id,
+        kept=request.keep,
+    )
 
 
 async def remember(request: Request, result: Result, cache: ResponseCache) -> None:
@@ -119,10 +137,16 @@ async def _from_cache(request: Request, cache: ResponseCache) -> Result | None:
         return None
     try:
         return Result.answered(
-            request.id, request.index, entry["data"], status_code=200, attempts=0,
-            latency_ms=float(entry.get("latency_ms") or 0.0), request_id=entry.get("request_id"), cached=True,
+            request.id,
+            request.index,
+            entry["data"],
+            status_code=200,
+            attempts=0,
+            latency_ms=float(entry.get("latency_ms") or 0.0),
+            request_id=entry.get("request_id"),
+            cached=True,
             kept=request.keep,
-        )  # fmt: skip
+        )
     except (KeyError, IndexError, TypeError, ValueError):
         return None  # an entry from another version: send the request instead
 
@@ -134,8 +158,9 @@ async def _cache_io(cache: ResponseCache, func: Callable[..., Any], *args: Any) 
     return func(*args)
 
 
-async def _attempt(request: Request, body: bytes, model: str | None, prompt_estimate: int, max_tokens: int | None,
-                   ctx: Context) -> Response:  # fmt: skip
+async def _attempt(
+    request: Request, body: bytes, model: str | None, prompt_estimate: int, max_tokens: int | None, ctx: Context
+) -> Response:
     """One attempt: reserve budget, pass the limiter, send, and settle both with what came back."""
     if ctx.needs_prices and not ctx.pricing.priced(model):
         raise unpriced_error(model)
@@ -161,9 +186,13 @@ async def _attempt(request: Request, body: bytes, model: str | None, prompt_esti
         if isinstance(usage, dict):
             prompt_tokens = _count(usage.get("prompt_tokens"))
             completion_tokens = _count(usage.get("completion_tokens"))
-        ctx.limiter.release(ticket, status=200, headers=response.headers,
-                            total_tokens=prompt_tokens + completion_tokens if counted else None,
-                            completion_tokens=completion_tokens if counted else None)  # fmt: skip
+        ctx.limiter.release(
+            ticket,
+            status=200,
+            headers=response.headers,
+            total_tokens=prompt_tokens + completion_tokens if counted else None,
+            completion_tokens=completion_tokens if counted else None,
+        )
         return response
     finally:
         if reservation is not None:
@@ -201,8 +230,15 @@ def _log_retry(state: RetryCallState) -> None:
         exc = state.outcome.exception()
         from inferbatch.progress import logfmt
 
-        log.info(logfmt("retry", attempt=state.attempt_number, status=getattr(exc, "status", None),
-                        wait_s=round(state.upcoming_sleep, 2), error=str(exc)[:200]))  # fmt: skip
+        log.info(
+            logfmt(
+                "retry",
+                attempt=state.attempt_number,
+                status=getattr(exc, "status", None),
+                wait_s=round(state.upcoming_sleep, 2),
+                error=str(exc)[:200],
+            )
+        )
 
 
 def _count(value: Any) -> int:

@@ -28,6 +28,9 @@ Only ``cli.py`` turns an ``InferbatchError`` into an exit code.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 
 class InferbatchError(Exception):
     """Base of every error that ends a run; ``exit_code`` is what the CLI exits with."""
@@ -93,8 +96,8 @@ class RequestFailed(Exception):
         status: int | None = None,
         code: str | None = None,
         retry_after: float | None = None,
-        body: object = None,
-        headers: object = None,
+        body: dict[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
         latency_ms: float | None = None,
         request_id: str | None = None,
     ) -> None:
@@ -107,6 +110,7 @@ class RequestFailed(Exception):
         self.headers = headers
         self.latency_ms = latency_ms
         self.request_id = request_id  # x-request-id, else the body's id; redacted by the client
+        # body: the error response's JSON object (redacted), None if it had none; headers: the response's
 
 
 class Retryable(RequestFailed):
@@ -122,4 +126,4 @@ class AuthRejected(Fatal):
 
 
 class QuotaRejected(Fatal):
-    """"Come back later" rather than "slow down": the message says which limit and when it resets."""
+    """ "Come back later" rather than "slow down": the message says which limit and when it resets."""

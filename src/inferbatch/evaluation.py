@@ -50,7 +50,7 @@ class Assertion:
         if kind != "is-json" and "value" not in table and "column" not in table:
             raise ConfigError(f"[[assert]] #{number} ({kind}) needs `value = ...` or `column = ...`")
         if kind == "json-path" and not isinstance(table.get("path"), str):
-            raise ConfigError(f"[[assert]] #{number} (json-path) needs `path = \"$.field\"`")
+            raise ConfigError(f'[[assert]] #{number} (json-path) needs `path = "$.field"`')
         if kind == "regex" and "value" in table:
             try:
                 re.compile(str(table["value"]))
@@ -84,7 +84,7 @@ class Assertion:
                 return True
             if kind == "json-path":
                 found = _json_path(json.loads(text), self.path or "$")
-                return found == expected or found == _coerce_like(expected)
+                return bool(found == expected or found == _coerce_like(expected))
             if kind == "max-latency-ms":
                 latency = record.get("latency_ms")
                 return latency is not None and float(latency) <= float(expected)
@@ -101,10 +101,7 @@ def _json_path(data: Any, path: str) -> Any:
     if not path.startswith("$"):
         raise ValueError(path)
     for name, quoted, number in re.findall(r"\.([A-Za-z_][\w-]*)|\['([^']*)'\]|\[(\d+)\]", path[1:]):
-        if number:
-            data = data[int(number)]
-        else:
-            data = data[name or quoted]
+        data = data[int(number)] if number else data[name or quoted]
     return data
 
 
@@ -166,5 +163,10 @@ class Variant:
         return cls(name, table.get("template"), table.get("system"), table.get("model"), params)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "template": self.template, "system": self.system, "model": self.model,
-                "params": dict(sorted((self.params or {}).items()))}  # fmt: skip
+        return {
+            "name": self.name,
+            "template": self.template,
+            "system": self.system,
+            "model": self.model,
+            "params": dict(sorted((self.params or {}).items())),
+        }

@@ -31,6 +31,7 @@ the pure decision, ``acquire()`` the waiting around it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import logging
 import math
@@ -125,7 +126,7 @@ def describe_reset(seconds: float, wall_now: float | None = None) -> str:
     """``in 20d (at 2026-01-01T00:00:00Z)``: when a wait of ``seconds`` from now ends."""
     at = (time.time() if wall_now is None else wall_now) + max(0.0, seconds)
     try:
-        stamp = datetime.datetime.fromtimestamp(at, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        stamp = datetime.datetime.fromtimestamp(at, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     except (OverflowError, OSError, ValueError):
         return f"in {human_duration(seconds)}"
     return f"in {human_duration(seconds)} (at {stamp})"
@@ -238,12 +239,10 @@ class Limiter:
         if tpm:
             waits.append(self._tokens.wait(cost, tpm, now))
             waits.append(self._bucket_wait(cost, tpm, now))
-        if self._server_requests_left is not None and now < self._server_requests_reset_at:
-            if self._server_requests_left < 1:
-                waits.append(self._server_requests_reset_at - now)
-        if self._server_tokens_left is not None and now < self._server_tokens_reset_at:
-            if self._server_tokens_left < min(cost, tpm or cost):
-                waits.append(self._server_tokens_reset_at - now)
+        if self._no_requests_left(now):
+            waits.append(self._server_requests_reset_at - now)
+        if self._no_tokens_left(cost, tpm, now):
+            waits.append(self._server_tokens_reset_at - now)
         wait = max(waits)
         if wait > 0:
             return wait
@@ -319,29 +318,41 @@ class Limiter:
                 decision = self.poll(cost, now)
                 if isinstance(decision, Ticket):
                     return decision
-                if decision != INF and (decision >= LONG_WAIT_S or self.max_wait is not None
-                                        and decision > self.max_wait):  # fmt: skip
+                if decision != INF and (
+                    decision >= LONG_WAIT_S or self.max_wait is not None and decision > self.max_wait
+                ):
                     self._long_wait(cost, now, decision)
                 self._changed.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), None if decision == INF else decision)
-                except TimeoutError:
-                    pass
 
     def server_wait(self, cost: int, now: float) -> tuple[float, str]:
         """The longest wait the server asked for that holds ``cost`` back now, and what it is (0 and "" if none)."""
         found: list[tuple[float, str]] = [(0.0, "")]
         if self._server_pause_until > now:
             found.append((self._server_pause_until - now, self._server_pause_why))
-        if self._server_requests_left is not None and now < self._server_requests_reset_at:
-            if self._server_requests_left < 1:
-                found.append((self._server_requests_reset_at - now,
-                              "the server reports no requests left (x-ratelimit-remaining-requests: 0)"))  # fmt: skip
-        if self._server_tokens_left is not None and now < self._server_tokens_reset_at:
-            if self._server_tokens_left < min(cost, self.tpm or cost):
-                found.append((self._server_tokens_reset_at - now,
-                              "the server reports no tokens left (x-ratelimit-remaining-tokens)"))  # fmt: skip
+        if self._no_requests_left(now):
+            found.append(
+                (
+                    self._server_requests_reset_at - now,
+                    "the server reports no requests left (x-ratelimit-remaining-requests: 0)",
+                )
+            )
+        if self._no_tokens_left(cost, self.tpm, now):
+            found.append(
+                (self._server_tokens_reset_at - now, "the server reports no tokens left (x-ratelimit-remaining-tokens)")
+            )
         return max(found, key=lambda pair: pair[0])
+
+    def _no_requests_left(self, now: float) -> bool:
+        """The server's x-ratelimit-remaining-requests said 0, and its reset is still ahead."""
+        left = self._server_requests_left
+        return left is not None and now < self._server_requests_reset_at and left < 1
+
+    def _no_tokens_left(self, cost: int, tpm: int | None, now: float) -> bool:
+        """The server's x-ratelimit-remaining-tokens is short of this request, and its reset is still ahead."""
+        left = self._server_tokens_left
+        return left is not None and now < self._server_tokens_reset_at and left < min(cost, tpm or cost)
 
     def _long_wait(self, cost: int, now: float, wait: float) -> None:
         """Stop on a server's wait over ``max_wait``; log a long wait within it once."""
@@ -362,8 +373,9 @@ class Limiter:
                 reason = "backing off after 429s that named no wait"
             else:
                 reason = "the rate limits in force (--rpm/--tpm, or announced by the server)"
-            log.warning(logfmt("waiting", wait_s=round(wait, 1), until=describe_reset(wait, self.wall_clock()),
-                               reason=reason))  # fmt: skip
+            log.warning(
+                logfmt("waiting", wait_s=round(wait, 1), until=describe_reset(wait, self.wall_clock()), reason=reason)
+            )
 
     def reopen(self) -> None:
         """Admit again after ``close()``: a worker keeps one limiter, windows and all, across its inputs."""
@@ -375,9 +387,16 @@ class Limiter:
         self._changed.set()
 
     # ---- outcomes --------------------------------------------------------
-    def release(self, ticket: Ticket, *, status: int | None, headers: Mapping[str, str] | None = None,
-                total_tokens: int | None = None, completion_tokens: int | None = None,
-                retry_after: float | None = None) -> None:  # fmt: skip
+    def release(
+        self,
+        ticket: Ticket,
+        *,
+        status: int | None,
+        headers: Mapping[str, str] | None = None,
+        total_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
         """Record how an admitted request ended and free its slot."""
         now = self.clock()
         self.in_flight -= 1

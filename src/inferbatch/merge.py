@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from inferbatch.config import PathUse, check_paths
-from inferbatch.errors import InputError, OutputError, ConfigError
+from inferbatch.errors import ConfigError, InputError, OutputError
 from inferbatch.results import COLUMNS, EVAL_COLUMNS, OutputWriter, Status, dumps_line, kept_column_types, read_output
 from inferbatch.shaping import IdSet
 
@@ -59,13 +59,16 @@ def _places(path: str, source: int, ranks: dict[Any, int]) -> Iterator[tuple[Pla
         yield (ranks.get(record.get("variant"), 0), record["index"], record.get("sample") or 0), source, record
 
 
-def merge_outputs(inputs: list[str], output: str, output_format: str | None = None, *,
-                  allow_gaps: bool = False) -> int:  # fmt: skip
+def merge_outputs(inputs: list[str], output: str, output_format: str | None = None, *, allow_gaps: bool = False) -> int:
     """Write the merged rows to ``output``; returns how many rows it holds."""
     if not inputs:
         raise ConfigError("merge needs at least one shard output")
-    check_paths([PathUse("-o", output, "the merged output", writes=True),
-                 *(PathUse("INPUT", path, "one of the inputs") for path in inputs)])  # fmt: skip
+    check_paths(
+        [
+            PathUse("-o", output, "the merged output", writes=True),
+            *(PathUse("INPUT", path, "one of the inputs") for path in inputs),
+        ]
+    )
     fmt = output_format or ("parquet" if output.lower().endswith(".parquet") else "jsonl")
     ranks = _variant_ranks(inputs)
     kept_types = None
@@ -118,8 +121,7 @@ def merge_outputs(inputs: list[str], output: str, output_format: str | None = No
     return count
 
 
-def _check_order(place: Place, source: int, previous: Place | None, previous_source: int,
-                 inputs: list[str]) -> int:  # fmt: skip
+def _check_order(place: Place, source: int, previous: Place | None, previous_source: int, inputs: list[str]) -> int:
     """Refuse a row that repeats a place or comes out of order; return how many indexes it skips (a gap)."""
     rank, index, _ = place
     if previous is not None and place < previous:

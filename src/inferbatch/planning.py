@@ -1,10 +1,10 @@
 """What a run will send, worked out before anything is sent: shared by ``run``, ``validate`` and the progress total.
 
-    cfg ─▶ check_columns (exit 2 for input that cannot run at all)
-        ─▶ work_items: every (row, variant, sample), shaped, with its checkpoint slot
-        ─▶ prime: the first row read now (a missing model is exit 2 before any request)
-    cfg ─▶ expected_results: how many results a whole run writes (the progress total)
-    cfg ─▶ estimate: rows, prompt tokens and the completion tokens allowed, per model (``validate``)
+cfg ─▶ check_columns (exit 2 for input that cannot run at all)
+    ─▶ work_items: every (row, variant, sample), shaped, with its checkpoint slot
+    ─▶ prime: the first row read now (a missing model is exit 2 before any request)
+cfg ─▶ expected_results: how many results a whole run writes (the progress total)
+cfg ─▶ estimate: rows, prompt tokens and the completion tokens allowed, per model (``validate``)
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ def make_shaper(cfg: RunConfig, variant: Variant | None = None) -> Shaper:
         params={**cfg.params, **((variant and variant.params) or {})},
         system=(variant and variant.system) or cfg.system,
         template=(variant and variant.template) or cfg.template,
-        id_column=cfg.id_column, keep_columns=cfg.keep_columns,
+        id_column=cfg.id_column,
+        keep_columns=cfg.keep_columns,
         location="row" if cfg.input.lower().endswith(".parquet") else "line",
-    )  # fmt: skip
+    )
 
 
 def slot_layout(cfg: RunConfig) -> SlotLayout:
@@ -153,12 +154,15 @@ class ModelEstimate:
         cost = self.cost(model, pricing)
         rpm, tpm = published_limits(model)
         figures: dict[str, Any] = {
-            "rows": self.rows, "prompt_tokens": self.prompt_tokens, "max_completion_tokens": self.completion_tokens,
+            "rows": self.rows,
+            "prompt_tokens": self.prompt_tokens,
+            "max_completion_tokens": self.completion_tokens,
             "cost_usd": f"{cost:.2f}" if cost is not None else "unknown",
-        }  # fmt: skip
+        }
         if rpm or tpm:
-            minutes = max(self.rows / rpm if rpm else 0.0,
-                          (self.prompt_tokens + self.completion_tokens) / tpm if tpm else 0.0)  # fmt: skip
+            minutes = max(
+                self.rows / rpm if rpm else 0.0, (self.prompt_tokens + self.completion_tokens) / tpm if tpm else 0.0
+            )
             figures.update(limit_rpm=rpm, limit_tpm=tpm, minutes_at_limit=round(minutes, 1))
         return figures
 
@@ -202,6 +206,8 @@ def estimate(cfg: RunConfig, *, reasons: int = 10) -> Estimate:
                 result.reasons.append(item.reason)
             continue
         figures = result.by_model.setdefault(str(item.body.get("model")), ModelEstimate())
-        figures.add(estimate_prompt_tokens(item.body),
-                    item.body.get("max_tokens") or item.body.get("max_completion_tokens") or 0)  # fmt: skip
+        figures.add(
+            estimate_prompt_tokens(item.body),
+            item.body.get("max_tokens") or item.body.get("max_completion_tokens") or 0,
+        )
     return result

@@ -61,7 +61,7 @@ class LatencyHistogram:
         for bucket in sorted(self.counts):
             seen += self.counts[bucket]
             if seen >= target:
-                return min(self.max, _BUCKET_MIN_MS * _BUCKET_BASE ** (bucket + 0.5))
+                return float(min(self.max, _BUCKET_MIN_MS * _BUCKET_BASE ** (bucket + 0.5)))
         return self.max
 
 
@@ -88,8 +88,10 @@ class VariantStats:
             "wilson_low": round(low, 4),
             "wilson_high": round(high, 4),
             "assertion_pass_rates": {t: round(1 - n / self.rows, 4) for t, n in sorted(self.failed_types.items())},
-            "latency_ms": {"p50": round(p50, 1) if p50 is not None else None,
-                           "p90": round(p90, 1) if p90 is not None else None},  # fmt: skip
+            "latency_ms": {
+                "p50": round(p50, 1) if p50 is not None else None,
+                "p90": round(p90, 1) if p90 is not None else None,
+            },
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cost_usd": round(self.cost_usd, 4),
@@ -227,8 +229,12 @@ class Summary:
             "retries": self.retries,
             "rate_limited": self.rate_limited,
             "paused_s": round(self.paused_s, 1),
-            "latency_ms": {"p50": q(0.5), "p90": q(0.9), "p99": q(0.99),
-                           "max": round(self.latency.max, 1) if self.latency.n else None},  # fmt: skip
+            "latency_ms": {
+                "p50": q(0.5),
+                "p90": q(0.9),
+                "p99": q(0.99),
+                "max": round(self.latency.max, 1) if self.latency.n else None,
+            },
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cost_usd": round(self.cost_usd, 4) if self.cost_known else None,
@@ -260,19 +266,30 @@ class Summary:
         for ``report`` on a file."""
         d = self.as_dict()
         lat = d["latency_ms"]
-        rows = dict(rows=d["rows"], ok=d["ok"], error=d["error"], invalid=d["invalid"], soft_failures=d["soft_failures"])
+        rows = dict(
+            rows=d["rows"], ok=d["ok"], error=d["error"], invalid=d["invalid"], soft_failures=d["soft_failures"]
+        )
         requests = dict(attempts=d["attempts"], retries=d["retries"])
         if run_figures:
             rows.update(unfinished=d["unfinished"], wall_s=d["wall_s"], rps=d["requests_per_s"])
-            requests.update(rate_limited=d["rate_limited"], paused_s=d["paused_s"], sent_this_run=d["sent_this_run"],
-                            achieved_rpm=d.get("achieved_rpm"), achieved_tpm=d.get("achieved_tpm"),
-                            concurrency_end=d.get("effective_concurrency"))  # fmt: skip
+            requests.update(
+                rate_limited=d["rate_limited"],
+                paused_s=d["paused_s"],
+                sent_this_run=d["sent_this_run"],
+                achieved_rpm=d.get("achieved_rpm"),
+                achieved_tpm=d.get("achieved_tpm"),
+                concurrency_end=d.get("effective_concurrency"),
+            )
         out = [
             logfmt("summary", **rows),
             logfmt("summary_requests", **requests),
             logfmt("summary_latency_ms", p50=lat["p50"], p90=lat["p90"], p99=lat["p99"], max=lat["max"]),
-            logfmt("summary_tokens", prompt=d["prompt_tokens"], completion=d["completion_tokens"],
-                   cost_usd=d["cost_usd"] if d["cost_usd"] is not None else "unknown"),  # fmt: skip
+            logfmt(
+                "summary_tokens",
+                prompt=d["prompt_tokens"],
+                completion=d["completion_tokens"],
+                cost_usd=d["cost_usd"] if d["cost_usd"] is not None else "unknown",
+            ),
         ]
         if d["status_codes"]:
             codes = {("no_response" if k == "none" else f"http_{k}"): v for k, v in d["status_codes"].items()}
@@ -286,12 +303,23 @@ class Summary:
         if "cached" in d:
             out.append(logfmt("summary_cache", hits=d["cached"], stored=d.get("cache_stores", 0)))
         for name, v in d.get("variants", {}).items():
-            out.append(logfmt("summary_variant", name=name, rows=v["rows"], passed=v["passed"],
-                              pass_rate=v["pass_rate"], wilson_low=v["wilson_low"], wilson_high=v["wilson_high"],
-                              p50_ms=v["latency_ms"]["p50"], tokens=v["prompt_tokens"] + v["completion_tokens"]))  # fmt: skip
+            out.append(
+                logfmt(
+                    "summary_variant",
+                    name=name,
+                    rows=v["rows"],
+                    passed=v["passed"],
+                    pass_rate=v["pass_rate"],
+                    wilson_low=v["wilson_low"],
+                    wilson_high=v["wilson_high"],
+                    p50_ms=v["latency_ms"]["p50"],
+                    tokens=v["prompt_tokens"] + v["completion_tokens"],
+                )
+            )
         if d.get("variants"):
-            out.append(logfmt("summary_disagreements", rows=d["disagreements"],
-                              ids=",".join(d["disagreeing_ids"][:10])))  # fmt: skip
+            out.append(
+                logfmt("summary_disagreements", rows=d["disagreements"], ids=",".join(d["disagreeing_ids"][:10]))
+            )
         return out
 
     def comparison_table(self) -> list[str]:
@@ -299,8 +327,10 @@ class Summary:
         if not self.variants:
             return []
         width = max(8, *(len(n) for n in self.variants))
-        head = f"{'variant':<{width}}  {'rows':>6}  {'passed':>6}  {'pass rate':>9}  {'95% interval':>15}  " \
-               f"{'p50 ms':>8}  {'tokens':>9}  {'cost $':>8}"  # fmt: skip
+        head = (
+            f"{'variant':<{width}}  {'rows':>6}  {'passed':>6}  {'pass rate':>9}  {'95% interval':>15}  "
+            f"{'p50 ms':>8}  {'tokens':>9}  {'cost $':>8}"
+        )
         lines = [head, "-" * len(head)]
         for name, stats in self.variants.items():
             v = stats.as_dict()
@@ -357,8 +387,9 @@ class Progress:
     """Live progress on stderr: a bar on a terminal, else a logfmt line (and a metrics line) every ``interval``
     seconds."""
 
-    def __init__(self, *, total: int | None, interval: float = 10.0, quiet: bool = False,
-                 stream: IO[str] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, *, total: int | None, interval: float = 10.0, quiet: bool = False, stream: IO[str] | None = None
+    ) -> None:
         self.stream = stream or sys.stderr
         self.total = total
         self.interval = interval
@@ -388,8 +419,9 @@ class Progress:
         fields: dict[str, Any] = {"done": self.done + self.skipped}
         if self.total is not None:
             fields["total"] = self.total
-        fields.update(ok=self.ok, error=self.error, invalid=self.invalid, rps=round(rps, 1),
-                      tpm=int(self.tokens / elapsed * 60))  # fmt: skip
+        fields.update(
+            ok=self.ok, error=self.error, invalid=self.invalid, rps=round(rps, 1), tpm=int(self.tokens / elapsed * 60)
+        )
         if self.total is not None and rps > 0:
             fields["eta_s"] = int(max(0, self.total - self.done - self.skipped) / rps)
         return fields
@@ -437,8 +469,10 @@ class Progress:
         else:
             head = f"{done} rows"
         eta = f" eta {f['eta_s']}s" if "eta_s" in f else ""
-        line = (f"\r{head} ok={f['ok']} error={f['error']} invalid={f['invalid']} {f['rps']} req/s "
-                f"{f['tpm'] // 60} tok/s{eta}")  # fmt: skip
+        line = (
+            f"\r{head} ok={f['ok']} error={f['error']} invalid={f['invalid']} {f['rps']} req/s "
+            f"{f['tpm'] // 60} tok/s{eta}"
+        )
         self.stream.write(line + "\x1b[K")
         self.stream.flush()
         self._drawn = True

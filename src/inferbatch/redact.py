@@ -94,8 +94,9 @@ def _aligned_grams(secret: AnyStr) -> list[tuple[int, AnyStr]]:
     return [(a, secret[a : a + _GRAM]) for a in range(0, len(secret) - _GRAM + 1, _STRIDE)]
 
 
-def _fragment_spans(hay: AnyStr, secret: AnyStr, grams: list[tuple[int, AnyStr]], *,
-                    first_only: bool = False) -> list[tuple[int, int]]:  # fmt: skip
+def _fragment_spans(
+    hay: AnyStr, secret: AnyStr, grams: list[tuple[int, AnyStr]], *, first_only: bool = False
+) -> list[tuple[int, int]]:
     """Merged ``[start, end)`` spans of ``hay`` that are pieces of ``secret`` of ``MIN_FRAGMENT`` or more."""
     spans: list[tuple[int, int]] = []
     n, size = len(hay), len(secret)

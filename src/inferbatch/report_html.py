@@ -173,7 +173,7 @@ class ReportCollector:
         status = record.get("status")
         index = record.get("index")
         index = index if type(index) is int else seq
-        self.by_index.add(index, {Status.OK: 0, Status.ERROR: 1}.get(str(status), 2))
+        self.by_index.add(index, {"ok": 0, "error": 1}.get(str(status), 2))
 
         latency = record.get("latency_ms")
         if isinstance(latency, int | float) and not isinstance(latency, bool) and math.isfinite(latency):
@@ -291,8 +291,12 @@ def render_html(collector: ReportCollector, *, title: str = "inferbatch report")
     """The whole page as one string."""
     s = collector.summary
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    cards = [("rows", f"{s.rows:,}", ""), ("ok", f"{s.ok:,}", "ok"), ("error", f"{s.error:,}", "error"),
-             ("invalid", f"{s.invalid:,}", "invalid")]  # fmt: skip
+    cards = [
+        ("rows", f"{s.rows:,}", ""),
+        ("ok", f"{s.ok:,}", "ok"),
+        ("error", f"{s.error:,}", "error"),
+        ("invalid", f"{s.invalid:,}", "invalid"),
+    ]
     if collector.variants:
         judged = sum(v.judged for v in collector.variants.values())
         passed = sum(v.passed for v in collector.variants.values())
@@ -526,8 +530,18 @@ def _status_chart(by_index: Bins) -> str:
         for i in range(len(counts))
     ]
     ticks = [((v - first) / (end - first), f"{v:,}") for v in _nice_ticks(first, end, 12)]
-    return _bar_chart(counts, list(STATUS_COLORS.values()), labels, ticks, "row index", "share of rows",
-                      series=list(STATUS_COLORS), share=True, width=1100, height=220)  # fmt: skip
+    return _bar_chart(
+        counts,
+        list(STATUS_COLORS.values()),
+        labels,
+        ticks,
+        "row index",
+        "share of rows",
+        series=list(STATUS_COLORS),
+        share=True,
+        width=1100,
+        height=220,
+    )
 
 
 def _pass_rate_chart(c: ReportCollector) -> str:
@@ -548,23 +562,39 @@ def _pass_rate_chart(c: ReportCollector) -> str:
         shown = f"{rate:.1%}" if v.judged else "—"  # no row judged is no pass rate, not 0 %
         label = f"{name}: {v.passed:,}/{v.judged:,} passed ({shown}), Wilson 95 % {low:.1%} – {high:.1%}"
         mid = y + row_h / 2
-        out.append(f'<text class="name" x="{left - 8}" y="{mid + 4:.1f}" text-anchor="end">'
-                   f"{escape(_truncate(name, 32))}</text>")  # fmt: skip
-        out.append(f'<rect class="bar" x="{left}" y="{y + 6}" width="{plot * rate:.1f}" height="{row_h - 12}" '
-                   f'fill="{PASS_COLOR}"><title>{escape(label)}</title></rect>')  # fmt: skip
+        out.append(
+            f'<text class="name" x="{left - 8}" y="{mid + 4:.1f}" text-anchor="end">'
+            f"{escape(_truncate(name, 32))}</text>"
+        )
+        out.append(
+            f'<rect class="bar" x="{left}" y="{y + 6}" width="{plot * rate:.1f}" height="{row_h - 12}" '
+            f'fill="{PASS_COLOR}"><title>{escape(label)}</title></rect>'
+        )
         if v.judged:
             x0, x1 = left + plot * low, left + plot * high
-            out.append(f'<path class="whisker" d="M{x0:.1f} {mid:.1f}H{x1:.1f}M{x0:.1f} {mid - 7:.1f}V{mid + 7:.1f}'
-                       f'M{x1:.1f} {mid - 7:.1f}V{mid + 7:.1f}"/>')  # fmt: skip
+            out.append(
+                f'<path class="whisker" d="M{x0:.1f} {mid:.1f}H{x1:.1f}M{x0:.1f} {mid - 7:.1f}V{mid + 7:.1f}'
+                f'M{x1:.1f} {mid - 7:.1f}V{mid + 7:.1f}"/>'
+            )
         tally = f"{shown} of {v.judged:,}" if v.judged else "none judged"
         out.append(f'<text x="{left + plot + 8}" y="{mid + 4:.1f}">{tally}</text>')
     out.append(f'<line class="axis" x1="{left}" y1="{top}" x2="{left}" y2="{height - 26}"/>')
     return _svg(width, height, "".join(out), "pass rate per variant")
 
 
-def _bar_chart(counts: list[list[int]], colors: list[str], labels: list[str], ticks: list[tuple[float, str]],
-               x_title: str, y_title: str, *, series: list[str] | None = None, share: bool = False,
-               width: int = 540, height: int = 240) -> str:  # fmt: skip
+def _bar_chart(
+    counts: list[list[int]],
+    colors: list[str],
+    labels: list[str],
+    ticks: list[tuple[float, str]],
+    x_title: str,
+    y_title: str,
+    *,
+    series: list[str] | None = None,
+    share: bool = False,
+    width: int = 540,
+    height: int = 240,
+) -> str:
     """Vertical (stacked) bars, evenly spaced; ``ticks`` are (fraction of the x axis, text).
 
     ``share=True`` draws each stack as 100 % of its bar. A non-zero segment is never
@@ -606,18 +636,24 @@ def _bar_chart(counts: list[list[int]], colors: list[str], labels: list[str], ti
             if h <= 0:
                 continue
             base -= h
-            out.append(f'<rect x="{x:.1f}" y="{base:.1f}" width="{max(step_x - gap, 0.5):.1f}" height="{h:.1f}" '
-                       f'fill="{color}"><title>{tip}</title></rect>')  # fmt: skip
+            out.append(
+                f'<rect x="{x:.1f}" y="{base:.1f}" width="{max(step_x - gap, 0.5):.1f}" height="{h:.1f}" '
+                f'fill="{color}"><title>{tip}</title></rect>'
+            )
     out.append(f'<line class="axis" x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}"/>')
     for fraction, text in ticks:
         x = left + plot_w * fraction
         anchor = "end" if fraction > 0.96 else "middle"
         out.append(f'<line class="axis" x1="{x:.1f}" y1="{top + plot_h}" x2="{x:.1f}" y2="{top + plot_h + 4}"/>')
         out.append(f'<text x="{x:.1f}" y="{top + plot_h + 16}" text-anchor="{anchor}">{escape(text)}</text>')
-    out.append(f'<text class="title" x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle">'
-               f"{escape(x_title)}</text>")  # fmt: skip
-    out.append(f'<text class="title" transform="translate(13 {top + plot_h / 2:.1f}) rotate(-90)" '
-               f'text-anchor="middle">{escape(y_title)}</text>')  # fmt: skip
+    out.append(
+        f'<text class="title" x="{left + plot_w / 2:.1f}" y="{height - 6}" text-anchor="middle">'
+        f"{escape(x_title)}</text>"
+    )
+    out.append(
+        f'<text class="title" transform="translate(13 {top + plot_h / 2:.1f}) rotate(-90)" '
+        f'text-anchor="middle">{escape(y_title)}</text>'
+    )
     return _svg(width, height, "".join(out), f"{y_title} by {x_title}")
 
 
@@ -627,8 +663,10 @@ def _empty_chart(text: str, width: int = 540) -> str:
 
 
 def _svg(width: int, height: int, body: str, label: str) -> str:
-    return (f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
-            f'aria-label="{escape(label)}">{body}</svg>')  # fmt: skip
+    return (
+        f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img" '
+        f'aria-label="{escape(label)}">{body}</svg>'
+    )
 
 
 # ---- small helpers --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ plain dicts with the same keys.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
@@ -24,9 +25,22 @@ import orjson
 from inferbatch.errors import RequestFailed
 
 COLUMNS = (
-    "id", "index", "status", "status_code", "content", "finish_reason", "model", "prompt_tokens",
-    "completion_tokens", "total_tokens", "attempts", "latency_ms", "error", "tool_calls", "request_id",
-)  # fmt: skip
+    "id",
+    "index",
+    "status",
+    "status_code",
+    "content",
+    "finish_reason",
+    "model",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "attempts",
+    "latency_ms",
+    "error",
+    "tool_calls",
+    "request_id",
+)
 EVAL_COLUMNS = ("variant", "sample", "passed", "failures", "cached")
 BODY_KEY = "_body"  # the raw response body, kept only for --output-format openai-batch
 PARQUET_BATCH_ROWS = 4096
@@ -41,13 +55,17 @@ class Status(StrEnum):
 def arrow_schema(kept: Iterable[tuple[str, Any]] = (), *, evaluation: bool = False) -> Any:
     import pyarrow as pa
 
-    eval_fields = [
-        pa.field("variant", pa.string()),
-        pa.field("sample", pa.int64()),
-        pa.field("passed", pa.bool_()),
-        pa.field("failures", pa.string()),
-        pa.field("cached", pa.bool_()),
-    ] if evaluation else []  # fmt: skip
+    eval_fields = (
+        [
+            pa.field("variant", pa.string()),
+            pa.field("sample", pa.int64()),
+            pa.field("passed", pa.bool_()),
+            pa.field("failures", pa.string()),
+            pa.field("cached", pa.bool_()),
+        ]
+        if evaluation
+        else []
+    )
     return pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),
@@ -116,20 +134,33 @@ class Result:
     body: Any = None
 
     @classmethod
-    def answered(cls, row_id: str, index: int, data: dict[str, Any], *, status_code: int, attempts: int,
-                 latency_ms: float, request_id: str | None, cached: bool = False,
-                 kept: Mapping[str, Any] | None = None) -> Result:
+    def answered(
+        cls,
+        row_id: str,
+        index: int,
+        data: dict[str, Any],
+        *,
+        status_code: int,
+        attempts: int,
+        latency_ms: float,
+        request_id: str | None,
+        cached: bool = False,
+        kept: Mapping[str, Any] | None = None,
+    ) -> Result:
         """A completion. ``request_id``: ``Response.request_id`` (x-request-id, else the body's id; redacted).
 
         Raises KeyError/IndexError/TypeError for a body that is not a completion (the client never passes one;
         a cache entry from another version may)."""
         choice = data["choices"][0]
         message = choice.get("message") or {}
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        usage: dict[str, Any] = data["usage"] if isinstance(data.get("usage"), dict) else {}
         tool_calls = message.get("tool_calls")
         content = message.get("content")
         return cls(
-            row_id, index, Status.OK, status_code,
+            row_id,
+            index,
+            Status.OK,
+            status_code,
             content=content if isinstance(content, str) or content is None else orjson.dumps(content).decode(),
             finish_reason=choice.get("finish_reason"),
             model=data.get("model"),
@@ -146,12 +177,16 @@ class Result:
         )
 
     @classmethod
-    def failed(cls, row_id: str, index: int, exc: RequestFailed, *, attempts: int,
-               kept: Mapping[str, Any] | None = None) -> Result:
+    def failed(
+        cls, row_id: str, index: int, exc: RequestFailed, *, attempts: int, kept: Mapping[str, Any] | None = None
+    ) -> Result:
         """A request that failed for good; ``exc`` is its last attempt's failure."""
         status = exc.status
         return cls(
-            row_id, index, Status.ERROR, status,
+            row_id,
+            index,
+            Status.ERROR,
+            status,
             attempts=attempts,
             latency_ms=round(exc.latency_ms, 3) if exc.latency_ms is not None else None,
             error=exc.message,
@@ -163,8 +198,9 @@ class Result:
 
     @classmethod
     def invalid(cls, row_id: str, index: int, reason: str, kept: Mapping[str, Any] | None = None) -> Result:
-        return cls(row_id, index, Status.INVALID, error=f"invalid_row: {reason}", error_code="invalid_row",
-                   kept=kept or {})
+        return cls(
+            row_id, index, Status.INVALID, error=f"invalid_row: {reason}", error_code="invalid_row", kept=kept or {}
+        )
 
     def record(self, *, keep_body: bool = False) -> dict[str, Any]:
         """The output columns in SPEC §3 order (evaluation, then kept columns last), plus internal keys:
@@ -295,8 +331,9 @@ def _as_text(value: Any) -> Any:
 class OutputWriter:
     """Writes records in order to a temporary file next to ``path``; ``commit()`` renames it into place."""
 
-    def __init__(self, path: str, fmt: str, kept_types: list[tuple[str, Any]] | None = None, *,
-                 evaluation: bool = False) -> None:  # fmt: skip
+    def __init__(
+        self, path: str, fmt: str, kept_types: list[tuple[str, Any]] | None = None, *, evaluation: bool = False
+    ) -> None:
         self.path = path
         self.fmt = fmt
         self._remote = path.startswith("s3://")
@@ -361,14 +398,10 @@ class OutputWriter:
             raise
 
     def abort(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # already failing; the temp file is what matters
             self._file.close()
-        except Exception:  # noqa: BLE001 - already failing; the temp file is what matters
-            pass
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp)
-        except FileNotFoundError:
-            pass
 
 
 def _umask() -> int:
@@ -397,7 +430,7 @@ def read_output(path: str) -> Iterator[dict[str, Any]]:
 
         handle: Any = open_input_stream(path)
     else:
-        handle = open(path, "rb")
+        handle = open(path, "rb")  # noqa: SIM115 - the `with` below closes either handle
     with handle:
         for line in handle:
             if line.strip():

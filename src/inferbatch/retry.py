@@ -49,7 +49,7 @@ def wait_for(retry_state: RetryCallState) -> float:
     """The policy in the module docstring, as tenacity calls it."""
     outcome = retry_state.outcome
     exc = outcome.exception() if outcome is not None else None
-    retry_after = getattr(exc, "retry_after", None)
+    retry_after: float | None = getattr(exc, "retry_after", None)
     if retry_after is not None:
         wait = max(retry_after, 0.0)
         return wait + random.uniform(0, 0.1 + 0.1 * wait)
@@ -108,9 +108,15 @@ async def call(
     async def scaled_sleep(seconds: float) -> None:
         await sleep(seconds * policy.wait_scale)
 
-    retrying = make_retrying(policy.max_attempts, sleep=scaled_sleep, before_sleep=before_sleep,
-                             max_elapsed=policy.max_elapsed, started_at=started, clock=clock,
-                             wait_scale=policy.wait_scale)  # fmt: skip
+    retrying = make_retrying(
+        policy.max_attempts,
+        sleep=scaled_sleep,
+        before_sleep=before_sleep,
+        max_elapsed=policy.max_elapsed,
+        started_at=started,
+        clock=clock,
+        wait_scale=policy.wait_scale,
+    )
     async for state in retrying:
         with state:
             if replay is not None:
@@ -129,8 +135,9 @@ class stop_before_deadline(stop_base):
     will really be slept (times ``wait_scale``).
     """
 
-    def __init__(self, max_elapsed: float, started_at: float, clock: Callable[[], float],
-                 wait_scale: float = 1.0) -> None:  # fmt: skip
+    def __init__(
+        self, max_elapsed: float, started_at: float, clock: Callable[[], float], wait_scale: float = 1.0
+    ) -> None:
         self.deadline = started_at + max_elapsed
         self.clock = clock
         self.wait_scale = wait_scale
@@ -154,7 +161,7 @@ def make_retrying(
     ``max_elapsed`` (SPEC §8.41: ``max_attempts × timeout``) bounds the row's time: no retry whose wait
     would end that many seconds after ``started_at`` (``clock()`` of the row's first attempt; default now).
     """
-    stop = stop_after_attempt(max_attempts)
+    stop: stop_base = stop_after_attempt(max_attempts)
     if max_elapsed is not None:
         scale = _wait_scale if wait_scale is None else wait_scale
         stop = stop | stop_before_deadline(max_elapsed, clock() if started_at is None else started_at, clock, scale)

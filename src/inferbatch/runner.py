@@ -29,7 +29,7 @@ from inferbatch.cache import ResponseCache
 from inferbatch.checkpoint import Checkpoint
 from inferbatch.client import Client
 from inferbatch.config import RunConfig, check_paths, run_paths
-from inferbatch.errors import CheckpointError, DeadlineReached, InferbatchError, Interrupted, ConfigError
+from inferbatch.errors import CheckpointError, ConfigError, DeadlineReached, InferbatchError, Interrupted
 from inferbatch.limits import Limiter, Stopped
 from inferbatch.planning import plan
 from inferbatch.pricing import Pricing
@@ -159,8 +159,15 @@ def _finish(cfg: RunConfig, run: _Run, checkpoint: Checkpoint) -> RunReport:
 class _Run:
     """One run between reading the input and writing the output: the feeder, the workers and the stop."""
 
-    def __init__(self, cfg: RunConfig, checkpoint: Checkpoint, progress: Progress, deadline_origin: float,
-                 limiter: Limiter | None, on_second_interrupt: Callable[[], None]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        cfg: RunConfig,
+        checkpoint: Checkpoint,
+        progress: Progress,
+        deadline_origin: float,
+        limiter: Limiter | None,
+        on_second_interrupt: Callable[[], None],
+    ) -> None:
         self.cfg = cfg
         self.on_second_interrupt = on_second_interrupt
         self.checkpoint = checkpoint
@@ -177,10 +184,12 @@ class _Run:
         self.pricing = Pricing(cfg.price_in, cfg.price_out)
         resumed = checkpoint.resumed
         self.budget = Budget(
-            max_tokens=cfg.max_total_tokens, max_cost=cfg.max_cost, pricing=self.pricing,
+            max_tokens=cfg.max_total_tokens,
+            max_cost=cfg.max_cost,
+            pricing=self.pricing,
             spent_tokens=resumed.prompt_tokens + resumed.completion_tokens,
             spent_cost=sum(self.pricing.cost(m, p, c) or 0.0 for m, (p, c) in resumed.usage_by_model.items()),
-        )  # fmt: skip
+        )
         self.stop: InferbatchError | None = None
         self.stopping = asyncio.Event()
         self.queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=cfg.concurrency * 2)
@@ -202,12 +211,18 @@ class _Run:
     def _context(self, client: Client) -> dispatch.Context:
         cfg = self.cfg
         return dispatch.Context(
-            client=client, limiter=self.limiter, budget=self.budget, pricing=self.pricing,
+            client=client,
+            limiter=self.limiter,
+            budget=self.budget,
+            pricing=self.pricing,
             policy=retry.Policy(cfg.max_attempts, max_elapsed=cfg.max_attempts * cfg.timeout),  # SPEC §8.41
-            stopping=self.stopping, mark_sent=self.checkpoint.mark_sent, cache=self.cache,
+            stopping=self.stopping,
+            mark_sent=self.checkpoint.mark_sent,
+            cache=self.cache,
             own_models=frozenset({cfg.model, *(v.model for v in cfg.variants)} - {None}),
-            needs_prices=cfg.max_cost is not None, log_retries=cfg.verbose > 0,
-        )  # fmt: skip
+            needs_prices=cfg.max_cost is not None,
+            log_retries=cfg.verbose > 0,
+        )
 
     def add_figures(self, summary: Summary) -> None:
         """This run's share of the limiter's figures, and the cache's."""
@@ -224,15 +239,21 @@ class _Run:
     async def execute(self, items: Iterator[Request | Invalid], handle_signals: bool) -> None:
         api_key = self.cfg.api_key.reveal() if self.cfg.api_key is not None else None
         assert self.cfg.url is not None
-        async with Client(self.cfg.url, api_key, timeout=self.cfg.timeout, concurrency=self.cfg.concurrency,
-                          max_wait=self.cfg.max_wait) as client:  # fmt: skip
+        async with Client(
+            self.cfg.url,
+            api_key,
+            timeout=self.cfg.timeout,
+            concurrency=self.cfg.concurrency,
+            max_wait=self.cfg.max_wait,
+        ) as client:
             ctx = self._context(client)
             async with signal_handlers(self._on_signal, handle_signals), self._ticker():
                 feeder = asyncio.create_task(self._feed(items))
                 workers = [asyncio.create_task(self._worker(ctx)) for _ in range(self.workers)]
-                everything = asyncio.gather(feeder, *workers)
+                everything: asyncio.Future[list[None]] = asyncio.gather(feeder, *workers)
                 stop_wait = asyncio.create_task(self.stopping.wait())
-                await asyncio.wait({everything, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                either: set[asyncio.Future[Any]] = {everything, stop_wait}
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
                 if everything.done():
                     stop_wait.cancel()
                     everything.result()  # a bug in a worker surfaces here
@@ -394,7 +415,9 @@ class _Run:
         in_flight_s = min(self.cfg.timeout, self.recorder.max_latency_ms / 1000 * 1.5)
         margin = max(3.0, in_flight_s + self._finalize_estimate() + 1.0)
         if self._deadline_left() <= margin:
-            self.request_stop(DeadlineReached(
-                f"--deadline {self.cfg.deadline:g}s: stopped admitting with {self._deadline_left():.1f} s left; "
-                "finished rows are saved, rerun to continue"
-            ))  # fmt: skip
+            self.request_stop(
+                DeadlineReached(
+                    f"--deadline {self.cfg.deadline:g}s: stopped admitting with {self._deadline_left():.1f} s left; "
+                    "finished rows are saved, rerun to continue"
+                )
+            )

@@ -37,12 +37,35 @@ from typing import Any
 # Top-level chat-row keys that belong in the request body.
 BODY_PARAMS = frozenset(
     {
-        "model", "temperature", "max_tokens", "max_completion_tokens", "top_p", "top_k", "stop", "tools",
-        "tool_choice", "response_format", "n", "seed", "presence_penalty", "frequency_penalty", "logit_bias",
-        "logprobs", "top_logprobs", "user", "parallel_tool_calls", "extended_thinking", "reasoning_effort",
-        "metadata", "service_tier", "modalities", "prediction", "audio", "store",
+        "model",
+        "temperature",
+        "max_tokens",
+        "max_completion_tokens",
+        "top_p",
+        "top_k",
+        "stop",
+        "tools",
+        "tool_choice",
+        "response_format",
+        "n",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "user",
+        "parallel_tool_calls",
+        "extended_thinking",
+        "reasoning_effort",
+        "metadata",
+        "service_tier",
+        "modalities",
+        "prediction",
+        "audio",
+        "store",
     }
-)  # fmt: skip
+)
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 ID_COLUMNS = ("custom_id", "id")
 _POSITION_NAME = re.compile(r"<index \d+>")
@@ -164,15 +187,18 @@ class Shaper:
             own = None
         row_id = own if own is not None else self._position_name(index)
         if error is not None or data is None:  # whatever else `data` holds may be shifted: keep none of it
-            return Invalid(row_id, index, line, error or f"{self.location} {line}: empty row",
-                           dict.fromkeys(self.keep_columns))  # fmt: skip
+            return Invalid(
+                row_id, index, line, error or f"{self.location} {line}: empty row", dict.fromkeys(self.keep_columns)
+            )
         keep = {c: _keepable(data.get(c)) for c in self.keep_columns}
         if problem is not None:
             return Invalid(row_id, index, line, f"{self.location} {line}: {problem}", keep)
         try:
             body = self._body(data)
         except RowProblem as exc:
-            return Invalid(row_id, index, line, f"{self.location} {line}: {exc}", keep, no_model=isinstance(exc, NoModel))
+            return Invalid(
+                row_id, index, line, f"{self.location} {line}: {exc}", keep, no_model=isinstance(exc, NoModel)
+            )
         return Request(row_id, index, line, body, keep)
 
     def _identify(self, data: dict[str, Any] | None, error: str | None) -> tuple[str | None, str | None]:
@@ -238,7 +264,7 @@ class Shaper:
             columns = ", ".join(list(data)[:8]) or "none"
             raise RowProblem(f"no `messages`, `prompt` or `body`, and no --template (columns: {_clip(columns)})")
 
-        _check_messages(messages)
+        messages = _check_messages(messages)
         if self.system is not None and not any(m.get("role") in ("system", "developer") for m in messages):
             messages = [{"role": "system", "content": self.system}, *messages]
         body["messages"] = messages
@@ -324,7 +350,9 @@ def _template_fields(template: str) -> tuple[str, ...]:
     except ValueError as exc:
         from inferbatch.errors import ConfigError
 
-        raise ConfigError(f"--template is not a valid template: {exc} (write literal braces as {{{{ and }}}})") from None
+        raise ConfigError(
+            f"--template is not a valid template: {exc} (write literal braces as {{{{ and }}}})"
+        ) from None
     return tuple(names)
 
 
@@ -335,7 +363,7 @@ def _messages_from_json_text(text: str) -> Any:
         raise RowProblem("`messages` is a string but not JSON") from None
 
 
-def _check_messages(messages: Any) -> None:
+def _check_messages(messages: Any) -> list[dict[str, Any]]:
     if not isinstance(messages, list):
         raise RowProblem(f"`messages` must be a list, got {_type(messages)}")
     if not messages:
@@ -352,6 +380,7 @@ def _check_messages(messages: Any) -> None:
                 raise RowProblem(f"message {number} ({role}) has no `content`")
         elif not isinstance(content, (str, list)):
             raise RowProblem(f"message {number} `content` must be a string or a list of parts, got {_type(content)}")
+    return messages
 
 
 def estimate_prompt_tokens(body: Mapping[str, Any]) -> int:

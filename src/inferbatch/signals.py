@@ -11,7 +11,9 @@ EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
 
 @contextlib.asynccontextmanager
-async def signal_handlers(on_signal: Callable[[signal.Signals, int], None], enabled: bool = True) -> AsyncIterator[None]:
+async def signal_handlers(
+    on_signal: Callable[[signal.Signals, int], None], enabled: bool = True
+) -> AsyncIterator[None]:
     """Call ``on_signal(sig, exit_code)`` for SIGTERM/SIGINT while inside; restore the defaults after."""
     loop = asyncio.get_running_loop()
     installed = []

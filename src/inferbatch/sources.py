@@ -343,7 +343,10 @@ def _parquet_rows(uri: str) -> Iterator[Row]:
         for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS):
             if readable is not None:
                 batch = pa.RecordBatch.from_arrays(
-                    [column.cast(field.type, safe=False) for column, field in zip(batch.columns, readable)],
+                    [
+                        column.cast(field.type, safe=False)
+                        for column, field in zip(batch.columns, readable, strict=True)
+                    ],
                     schema=readable,
                 )
             try:
@@ -366,11 +369,13 @@ def _parquet_row_alone(batch: Any, offset: int, index: int) -> Row:
 
     data: dict[str, Any] = {}
     problem = None
-    for name, column in zip(batch.schema.names, batch.columns):
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
         try:
             value = column[offset].as_py()
         except (ValueError, OverflowError, TypeError, pa.ArrowException) as exc:
-            problem = problem or f"row {index + 1}: column {name!r} holds a value that cannot be read ({_short(str(exc))})"
+            problem = (
+                problem or f"row {index + 1}: column {name!r} holds a value that cannot be read ({_short(str(exc))})"
+            )
             continue
         if value is not None:
             data[name] = _plain(value)
@@ -400,8 +405,9 @@ def _microseconds(typ: Any) -> Any:
     if kinds.is_struct(typ):
         return pa.struct([typ.field(i).with_type(_microseconds(typ.field(i).type)) for i in range(typ.num_fields)])
     if kinds.is_map(typ):
-        return pa.map_(typ.key_field.with_type(_microseconds(typ.key_type)),
-                       typ.item_field.with_type(_microseconds(typ.item_type)))  # fmt: skip
+        return pa.map_(
+            typ.key_field.with_type(_microseconds(typ.key_type)), typ.item_field.with_type(_microseconds(typ.item_type))
+        )
     if kinds.is_list(typ) or kinds.is_large_list(typ) or kinds.is_fixed_size_list(typ):
         item = typ.value_field.with_type(_microseconds(typ.value_type))
         if kinds.is_large_list(typ):
@@ -511,12 +517,12 @@ def _csv_row(header: list[str], index: int, line: int, raw: bytes, problem: str 
         return Row(index, line, _sure_fields(header, fields[:1]), reason)
     if bad_byte is not None:
         return Row(index, line, _sure_fields(header, fields), f"{where}: not UTF-8 (byte {bad_byte})")
-    return Row(index, line, dict(zip(header, fields)))
+    return Row(index, line, dict(zip(header, fields, strict=False)))
 
 
 def _sure_fields(header: list[str], fields: list[str]) -> dict[str, str]:
     """Of a bad record's fields, given only those surely in their column, the ones that are text (UTF-8)."""
-    return {name: value for name, value in zip(header, fields) if not _UNDECODED.search(value)}
+    return {name: value for name, value in zip(header, fields, strict=False) if not _UNDECODED.search(value)}
 
 
 _UNDECODED = re.compile("[\udc80-\udcff]")

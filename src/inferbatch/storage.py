@@ -16,7 +16,7 @@ from functools import lru_cache
 from typing import IO, Any
 
 from inferbatch.config import S3Settings, s3_settings
-from inferbatch.errors import InputError, ConfigError
+from inferbatch.errors import ConfigError, InputError
 
 READ_CHUNK = 1 << 20
 
@@ -217,12 +217,17 @@ def _s3_client(settings: S3Settings) -> Any:
     import botocore.config
     import botocore.session
 
-    config = botocore.config.Config(s3={"addressing_style": "path"} if settings.endpoint else {},
-                                    retries={"max_attempts": 3, "mode": "standard"})  # fmt: skip
+    config = botocore.config.Config(
+        s3={"addressing_style": "path"} if settings.endpoint else {}, retries={"max_attempts": 3, "mode": "standard"}
+    )
     return botocore.session.get_session().create_client(
-        "s3", region_name=settings.region or "us-east-1", endpoint_url=settings.endpoint,
-        aws_access_key_id=settings.access_key, aws_secret_access_key=settings.secret_key, config=config,
-    )  # fmt: skip
+        "s3",
+        region_name=settings.region or "us-east-1",
+        endpoint_url=settings.endpoint,
+        aws_access_key_id=settings.access_key,
+        aws_secret_access_key=settings.secret_key,
+        config=config,
+    )
 
 
 def _bucket_key(uri: str) -> tuple[str, str]:

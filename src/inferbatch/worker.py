@@ -42,16 +42,21 @@ import signal
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 from inferbatch import storage
 from inferbatch.config import RunConfig, Shard
 from inferbatch.errors import (
-    CheckpointError, InferbatchError, InputError, Interrupted, SafetyStop, ConfigError,
-)  # fmt: skip
+    CheckpointError,
+    ConfigError,
+    InferbatchError,
+    InputError,
+    Interrupted,
+    SafetyStop,
+)
 from inferbatch.limits import Limiter
 from inferbatch.progress import Progress, logfmt
 from inferbatch.runner import RunReport, StopSwitch, run_batch
@@ -225,9 +230,19 @@ def _write_done(uri: str, data: dict[str, object]) -> None:
 
 
 class Worker:
-    def __init__(self, base: RunConfig, *, inbox: str, outbox: str, poll: float, output_ext: str,
-                 once: bool = False, quiet: bool = False, settle_s: float = SETTLE_S,
-                 on_second_interrupt: Callable[[], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        base: RunConfig,
+        *,
+        inbox: str,
+        outbox: str,
+        poll: float,
+        output_ext: str,
+        once: bool = False,
+        quiet: bool = False,
+        settle_s: float = SETTLE_S,
+        on_second_interrupt: Callable[[], None] | None = None,
+    ) -> None:
         """``on_second_interrupt``: what a second Ctrl-C does (the CLI leaves at once); by default KeyboardInterrupt."""
         self.base = base
         self.on_second_interrupt = on_second_interrupt
@@ -240,8 +255,9 @@ class Worker:
         self.settle_s = settle_s
         self.switch = StopSwitch()
         # One limiter for every input: the server counts the add-on's requests, not our files (SPEC §8.38).
-        self.limiter = Limiter(base.concurrency, rpm=base.rpm, tpm=base.tpm, max_wait=base.max_wait,
-                               share=base.limit_share)  # fmt: skip
+        self.limiter = Limiter(
+            base.concurrency, rpm=base.rpm, tpm=base.tpm, max_wait=base.max_wait, share=base.limit_share
+        )
         self.stopped: Interrupted | None = None
         self._wake = asyncio.Event()
         self._signals = 0
@@ -308,9 +324,13 @@ class Worker:
                 return None
             if item.name in clashes:
                 counts["clash"] += 1
-                self._say(logging.WARNING, "worker_skip", item.name,
-                          reason=f"its results would overwrite those of {clashes[item.name]} on this outbox, which "
-                                 "ignores case: rename one of them")  # fmt: skip
+                self._say(
+                    logging.WARNING,
+                    "worker_skip",
+                    item.name,
+                    reason=f"its results would overwrite those of {clashes[item.name]} on this outbox, which "
+                    "ignores case: rename one of them",
+                )
                 continue
             if shard.count > 1 and shard_of(item.name, shard.count) != shard.index:
                 counts["other_shard"] += 1
@@ -328,8 +348,12 @@ class Worker:
             if left > 0:
                 counts["waiting"] += 1
                 settling = left if settling is None else min(settling, left)
-                self._say(logging.INFO, "worker_wait", item.name,
-                          reason="modified moments ago, maybe still being written: run once it stops changing")
+                self._say(
+                    logging.INFO,
+                    "worker_wait",
+                    item.name,
+                    reason="modified moments ago, maybe still being written: run once it stops changing",
+                )
                 continue
             failed = self._failed.get(item.name)
             if failed is not None and failed[0] == item.state and time.monotonic() - failed[1] < FAILED_RETRY_S:
@@ -354,9 +378,13 @@ class Worker:
             if isinstance(recorded, str) and not _names(recorded, item.name):
                 # An older worker's done file for another input (``a.jsonl.jsonl`` → ``a.jsonl.done.json``) sits
                 # where this input's would go: running would overwrite that input's results.
-                self._say(logging.WARNING, "worker_skip", item.name,
-                          reason=f"{self._done_uri(item.name)} was written for {recorded} by an older inferbatch: "
-                                 "move it (and its results) away to run this input")  # fmt: skip
+                self._say(
+                    logging.WARNING,
+                    "worker_skip",
+                    item.name,
+                    reason=f"{self._done_uri(item.name)} was written for {recorded} by an older inferbatch: "
+                    "move it (and its results) away to run this input",
+                )
             return True
         return self._adopt_old_outputs(item)
 
@@ -371,8 +399,11 @@ class Worker:
         old_done = _read_json(f"{old}.done.json")
         if old_done is not None and _names(old_done.get("input"), item.name):
             _write_done(self._done_uri(item.name), {**old_done, "migrated_from": f"{old}.done.json"})
-            log.info(logfmt("worker_migrated", input=item.uri, done=self._done_uri(item.name),
-                            results=old_done.get("output")))  # fmt: skip
+            log.info(
+                logfmt(
+                    "worker_migrated", input=item.uri, done=self._done_uri(item.name), results=old_done.get("output")
+                )
+            )
             return True
         old_checkpoint = f"{old}.results.{self.output_ext}.checkpoint"
         new_checkpoint = f"{self._output_uri(item.name)}.checkpoint"
@@ -433,28 +464,50 @@ class Worker:
         uri, done, output = item.uri, self._done_uri(item.name), self._output_uri(item.name)
         if not storage.is_s3(output):
             Path(output).parent.mkdir(parents=True, exist_ok=True)
-        cfg = dataclasses.replace(self.base, input=uri, output=output, shard=Shard(), summary_json=None,
-                                  output_format="parquet" if self.output_ext == "parquet" else self.base.output_format)  # fmt: skip
+        cfg = dataclasses.replace(
+            self.base,
+            input=uri,
+            output=output,
+            shard=Shard(),
+            summary_json=None,
+            output_format="parquet" if self.output_ext == "parquet" else self.base.output_format,
+        )
         log.info(logfmt("worker_start", input=uri, output=output))
         try:
-            report = await run_batch(cfg, progress=Progress(total=None, interval=cfg.progress_interval,
-                                                            quiet=self.quiet),
-                                     handle_signals=False, switch=self.switch, limiter=self.limiter)  # fmt: skip
+            report = await run_batch(
+                cfg,
+                progress=Progress(total=None, interval=cfg.progress_interval, quiet=self.quiet),
+                handle_signals=False,
+                switch=self.switch,
+                limiter=self.limiter,
+            )
         except CheckpointError as exc:
             self._say(logging.WARNING, "worker_skip", uri, reason=str(exc))
             return
         except (InputError, ConfigError) as exc:
             self._failed[item.name] = (item.state, time.monotonic())
-            log.error(logfmt("worker_failed", input=uri, error=str(exc),
-                             retry=f"when the file changes, or in {FAILED_RETRY_S:.0f} s"))  # fmt: skip
+            log.error(
+                logfmt(
+                    "worker_failed",
+                    input=uri,
+                    error=str(exc),
+                    retry=f"when the file changes, or in {FAILED_RETRY_S:.0f} s",
+                )
+            )
             return
         except InferbatchError as exc:
             log.error(logfmt("worker_failed", input=uri, error=str(exc), retry=f"in {self.poll:g} s"))
             return
         except Exception as exc:  # noqa: BLE001 - a bug: shown, but one input must not stop (or crash-loop) the rest
             self._failed[item.name] = (item.state, time.monotonic())
-            log.error(logfmt("worker_failed", input=uri, error=f"{type(exc).__name__}: {exc}",
-                             retry=f"when the file changes, or in {FAILED_RETRY_S:.0f} s"))  # fmt: skip
+            log.error(
+                logfmt(
+                    "worker_failed",
+                    input=uri,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry=f"when the file changes, or in {FAILED_RETRY_S:.0f} s",
+                )
+            )
             log.error(self._redact(traceback.format_exc()))
             return
         self._log_report(uri, report)
@@ -466,21 +519,40 @@ class Worker:
             try:
                 await asyncio.to_thread(self._mark_done, item, output, report)
             except (InferbatchError, OSError) as exc:
-                log.error(logfmt("worker_failed", input=uri, error=f"cannot write {done}: {' '.join(str(exc).split())}",
-                                 retry=f"in {self.poll:g} s"))  # fmt: skip
+                log.error(
+                    logfmt(
+                        "worker_failed",
+                        input=uri,
+                        error=f"cannot write {done}: {' '.join(str(exc).split())}",
+                        retry=f"in {self.poll:g} s",
+                    )
+                )
 
     def _mark_done(self, item: InboxFile, output: str, report: RunReport) -> None:
         """Write the done file, unless the input changed while it was read (it was still being written)."""
         if _state_of(item.uri) != item.state:
-            log.warning(logfmt("worker_changed", input=item.uri,
-                               reason="the file changed while it was being read: not marked done; if it was "
-                                      "still being written, write it under a hidden name, then rename it"))  # fmt: skip
+            log.warning(
+                logfmt(
+                    "worker_changed",
+                    input=item.uri,
+                    reason="the file changed while it was being read: not marked done; if it was "
+                    "still being written, write it under a hidden name, then rename it",
+                )
+            )
             return
         finished_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         summary = {"input": item.uri, "output": output, "finished_at": finished_at, **report.summary.as_dict()}
         _write_done(self._done_uri(item.name), summary)
-        log.info(logfmt("worker_done", input=item.uri, rows=report.summary.rows, ok=report.summary.ok,
-                        error=report.summary.error, invalid=report.summary.invalid))  # fmt: skip
+        log.info(
+            logfmt(
+                "worker_done",
+                input=item.uri,
+                rows=report.summary.rows,
+                ok=report.summary.ok,
+                error=report.summary.error,
+                invalid=report.summary.invalid,
+            )
+        )
 
     # ---- logging ---------------------------------------------------------
     def _say(self, level: int, event: str, name: str, **fields: Any) -> None:
