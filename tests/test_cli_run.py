@@ -37,8 +37,19 @@ COLUMNS = [
     "error",
     "tool_calls",
     "request_id",
+    "cached_tokens",
+    "reasoning_tokens",
 ]
-INT_COLUMNS = {"index", "status_code", "prompt_tokens", "completion_tokens", "total_tokens", "attempts"}
+INT_COLUMNS = {
+    "index",
+    "status_code",
+    "prompt_tokens",
+    "completion_tokens",
+    "total_tokens",
+    "attempts",
+    "cached_tokens",
+    "reasoning_tokens",
+}
 FLOAT_COLUMNS = {"latency_ms"}
 STRING_COLUMNS = set(COLUMNS) - INT_COLUMNS - FLOAT_COLUMNS
 

@@ -1022,6 +1022,7 @@ def test_the_sections_give_every_runconfig_field_exactly_once(tmp_path: Path) ->
         config._budget_settings(settings),
         config._evaluation_settings(settings),
         config._output_settings(settings),
+        config._schema_settings(settings),
     ]
     owned = [key for section in sections for key in section]
     assert sorted(owned) == sorted(f.name for f in fields(RunConfig))

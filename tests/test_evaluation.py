@@ -39,6 +39,8 @@ BASE_COLUMNS = [
     "error",
     "tool_calls",
     "request_id",
+    "cached_tokens",
+    "reasoning_tokens",
 ]
 EVAL_COLUMNS = ["variant", "sample", "passed", "failures", "cached"]
 

@@ -482,3 +482,112 @@ def test_a_file_that_is_not_results_is_refused_and_nothing_is_written(tmp_path: 
         write_html([{"id": "x", "messages": []}], str(html_path))
 
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- structured output (SPEC §8.42) ---------------------------------------------------------------
+
+
+def structured_records() -> list[dict[str, Any]]:
+    """4 ok with `parsed`; schema mismatches: 3 on `$.urgency` (interleaved), 1 on `$`; one 500 with no answer."""
+    mismatch = {
+        2: "schema_mismatch: $.urgency: 'soon' is not one of ['low', 'high']",
+        3: "schema_mismatch: $: 'urgency' is a required property",
+        5: "schema_mismatch: $.urgency: 'later' is not one of ['low', 'high']",
+        7: "schema_mismatch: $.urgency: 3 is not of type 'string'",
+    }
+    out = []
+    for i in range(9):
+        if i in mismatch:
+            row = {**record(i, "error", error=mismatch[i]), "status_code": 200, "content": "{}", "parsed": None}
+        elif i == 8:
+            row = {**record(i, "error"), "parsed": None}  # a 500: an error, but no schema mismatch
+        else:
+            row = {**record(i, "ok"), "parsed": '{"urgency":"low"}'}
+        out.append(row)
+    return out
+
+
+def test_schema_mismatches_show_their_count_and_most_frequent_paths(runner: CliRunner, tmp_path: Path) -> None:
+    out = write_jsonl(tmp_path / "out.jsonl", structured_records())
+    html_path = tmp_path / "report.html"
+
+    result = invoke(runner, ["report", str(out), "--html", str(html_path)])
+
+    assert result.exit_code == 0, result.output
+    page = parse(html_path.read_text(encoding="utf-8"))
+    facts = page.kv("schema-summary")
+    assert facts["schema mismatch"] == "4 (44.4% of rows)"
+    assert facts["parsed answers"] == "4"
+    assert facts["failing paths"] == "2"
+    paths = page.table("schema-paths")
+    assert paths[0] == ["#", "path", "rows", "share", "example message"]
+    assert paths[1:] == [
+        ["1", "$.urgency", "3", "75.0%", "'soon' is not one of ['low', 'high']"],  # the first seen is the example
+        ["2", "$", "1", "25.0%", "'urgency' is a required property"],
+    ]
+    cards = {a.get("data-field") for tag, a in page.attrs if tag == "div" and a.get("data-field")}
+    assert "schema mismatch" in cards
+
+
+def test_hostile_paths_are_text_and_render_in_chromium(tmp_path: Path) -> None:
+    """Paths hold the model's own keys: jsonschema brackets odd ones (`$['a: b']`, which holds `: ` itself)."""
+    records = [
+        record(0, "error", error="schema_mismatch: $.<script>document.title='pwned'</script>: bad key"),
+        record(1, "error", error="schema_mismatch: $['<img src=x onerror=alert(1)>: b'][0]: <b>bold</b> is wrong"),
+        record(2, "error", error="schema_mismatch: $['<img src=x onerror=alert(1)>: b'][0]: again"),
+    ]
+    html_path = tmp_path / "r.html"
+    write_html(records, str(html_path))
+
+    page = parse(render(html_path, tmp_path).dom)
+
+    assert page.title == "inferbatch report"
+    for tag in ("script", "img", "b"):
+        assert page.tags[tag] == 0, tag
+    assert page.table("schema-paths")[1:] == [
+        ["1", "$['<img src=x onerror=alert(1)>: b'][0]", "2", "66.7%", "<b>bold</b> is wrong"],
+        ["2", "$.<script>document.title='pwned'</script>", "1", "33.3%", "bad key"],
+    ]
+
+
+def test_distinct_paths_are_capped_and_the_rest_counted_together(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(report_html, "MAX_SCHEMA_PATHS", 3)
+    records = [record(i, "error", error=f"schema_mismatch: $.k{i % 6}: no") for i in range(30)]
+    html_path = tmp_path / "r.html"
+
+    write_html(iter(records), str(html_path))
+
+    page = parse(html_path.read_text(encoding="utf-8"))
+    rows = page.table("schema-paths")[1:]
+    assert [(row[1], row[2]) for row in rows] == [("(other paths)", "15"), ("$.k0", "5"), ("$.k1", "5"), ("$.k2", "5")]
+    assert rows[0][4] == "—"
+    assert page.kv("schema-summary")["failing paths"] == "4+"
+    assert "counted as (other paths)" in "".join(page.text)
+
+
+def test_a_parsed_column_without_mismatches_says_so(tmp_path: Path) -> None:
+    records = [{**record(i, "ok"), "parsed": "{}"} for i in range(3)]
+    html_path = tmp_path / "r.html"
+
+    write_html(records, str(html_path))
+
+    page = parse(html_path.read_text(encoding="utf-8"))
+    assert page.kv("schema-summary")["schema mismatch"] == "0 (0.0% of rows)"
+    assert "schema-paths" not in page.tables
+    assert "No schema mismatch." in "".join(page.text)
+
+
+def test_no_schema_section_without_structured_rows(runner: CliRunner, tmp_path: Path) -> None:
+    records = [record(0, "ok"), record(1, "error", error="internal_server_error: $.x: looks like a path")]
+    out = write_jsonl(tmp_path / "out.jsonl", records)
+    html_path = tmp_path / "report.html"
+
+    result = invoke(runner, ["report", str(out), "--html", str(html_path)])
+
+    assert result.exit_code == 0, result.output
+    text = html_path.read_text(encoding="utf-8")
+    page = parse(text)
+    assert not {"schema-summary", "schema-paths"} & page.tables.keys()
+    assert 'id="schema"' not in text and "Structured output" not in text and "schema mismatch" not in text

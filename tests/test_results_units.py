@@ -101,6 +101,8 @@ def test_a_plain_records_keys_are_exactly_the_columns_in_order() -> None:
         "error": None,
         "tool_calls": None,
         "request_id": "chatcmpl-7",
+        "cached_tokens": None,
+        "reasoning_tokens": None,
     }
 
 

@@ -1,4 +1,5 @@
-"""The simulator over real loopback HTTP: shapes, directives, faults, limits, stats and the three ways to run it."""
+"""The simulator over real loopback HTTP: shapes, directives, faults, limits, stats, structured answers and the three
+ways to run it."""
 
 from __future__ import annotations
 
@@ -13,9 +14,19 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import jsonschema
 import pytest
 
-from inferbatch.simulator import STATS_KEY, SimOptions, create_app, format_reset, in_thread, running
+from inferbatch.simulator import (
+    STATS_KEY,
+    SimOptions,
+    create_app,
+    format_reset,
+    in_thread,
+    minimal_instance,
+    mismatching_instance,
+    running,
+)
 
 
 def chat(text: str, **params: Any) -> dict[str, Any]:
@@ -448,3 +459,314 @@ def test_serve_stops_cleanly_on_signal(signum: int) -> None:
         proc.kill()
     assert proc.returncode == 0
     assert stderr == ""
+
+
+# --- Structured answers (issue 14, SPEC §8.42-8.44) ------------------------------------------------------------
+
+TICKET = {
+    "type": "object",
+    "properties": {
+        "category": {"type": "string", "enum": ["billing", "bug", "feature", "other"]},
+        "urgency": {"type": "string", "enum": ["low", "medium", "high"]},
+        "summary": {"type": "string", "minLength": 10},
+        "customer_id": {"type": "integer", "minimum": 1},
+        "refund": {"type": ["number", "null"], "exclusiveMinimum": 0},
+        "escalate": {"type": "boolean"},
+    },
+    "required": ["category", "urgency", "summary", "customer_id", "refund", "escalate"],
+    "additionalProperties": False,
+}
+TAGS = {"type": "array", "items": {"type": "string", "minLength": 2}, "minItems": 3}
+NESTED = {
+    "type": "object",
+    "properties": {
+        "order": {
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "lines": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "properties": {"sku": {"type": "string"}, "qty": {"type": "integer", "minimum": 1}},
+                        "required": ["sku", "qty"],
+                    },
+                },
+            },
+            "required": ["id", "lines"],
+        },
+        "note": {"type": "string"},
+    },
+    "required": ["order"],
+}
+DEFS = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$defs": {
+        "person": {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "role": {"$ref": "#/$defs/role"}},
+            "required": ["name", "role"],
+        },
+        "role": {"enum": ["owner", "viewer"]},
+    },
+    "type": "object",
+    "properties": {
+        "owner": {"$ref": "#/$defs/person"},
+        "members": {"type": "array", "items": {"$ref": "#/$defs/person"}, "minItems": 2},
+    },
+    "required": ["owner", "members"],
+}
+DEFINITIONS = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "definitions": {"score": {"type": "number", "minimum": 0.5, "maximum": 0.9}},
+    "type": "object",
+    "properties": {"score": {"$ref": "#/definitions/score"}, "label": {"const": "final"}},
+}
+JUDGE = {
+    "type": "object",
+    "properties": {
+        "pass": {"type": "boolean"},
+        "score": {"type": "number", "minimum": 0, "maximum": 1},
+        "reason": {"type": "string"},
+    },
+    "required": ["pass", "score", "reason"],
+    "additionalProperties": False,
+}
+SCHEMAS = {
+    "ticket": TICKET,
+    "tags": TAGS,
+    "nested": NESTED,
+    "defs": DEFS,
+    "definitions": DEFINITIONS,
+    "judge": JUDGE,
+    "any_of": {"anyOf": [{"type": "integer", "exclusiveMinimum": 3}, {"type": "string"}]},
+    "one_of_objects": {"oneOf": [{"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}]},
+    "all_of": {
+        "allOf": [
+            {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
+            {"required": ["b"], "properties": {"b": {"type": "string", "minLength": 4}}},
+        ]
+    },
+    "type_list": {"type": ["null", "string"], "minLength": 2},
+    "unique": {"type": "array", "items": {"enum": ["r", "g", "b"]}, "minItems": 3, "uniqueItems": True},
+    "integer_bounds": {"type": "integer", "minimum": 2.5, "maximum": 10},
+    "negative": {"type": "number", "maximum": -3.5},
+}
+
+
+def validate(instance: Any, schema: dict[str, Any]) -> None:
+    jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)(schema).validate(instance)
+
+
+@pytest.mark.parametrize("name", list(SCHEMAS))
+def test_minimal_instance_is_valid(name: str) -> None:
+    schema = SCHEMAS[name]
+    instance = minimal_instance(schema)
+    validate(instance, schema)
+    assert minimal_instance(schema) == instance  # deterministic
+
+
+@pytest.mark.parametrize("name", list(SCHEMAS))
+def test_mismatching_instance_fails_validation(name: str) -> None:
+    schema = SCHEMAS[name]
+    with pytest.raises(jsonschema.ValidationError):
+        validate(mismatching_instance(schema), schema)
+
+
+@pytest.mark.parametrize(
+    ("schema", "instance"),
+    [
+        ({}, {}),
+        ({"type": "no-such-type"}, {}),
+        (True, {}),
+        ({"type": "string"}, "x"),
+        ({"type": "string", "minLength": 3}, "xxx"),
+        ({"type": "string", "format": "date"}, "2000-01-01"),
+        ({"type": "integer"}, 0),
+        ({"type": "integer", "exclusiveMinimum": 0}, 1),
+        ({"type": "number", "minimum": 2.5}, 3),
+        ({"type": "number", "minimum": 0, "maximum": 1}, 0),
+        ({"type": "boolean"}, False),
+        ({"type": "null"}, None),
+        ({"type": ["null", "integer"]}, 0),
+        ({"enum": ["b", "a"]}, "b"),
+        ({"const": {"k": 1}}, {"k": 1}),
+        ({"type": "array", "items": {"type": "integer"}}, []),
+        ({"type": "array", "items": {"type": "integer"}, "minItems": 2}, [0, 0]),
+        ({"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}}, {"a": "x", "b": 0}),
+        (
+            {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}}, "required": ["b"]},
+            {"b": 0},
+        ),
+        ({"anyOf": [{"type": "boolean"}, {"type": "string"}]}, False),
+    ],
+)
+def test_minimal_instance_values(schema: Any, instance: Any) -> None:
+    assert minimal_instance(schema) == instance
+
+
+def test_minimal_ticket_and_its_mismatch() -> None:
+    assert minimal_instance(TICKET) == {
+        "category": "billing",
+        "urgency": "low",
+        "summary": "x" * 10,
+        "customer_id": 1,
+        "refund": 1,
+        "escalate": False,
+    }
+    # a model's typical slip: one required field left out
+    assert mismatching_instance(TICKET) == {k: v for k, v in minimal_instance(TICKET).items() if k != "category"}
+    assert mismatching_instance({"enum": ["low", "high"]}) not in ("low", "high")
+    assert mismatching_instance({}) == "schema-miss"
+
+
+def structured(text: str, schema: Any = TICKET, **params: Any) -> dict[str, Any]:
+    response_format = {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
+    return chat(text, response_format=response_format, **params)
+
+
+async def content_of(client: Client, body: Any) -> str:
+    status, _, raw = await client.post(body)
+    assert status == 200, raw
+    return str(json.loads(raw)["choices"][0]["message"]["content"])
+
+
+async def test_json_schema_is_answered_with_a_minimal_instance(client: Client) -> None:
+    text = await content_of(client, structured("Classify: my invoice is wrong"))
+    assert text == json.dumps(minimal_instance(TICKET), separators=(",", ":"))
+    validate(json.loads(text), TICKET)
+    assert client.sim.stats.structured_requests == 1
+
+
+async def test_json_object_answers_the_usual_reply_or_a_schema_instance(client: Client) -> None:
+    plain = await content_of(client, chat("hi"))
+    assert json.loads(await content_of(client, chat("hi", response_format={"type": "json_object"}))) == {
+        "answer": plain
+    }
+    llama = {"type": "json_object", "schema": NESTED}
+    validate(json.loads(await content_of(client, chat("hi", response_format=llama))), NESTED)
+    assert await content_of(client, chat("hi", response_format={"type": "text"})) == plain
+    assert client.sim.stats.structured_requests == 3
+
+
+async def test_schema_miss_always_fails_validation(client: Client) -> None:
+    for _ in range(3):
+        text = await content_of(client, structured("row [[sim:schema-miss]]"))
+        with pytest.raises(jsonschema.ValidationError):
+            validate(json.loads(text), TICKET)
+    enum_schema = {"type": "object", "properties": {"u": {"enum": ["low", "high"]}}}
+    text = await content_of(client, structured("row [[sim:schema-miss]]", schema=enum_schema))
+    with pytest.raises(jsonschema.ValidationError):
+        validate(json.loads(text), enum_schema)
+    # without a response_format the directive changes nothing
+    assert (await content_of(client, chat("row [[sim:schema-miss]]"))).startswith("sim reply to: row")
+
+
+async def test_counted_schema_miss_then_a_match_per_prompt(client: Client) -> None:
+    def ok(text: str) -> bool:
+        try:
+            validate(json.loads(text), TICKET)
+        except jsonschema.ValidationError:
+            return False
+        return True
+
+    results = [ok(await content_of(client, structured("row 1 [[sim:schema-missx2]]"))) for _ in range(4)]
+    assert results == [False, False, True, True]
+    assert not ok(await content_of(client, structured("row 2 [[sim:schema-missx2]]")))  # another prompt: afresh
+    # a re-ask that appends the bad answer and a correction is still that prompt
+    body = structured("row 3 [[sim:schema-missx1]]")
+    bad = await content_of(client, body)
+    assert not ok(bad)
+    body["messages"] += [{"role": "assistant", "content": bad}, {"role": "user", "content": "Fix the JSON."}]
+    assert ok(await content_of(client, body))
+    assert client.sim.stats.structured_requests == 7
+    # a fault before the answer does not use up a miss
+    assert (await client.post(structured("row 4 [[sim:500x1]] [[sim:schema-missx1]]")))[0] == 500
+    assert not ok(await content_of(client, structured("row 4 [[sim:500x1]] [[sim:schema-missx1]]")))
+    # /reset forgets the counts
+    async with client.session.post(client.sim.url + "/reset"):
+        pass
+    assert not ok(await content_of(client, structured("row 1 [[sim:schema-missx2]]")))
+
+
+async def test_counted_schema_miss_under_concurrency(client: Client) -> None:
+    body = structured("row [[sim:schema-missx1]] [[sim:sleep=50]]")
+    texts = await asyncio.gather(*(content_of(client, body) for _ in range(4)))
+    assert sorted("category" in json.loads(text) for text in texts) == [False, True, True, True]
+
+
+async def test_fenced_and_not_json(client: Client) -> None:
+    text = await content_of(client, structured("row [[sim:fenced]]"))
+    assert text.startswith("```json\n") and text.endswith("\n```")
+    validate(json.loads(text.removeprefix("```json\n").removesuffix("\n```")), TICKET)
+    text = await content_of(client, structured("row [[sim:not-json]]"))
+    assert text.startswith("sim reply to: row")
+    with pytest.raises(ValueError):
+        json.loads(text)
+    # without a response_format: plain replies, no 400
+    assert (await content_of(client, chat("row [[sim:fenced]]"))).startswith("sim reply to:")
+
+
+async def test_judge_schema_passes_unless_judge_fail(client: Client) -> None:
+    verdict = json.loads(await content_of(client, structured("Grade this answer: Paris.", schema=JUDGE)))
+    assert (verdict["pass"], verdict["score"]) == (True, 1.0)
+    assert isinstance(verdict["reason"], str) and verdict["reason"]
+    validate(verdict, JUDGE)
+    body = structured("Grade this answer: sim reply to: x [[sim:judge-fail]]", schema=JUDGE)
+    body["messages"].insert(0, {"role": "system", "content": "You are a strict grader."})
+    verdict = json.loads(await content_of(client, body))
+    assert (verdict["pass"], verdict["score"]) == (False, 0.0)
+    validate(verdict, JUDGE)
+    # the directive may sit in any message, e.g. the answer quoted in a system message
+    body = structured("Grade it.", schema=JUDGE)
+    body["messages"].insert(0, {"role": "system", "content": "Answer: [[sim:judge-fail]]"})
+    assert json.loads(await content_of(client, body))["pass"] is False
+    # a row carrying the directive is answered normally
+    assert (await content_of(client, chat("row [[sim:judge-fail]]"))).startswith("sim reply to:")
+
+
+@with_opts(reject_response_format=True)
+async def test_reject_response_format(client: Client) -> None:
+    status, _, raw = await client.post(structured("hi"))
+    assert status == 400
+    assert json.loads(raw) == {
+        "error": {
+            "code": "unsupported_parameter",
+            "message": "Unsupported parameter: 'response_format' is not supported with this model.",
+            "type": "invalid_request_error",
+        }
+    }
+    assert (await client.post(chat("hi", response_format={"type": "json_object"})))[0] == 400
+    assert (await client.post(chat("hi")))[0] == 200
+    assert client.sim.stats.by_status == {400: 2, 200: 1}
+    assert client.sim.stats.structured_requests == 2
+
+
+async def test_usage_details(client: Client) -> None:
+    _, _, raw = await client.post(chat("hi"))
+    usage = json.loads(raw)["usage"]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 0}
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 0}
+    _, _, raw = await client.post(chat("hi [[sim:cached=1000]] [[sim:reasoning=500]]"))
+    usage = json.loads(raw)["usage"]
+    assert usage["prompt_tokens_details"] == {"cached_tokens": 1000}
+    assert usage["completion_tokens_details"] == {"reasoning_tokens": 500}
+    assert usage["prompt_tokens"] == 1000  # raised to hold the cached tokens
+    assert usage["completion_tokens"] == 500
+    assert usage["total_tokens"] == 1500
+    _, _, raw = await client.post(chat("x" * 400 + " [[sim:cached=2]]"))
+    usage = json.loads(raw)["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] == 2
+    assert usage["prompt_tokens"] > 100
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+
+
+async def test_structured_requests_in_stats_snapshot(client: Client) -> None:
+    await client.post(structured("a"))
+    await client.post(chat("b"))
+    async with client.session.get(client.sim.url + "/stats") as r:
+        assert (await r.json())["structured_requests"] == 1
+    async with client.session.post(client.sim.url + "/stats/reset"):
+        pass
+    assert client.sim.stats.structured_requests == 0

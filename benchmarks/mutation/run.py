@@ -45,15 +45,13 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # ---------------------------------------------------------------------------------------------------------------
 # What is mutated. None = the whole module; a list = only those functions/methods (by name, at any depth; nested
 # functions inside them included). Names are resolved at run time; names that no longer exist are reported.
+# The runner's own record path (the row's trip itself is dispatch.py, recording.py and completion.py, whole).
 RUNNER_FUNCTIONS = [
-    "_record",
     "_finish",
-    "_process",
-    "_attempt",
-    "_reserve",
-    "_open_checkpoint",
-    "_covers_whole_input",
-    "_already_complete",
+    "_worker",
+    "_feed",
+    "_record",
+    "request_stop",
 ]
 TARGETS: dict[str, list[str] | None] = {
     "checkpoint.py": None,
@@ -64,9 +62,29 @@ TARGETS: dict[str, list[str] | None] = {
     "budget.py": None,
     "results.py": None,
     "runner.py": RUNNER_FUNCTIONS,
+    "dispatch.py": None,
+    "recording.py": None,
+    "completion.py": None,
+    "window.py": None,
+    "bits.py": None,
+    "structured.py": None,
 }
 # Run when --module is not given (checkpoint_s3 is optional: its tests start a moto server and are slow).
-DEFAULT_MODULES = ["checkpoint.py", "retry.py", "client.py", "limits.py", "budget.py", "results.py", "runner.py"]
+DEFAULT_MODULES = [
+    "checkpoint.py",
+    "retry.py",
+    "client.py",
+    "limits.py",
+    "budget.py",
+    "results.py",
+    "runner.py",
+    "dispatch.py",
+    "recording.py",
+    "completion.py",
+    "window.py",
+    "bits.py",
+    "structured.py",
+]
 
 # Which test files run against a module's mutants, in this order (pytest -x stops at the first failure, so cheap
 # and precise files go first; a survivor costs the whole list). Found with grep: the files that import the module,
@@ -118,6 +136,32 @@ TEST_MAP: dict[str, list[str]] = {
         "tests/test_checkpoint_durability.py",
         "tests/test_side_outputs.py",
     ],
+    "dispatch.py": [
+        "tests/test_dispatch.py",
+        "tests/test_budget.py",
+        "tests/test_safety.py",
+        "tests/test_stops.py",
+        "tests/test_structured.py",
+        "tests/test_cache_failures.py",
+        "tests/test_cli_run.py",
+        "tests/test_resume.py",
+    ],
+    "recording.py": [
+        "tests/test_evaluation.py",
+        "tests/test_safety.py",
+        "tests/test_cli_run.py",
+        "tests/test_resume.py",
+    ],
+    "completion.py": [
+        "tests/test_completion.py",
+        "tests/test_side_outputs.py",
+        "tests/test_resume.py",
+        "tests/test_cli_run.py",
+        "tests/test_s3.py",
+    ],
+    "window.py": ["tests/test_window.py", "tests/test_limits.py", "tests/test_simulator.py"],
+    "bits.py": ["tests/test_checkpoint_units.py", "tests/test_resume.py", "tests/test_evaluation.py"],
+    "structured.py": ["tests/test_structured.py", "tests/test_schema_fastpath.py", "tests/test_evaluation.py"],
     "runner.py": [
         "tests/test_completion.py",
         "tests/test_budget.py",

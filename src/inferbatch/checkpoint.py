@@ -38,7 +38,7 @@ import orjson
 
 from inferbatch.bits import Bits
 from inferbatch.errors import CheckpointError
-from inferbatch.results import Status
+from inferbatch.results import Status, row_usage
 
 FORMAT_VERSION = 1
 IDENTITY_BLOCK = 1 << 16
@@ -238,7 +238,8 @@ class Checkpoint:
             self.errored.set(slot)
         else:
             self.errored.clear(slot)
-        prompt, completion = record.get("prompt_tokens") or 0, record.get("completion_tokens") or 0
+        usage = row_usage(record)
+        prompt, completion = usage.prompt, usage.completion
         if prompt or completion:
             self.resumed.prompt_tokens += prompt
             self.resumed.completion_tokens += completion

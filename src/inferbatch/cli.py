@@ -20,6 +20,7 @@ import click
 from inferbatch.config import DEFAULTS, OUTPUT_FORMATS
 from inferbatch.errors import InferbatchError, OutputError
 from inferbatch.pricing import Pricing
+from inferbatch.structured import SCHEMA_MODES
 
 if TYPE_CHECKING:
     from inferbatch.config import RunConfig
@@ -82,6 +83,18 @@ def shaping_options(func: Callable[..., Any]) -> Callable[..., Any]:
             f"{_default('shard')}",
         ),
         click.option("--keep-columns", help="Comma-separated input columns to copy into the output."),
+        click.option(
+            "--schema",
+            type=click.Path(dir_okay=False),
+            help="JSON Schema file every answer must match (parsed into a `parsed` column; re-asked on a mismatch).",
+        ),
+        click.option(
+            "--schema-mode",
+            type=click.Choice(SCHEMA_MODES),
+            help="How --schema is sent: api (response_format json_schema: OpenAI, vLLM), json-object "
+            "(llama.cpp's server), prompt (in the system message: servers that refuse response_format). "
+            f"{_default('schema_mode')}",
+        ),
     ]
     for decorator in reversed(decorators):
         func = decorator(func)
@@ -165,6 +178,11 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
             help=f"Evaluation: send each (row, variant) K times (a `sample` column). {_default('repeat')}",
         ),
         click.option("--variant", multiple=True, help="Evaluation: run only this [[variants]] entry. Repeatable."),
+        click.option(
+            "--schema-retries",
+            metavar="N",
+            help=f"Re-ask an answer that does not match its schema up to N more times. {_default('schema_retries')}",
+        ),
         click.option(
             "--fail-under",
             metavar="RATE",
@@ -551,6 +569,11 @@ def merge(inputs: tuple[str, ...], output: str, allow_gaps: bool) -> None:
 @click.option("--tpm", type=int, help="Enforce tokens per minute (sliding window), 429 beyond.")
 @click.option("--window-s", type=float, default=60.0, show_default=True, help="Length of the rate-limit window.")
 @click.option("--require-key-env", help="Require `Authorization: Bearer $VAR`; names the variable holding the key.")
+@click.option(
+    "--reject-response-format",
+    is_flag=True,
+    help="Answer any request with a response_format 400 unsupported_parameter (a model without structured output).",
+)
 def simulate(
     host: str,
     port: int,
@@ -569,6 +592,7 @@ def simulate(
     tpm: int | None,
     window_s: float,
     require_key_env: str | None,
+    reject_response_format: bool,
 ) -> None:
     """Serve an OpenAI-compatible chat-completions API on loopback, with deterministic replies,
     latency, fault injection and rate limits. Put [[sim:500x2]]-style directives in a prompt
@@ -612,6 +636,7 @@ def simulate(
         tpm=tpm,
         window_s=window_s,
         require_key=require_key,
+        reject_response_format=reject_response_format,
     )
 
     def ready(url: str) -> None:

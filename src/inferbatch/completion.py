@@ -120,9 +120,14 @@ def write_output(cfg: RunConfig, checkpoint: Checkpoint, summary: Summary) -> No
     kept_types = None
     if cfg.output_format == "parquet" and cfg.keep_columns:
         kept_types = results.kept_column_types((orjson.loads(x) for x in checkpoint.lines_in_order()), cfg.keep_columns)
+    parsed = cfg.output_format == "parquet" and (
+        cfg.structured or any(b'"parsed":' in line for line in checkpoint.lines_in_order())
+    )
     writer = None
     try:
-        writer = results.OutputWriter(cfg.output, cfg.output_format, kept_types, evaluation=cfg.evaluation)
+        writer = results.OutputWriter(
+            cfg.output, cfg.output_format, kept_types, evaluation=cfg.evaluation, parsed=parsed
+        )
         for line in checkpoint.lines_in_order():
             record = orjson.loads(line)
             summary.add(record)

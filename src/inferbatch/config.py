@@ -47,7 +47,7 @@ from inferbatch.durations import duration_seconds
 from inferbatch.errors import ConfigError
 from inferbatch.evaluation import Assertion, Variant
 from inferbatch.pricing import Pricing, unpriced_error
-from inferbatch.results import COLUMNS, EVAL_COLUMNS, INTERNAL_KEYS
+from inferbatch.results import COLUMNS, EVAL_COLUMNS, INTERNAL_KEYS, PARSED
 
 
 class Secret:
@@ -122,6 +122,9 @@ DEFAULTS: dict[str, Any] = {
     "variant": (),
     "fail_under": None,
     "cache": None,
+    "schema": None,
+    "schema_retries": 2,
+    "schema_mode": "api",
 }
 # Settings a flag gives that a job file may not: the job file itself, and -v's count.
 FLAG_ONLY_DEFAULTS: dict[str, Any] = {"job": None, "verbose": 0}
@@ -143,6 +146,8 @@ _STRINGS = (
     "output",
     "cache",
     "shard",
+    "schema",
+    "schema_mode",
 )
 _BOOLS = ("retry_errors", "restart", "simulate")
 _NUMBERS = (
@@ -162,6 +167,7 @@ _NUMBERS = (
     "checkpoint_interval",
     "repeat",
     "fail_under",
+    "schema_retries",
 )
 _JOB_TYPES: dict[str, type | tuple[type, ...]] = {
     **{k: str for k in _STRINGS},
@@ -175,14 +181,14 @@ _JOB_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 # Job-file keys holding paths, resolved relative to the job file.
-PATH_KEYS = ("input", "output", "template_file", "summary_json", "cache")
+PATH_KEYS = ("input", "output", "template_file", "summary_json", "cache", "schema")
 
 OUTPUT_FORMATS = ("jsonl", "parquet", "openai-batch")
 
 # Output columns SPEC §3 and §8.42-44 name that results.py does not define yet; drop them from here once it does.
-_PENDING_COLUMNS = ("cached_tokens", "reasoning_tokens", "parsed", "judge")
+_PENDING_COLUMNS = ("judge",)
 # Names a kept column may not take (SPEC §8.27): every result column, and the internal keys (body, error code).
-RESERVED_COLUMNS = tuple(dict.fromkeys((*COLUMNS, *EVAL_COLUMNS, *_PENDING_COLUMNS, *INTERNAL_KEYS)))
+RESERVED_COLUMNS = tuple(dict.fromkeys((*COLUMNS, PARSED, *EVAL_COLUMNS, *_PENDING_COLUMNS, *INTERNAL_KEYS)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +243,21 @@ class RunConfig:
     limit_share: int = 1  # SPEC §8.38: N processes (--shard auto, INFERBATCH_SHARDS=N) each take 1/N of every limit
     job: str | None = None  # the job file read, kept so no written path may be it (SPEC §8.28)
     template_file: str | None = None  # likewise; its text is in ``template``
+    schema: str | None = None  # --schema FILE (SPEC §8.42); its name and content are in answer_schema
+    answer_schema: AnswerSchema | None = None
+    schema_retries: int = DEFAULTS["schema_retries"]
+    schema_mode: str = DEFAULTS["schema_mode"]
+
+    @property
+    def structured(self) -> bool:
+        """The run asks for structured answers (--schema, or a response_format in its params or a variant's):
+        its output has the ``parsed`` column (SPEC §3)."""
+        kinds = ("json_schema", "json_object")
+        formats = [
+            self.params.get("response_format"),
+            *((v.params or {}).get("response_format") for v in self.variants),
+        ]
+        return self.answer_schema is not None or any(isinstance(f, Mapping) and f.get("type") in kinds for f in formats)
 
     @property
     def evaluation(self) -> bool:
@@ -258,6 +279,8 @@ class RunConfig:
             "variants": [v.as_dict() for v in self.variants],
             "repeat": self.repeat,
             "assert": [a.as_dict() for a in self.assertions],
+            "schema": self.answer_schema.schema if self.answer_schema is not None else None,
+            "schema_mode": self.schema_mode if self.answer_schema is not None else None,
         }
 
 
@@ -572,6 +595,7 @@ def resolve(flags: Mapping[str, Any], env: Mapping[str, str], *, need_connection
         **_budget_settings(settings),
         **_evaluation_settings(settings),
         **_output_settings(settings),
+        **_schema_settings(settings),
     )
     check_paths(run_paths(cfg), writable=need_connection)  # validate (no connection) writes nothing
     if cfg.max_cost is not None:
@@ -781,6 +805,42 @@ def _output_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class AnswerSchema:
+    """``--schema FILE``, read: its name (the file's stem) and the JSON Schema answers must match."""
+
+    name: str
+    schema: Mapping[str, Any]
+
+
+def _schema_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Structured answers (SPEC §8.42): the schema file, how it is sent, how often a mismatch is re-asked.
+    Every schema the configuration names must be valid JSON Schema: exit 2 before anything is sent."""
+    from inferbatch.structured import SCHEMA_MODES, SchemaProblem, expectation_for, load_schema
+
+    mode = str(settings["schema_mode"])
+    if mode not in SCHEMA_MODES:
+        raise ConfigError(f"--schema-mode {mode!r}: use one of {', '.join(SCHEMA_MODES)}")
+    answer_schema = None
+    if settings["schema"]:
+        if "response_format" in settings["params"]:
+            raise ConfigError("give --schema or a `response_format` param, not both")
+        answer_schema = AnswerSchema(*load_schema(str(settings["schema"])))
+    tables = [("--param/[params]", settings["params"])]
+    tables += [(f"[[variants]] {t.get('name')!r}", t.get("params") or {}) for t in _tables(settings, "variants")]
+    for where, params in tables:
+        try:
+            expectation_for(params.get("response_format") if isinstance(params, Mapping) else None)
+        except SchemaProblem as exc:
+            raise ConfigError(f"{where} response_format: {exc}") from None
+    return {
+        "schema": settings["schema"] or None,
+        "answer_schema": answer_schema,
+        "schema_retries": _whole_number("schema_retries", settings["schema_retries"], minimum=0),
+        "schema_mode": mode,
+    }
+
+
 def run_models(cfg: RunConfig) -> list[str | None]:
     """The model each variant of the run sends (a `model` in the params, the variant's, else the run's);
     None for one that leaves the model to the rows. Rows that name their own model are not known here."""
@@ -912,6 +972,8 @@ def run_paths(cfg: RunConfig) -> list[PathUse]:
         uses.append(PathUse("--job", cfg.job, "the job file"))
     if cfg.template_file:
         uses.append(PathUse("--template-file", cfg.template_file, "the --template-file"))
+    if cfg.schema:
+        uses.append(PathUse("--schema", cfg.schema, "the --schema file"))
     return uses
 
 

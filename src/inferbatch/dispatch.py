@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -36,14 +37,17 @@ from inferbatch.errors import (
     AuthFailed,
     AuthRejected,
     BudgetExceeded,
+    InferbatchError,
     QuotaExhausted,
     QuotaRejected,
     RequestFailed,
+    StructuredOutputRefused,
 )
 from inferbatch.limits import Limiter, Stopped
 from inferbatch.pricing import Pricing, unpriced_error
-from inferbatch.results import Result
+from inferbatch.results import Result, Status, Usage
 from inferbatch.shaping import Request, estimate_prompt_tokens
+from inferbatch.structured import MISMATCH, Expectation
 
 log = logging.getLogger("inferbatch")
 
@@ -68,12 +72,23 @@ class Context:
     stopping: asyncio.Event
     mark_sent: Callable[[int], None]  # the checkpoint's in-doubt ledger: sent, outcome not yet known
     cache: ResponseCache | None = None
-    own_models: frozenset[str | None] = (
-        frozenset()
-    )  # a 403 for one of these stops the run; for a row's own, fails the row
+    # A 403 for one of these models stops the run; for a row's own model, it fails the row.
+    own_models: frozenset[str | None] = frozenset()
     needs_prices: bool = False  # --max-cost: a model without a price must not count as free
+    schema_retries: int = 2  # re-asks of an answer that does not match its schema (SPEC §8.42)
+    own_format: bool = False  # the run itself sends response_format: a 400 refusing it stops the run
     log_retries: bool = False
     clock: Callable[[], float] = time.monotonic
+
+
+class StopAfter(Exception):
+    """A stop that came while a row was being re-asked: ``result`` (its last, paid, mismatching answer) is
+    recorded, then ``stop`` ends the run. Without it, the answers billed before the stop would be lost."""
+
+    def __init__(self, stop: InferbatchError, result: Result) -> None:
+        super().__init__(str(stop))
+        self.stop = stop
+        self.result = result
 
 
 async def send(request: Request, ctx: Context) -> Result:
@@ -86,32 +101,71 @@ async def send(request: Request, ctx: Context) -> Result:
     model = request.body.get("model")
     max_tokens = request.body.get("max_tokens") or request.body.get("max_completion_tokens")
     prompt_estimate = estimate_prompt_tokens(request.body)
-    attempts = 0
+    attempts = 0  # every send: retries and re-asks alike
 
-    async def attempt(number: int) -> Response:
+    async def attempt(_number: int) -> Response:
         nonlocal attempts
-        attempts = number
+        attempts += 1
         return await _attempt(request, body, model, prompt_estimate, max_tokens, ctx)
 
+    asks = 1 + ctx.schema_retries if request.structure is not None else 1
+    billed = Usage()  # the answers already re-asked: billed, so the row's token columns include them
+    mismatch: Result | None = None  # the latest of those answers
     try:
-        response = await retry.call(
-            attempt,
-            ctx.policy,
-            sleep=lambda s: _sleep(s, ctx),
-            before_sleep=_log_retry if ctx.log_retries else None,
-            clock=ctx.clock,
-        )
-    except QuotaRejected as exc:
-        raise QuotaExhausted(f"quota stop: {exc.message}; finished rows are saved, rerun once it resets") from None
-    except AuthRejected as exc:
-        if exc.status == 401 or model in ctx.own_models:
-            what = "the key was rejected (401)" if exc.status == 401 else f"the key may not use model {model!r} (403)"
-            raise AuthFailed(f"{what}: {exc.message}; check INFERENCE_KEY and the model") from None
-        # A model only this row names: that row's error, the run goes on (SPEC §4).
-        return Result.failed(request.id, request.index, exc, attempts=attempts, kept=request.keep)
+        for ask in range(1, asks + 1):
+            response = await retry.call(
+                attempt,
+                ctx.policy,
+                sleep=lambda s: _sleep(s, ctx),
+                before_sleep=_log_retry if ctx.log_retries else None,
+                clock=ctx.clock,
+            )
+            result = _answer(request, response, attempts, billed)
+            if result.status is Status.OK or ask == asks:
+                return result
+            mismatch = result
+            billed = billed + Usage.of(response.data)
+        raise AssertionError("unreachable: the last ask returns")  # pragma: no cover
+    except Stopped:
+        if mismatch is not None:
+            return mismatch  # cut off before a re-ask: the paid answer is the row's (an error; --retry-errors)
+        raise
+    except InferbatchError as stop:  # the budget cap, or an unpriced model, before a re-ask
+        if mismatch is not None:
+            raise StopAfter(stop, mismatch) from None
+        raise
     except RequestFailed as exc:
-        return Result.failed(request.id, request.index, exc, attempts=attempts, kept=request.keep)
-    return Result.answered(
+        outcome = _failure(request, exc, attempts, billed, model, ctx)
+    if isinstance(outcome, InferbatchError):
+        if mismatch is not None:
+            raise StopAfter(outcome, mismatch)
+        raise outcome
+    return outcome
+
+
+def _failure(
+    request: Request, exc: RequestFailed, attempts: int, billed: Usage, model: str | None, ctx: Context
+) -> Result | InferbatchError:
+    """What a failed request means: the row's error, or a stop of the run (SPEC §4, §8.42)."""
+    if isinstance(exc, QuotaRejected):
+        return QuotaExhausted(f"quota stop: {exc.message}; finished rows are saved, rerun once it resets")
+    if isinstance(exc, AuthRejected) and (exc.status == 401 or model in ctx.own_models):
+        what = "the key was rejected (401)" if exc.status == 401 else f"the key may not use model {model!r} (403)"
+        return AuthFailed(f"{what}: {exc.message}; check INFERENCE_KEY and the model")
+    # (A 403 for a model only this row names is that row's error: the run goes on.)
+    if ctx.own_format and exc.status == 400 and "response_format" in exc.message:
+        return StructuredOutputRefused(
+            f"the server does not take the run's response_format ({exc.message}); rerun with "
+            "--schema-mode prompt (the schema in the system message) or json-object (llama.cpp's server)"
+        )
+    result = Result.failed(request.id, request.index, exc, attempts=attempts, kept=request.keep)
+    return dataclasses.replace(result, structured=request.structure is not None).plus(billed)
+
+
+def _answer(request: Request, response: Response, attempts: int, billed: Usage) -> Result:
+    """The row's result from a completion: ok, or (for a structured answer that does not match) an error
+    with status 200 and the content kept (SPEC §8.42). ``billed``: earlier answers of the row, re-asked."""
+    result = Result.answered(
         request.id,
         request.index,
         response.data,
@@ -120,6 +174,22 @@ async def send(request: Request, ctx: Context) -> Result:
         latency_ms=response.latency_ms,
         request_id=response.request_id,
         kept=request.keep,
+    )
+    return _checked(result, request.structure).plus(billed)
+
+
+def _checked(result: Result, structure: Expectation | None) -> Result:
+    if structure is None:
+        return result
+    parsed, problem = structure.check(result.content)
+    if problem is None:
+        return dataclasses.replace(result, parsed=parsed, structured=True)
+    return dataclasses.replace(
+        result,
+        status=Status.ERROR,
+        error=f"{MISMATCH}: {problem}",
+        error_code=MISMATCH,
+        structured=True,
     )
 
 
@@ -136,7 +206,7 @@ async def _from_cache(request: Request, cache: ResponseCache) -> Result | None:
     if entry is None or not isinstance(entry.get("data"), dict):
         return None
     try:
-        return Result.answered(
+        result = Result.answered(
             request.id,
             request.index,
             entry["data"],
@@ -147,6 +217,8 @@ async def _from_cache(request: Request, cache: ResponseCache) -> Result | None:
             cached=True,
             kept=request.keep,
         )
+        checked = _checked(result, request.structure)
+        return checked if checked.status is Status.OK else None  # only good answers are kept; else ask
     except (KeyError, IndexError, TypeError, ValueError):
         return None  # an entry from another version: send the request instead
 

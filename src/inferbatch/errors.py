@@ -10,7 +10,8 @@
     │   ├── AuthFailed              3   401, or a JSON 403 authorization_error
     │   ├── TooManyFailures         3   --abort-after consecutive failed rows
     │   ├── BudgetExceeded          3   --max-total-tokens / --max-cost
-    │   └── QuotaExhausted          3   the server says the quota/credit is gone, or asks for a wait over --max-wait
+    │   ├── QuotaExhausted          3   the server says the quota/credit is gone, or asks for a wait over --max-wait
+    │   └── StructuredOutputRefused 3   a 400 refusing the run's response_format (use --schema-mode prompt)
     ├── DeadlineReached             75  --deadline: stopped early, the next run continues
     └── Interrupted                 130 / 143  SIGINT / SIGTERM, checkpointed
 
@@ -74,6 +75,10 @@ class BudgetExceeded(SafetyStop):
 
 class QuotaExhausted(SafetyStop):
     pass
+
+
+class StructuredOutputRefused(SafetyStop):
+    """The server answers 400 to the response_format the run sends: every row would fail the same way."""
 
 
 class DeadlineReached(InferbatchError):

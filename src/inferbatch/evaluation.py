@@ -79,11 +79,14 @@ class Assertion:
                 return str(expected).lower() in text.lower()
             if kind == "regex":
                 return re.search(str(expected), text) is not None
+            # A structured answer's `parsed` is the JSON itself (a fenced answer unwrapped; SPEC §8.42).
+            parsed = record.get("parsed")
+            json_text = parsed if isinstance(parsed, str) else text
             if kind == "is-json":
-                json.loads(text)
+                json.loads(json_text)
                 return True
             if kind == "json-path":
-                found = _json_path(json.loads(text), self.path or "$")
+                found = _json_path(json.loads(json_text), self.path or "$")
                 return bool(found == expected or found == _coerce_like(expected))
             if kind == "max-latency-ms":
                 latency = record.get("latency_ms")

@@ -33,6 +33,8 @@ def make_shaper(cfg: RunConfig, variant: Variant | None = None) -> Shaper:
         id_column=cfg.id_column,
         keep_columns=cfg.keep_columns,
         location="row" if cfg.input.lower().endswith(".parquet") else "line",
+        schema=(cfg.answer_schema.name, cfg.answer_schema.schema) if cfg.answer_schema is not None else None,
+        schema_mode=cfg.schema_mode,
     )
 
 

@@ -5,7 +5,8 @@ Keys are the model ids Heroku Managed Inference takes in a request's ``model``
 million prompt and completion tokens, and the requests and tokens per minute
 Heroku publishes for the model; ``None`` where no source gave a figure.
 
-Sources, as read on 2026-12-02:
+Sources, as read on 2026-12-02 (cached-input prices: Anthropic's cache reads cost a tenth of the input price;
+no cached-input price is used for the other models, whose cached prompt tokens count at the input price):
 
 * models and rate limits: Heroku Dev Center, "Managed Inference and Agents API
   with ..." model cards (devcenter.heroku.com/articles/heroku-inference-api-model-*:
@@ -41,20 +42,25 @@ class ModelInfo:
     price_out: float | None
     rpm: int | None = None
     tpm: int | None = None
+    price_cached_in: float | None = None  # a prompt token read from the provider's cache; None: as price_in
 
 
 MODELS: dict[str, ModelInfo] = {
-    "claude-opus-4-6": ModelInfo(5.00, 25.00),  # id as Heroku names Sonnet 4.6; no published limits found
-    "claude-opus-4-5": ModelInfo(5.00, 25.00),
-    "claude-sonnet-4-6": ModelInfo(3.00, 15.00, 150, 800_000),
-    "claude-sonnet": ModelInfo(3.00, 15.00, 150, 800_000),  # the card's short id for the latest Sonnet
-    "claude-4-5-sonnet": ModelInfo(3.00, 15.00, 150, 800_000),
-    "claude-4-5-haiku": ModelInfo(1.00, 5.00, 200, 800_000),
-    "claude-4-sonnet": ModelInfo(3.00, 15.00, 150, 800_000),  # being retired
-    "claude-3-7-sonnet": ModelInfo(3.00, 15.00, 150, 800_000),
-    "claude-3-5-sonnet-latest": ModelInfo(3.00, 15.00, 150, 800_000),
-    "claude-3-5-haiku": ModelInfo(0.80, 4.00, 200, 800_000),
-    "claude-3-haiku": ModelInfo(0.25, 1.25, 250, 800_000),
+    "claude-opus-4-6": ModelInfo(
+        5.00, 25.00, price_cached_in=0.5
+    ),  # id as Heroku names Sonnet 4.6; no published limits found
+    "claude-opus-4-5": ModelInfo(5.00, 25.00, price_cached_in=0.5),
+    "claude-sonnet-4-6": ModelInfo(3.00, 15.00, 150, 800_000, price_cached_in=0.3),
+    "claude-sonnet": ModelInfo(
+        3.00, 15.00, 150, 800_000, price_cached_in=0.3
+    ),  # the card's short id for the latest Sonnet
+    "claude-4-5-sonnet": ModelInfo(3.00, 15.00, 150, 800_000, price_cached_in=0.3),
+    "claude-4-5-haiku": ModelInfo(1.00, 5.00, 200, 800_000, price_cached_in=0.1),
+    "claude-4-sonnet": ModelInfo(3.00, 15.00, 150, 800_000, price_cached_in=0.3),  # being retired
+    "claude-3-7-sonnet": ModelInfo(3.00, 15.00, 150, 800_000, price_cached_in=0.3),
+    "claude-3-5-sonnet-latest": ModelInfo(3.00, 15.00, 150, 800_000, price_cached_in=0.3),
+    "claude-3-5-haiku": ModelInfo(0.80, 4.00, 200, 800_000, price_cached_in=0.08),
+    "claude-3-haiku": ModelInfo(0.25, 1.25, 250, 800_000, price_cached_in=0.025),
     "openai-gpt-oss-120b": ModelInfo(0.15, 0.60, 200, 800_000),
     "nova-pro": ModelInfo(0.80, 3.20, 150, 800_000),
     "nova-lite": ModelInfo(0.06, 0.24, 150, 800_000),
@@ -97,11 +103,19 @@ class Pricing:
     def priced(self, model: str | None) -> bool:
         return self.rates(model) is not None
 
-    def cost(self, model: str | None, prompt_tokens: int, completion_tokens: int) -> float | None:
+    def cost(
+        self, model: str | None, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
+    ) -> float | None:
+        """USD for the tokens; ``cached_tokens`` (part of ``prompt_tokens``) at the table's cached-input price
+        where it has one (SPEC §8.43), unless --price-in sets the prompt price."""
         rates = self.rates(model)
         if rates is None:
             return None
-        return (prompt_tokens * rates[0] + completion_tokens * rates[1]) / 1_000_000
+        info = MODELS.get(model or "")
+        cached_rate = info.price_cached_in if info is not None and self.price_in is None else None
+        cached = min(max(cached_tokens, 0), prompt_tokens) if cached_rate is not None else 0
+        prompt_cost = (prompt_tokens - cached) * rates[0] + cached * (cached_rate or 0.0)
+        return (prompt_cost + completion_tokens * rates[1]) / 1_000_000
 
 
 def unpriced_error(model: str | None) -> ConfigError:

@@ -34,7 +34,7 @@ import orjson
 
 from inferbatch.bits import Bits
 from inferbatch.pricing import Pricing
-from inferbatch.results import Status, error_type
+from inferbatch.results import Status, error_type, row_usage
 
 _BUCKET_BASE = 1.01
 _BUCKET_MIN_MS = 0.01
@@ -115,6 +115,10 @@ class Summary:
     paused_s: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    structured_rows: int = 0  # rows that asked for a structured answer (SPEC §8.42) ...
+    structured_matched: int = 0  # ... and those whose answer matched (`parsed` set)
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
     wall_s: float = 0.0
     sent_this_run: int = 0
@@ -159,13 +163,20 @@ class Summary:
             self.finish_reasons[reason] += 1
         if status == Status.OK and (reason == "length" or not (record.get("content") or record.get("tool_calls"))):
             self.soft_failures += 1  # answered, but cut off or empty
-        prompt, completion = record.get("prompt_tokens") or 0, record.get("completion_tokens") or 0
+        if "parsed" in record and status != Status.INVALID:
+            self.structured_rows += 1
+            self.structured_matched += record["parsed"] is not None
+        # A row's columns count every answer it was billed for (re-asked ones too, SPEC §8.43).
+        usage = row_usage(record)
+        prompt, completion = usage.prompt, usage.completion
         self.prompt_tokens += prompt
         self.completion_tokens += completion
+        self.cached_tokens += usage.cached
+        self.reasoning_tokens += usage.reasoning
         if prompt or completion:
-            cost = self.pricing.cost(record.get("model") or self.default_model, prompt, completion)
+            cost = self.pricing.cost(record.get("model") or self.default_model, prompt, completion, usage.cached)
             if cost is None and record.get("model") != self.default_model:
-                cost = self.pricing.cost(self.default_model, prompt, completion)
+                cost = self.pricing.cost(self.default_model, prompt, completion, usage.cached)
             if cost is not None:
                 self.cost_usd += cost
                 self.cost_known = True
@@ -237,6 +248,8 @@ class Summary:
             },
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
             "cost_usd": round(self.cost_usd, 4) if self.cost_known else None,
             "wall_s": round(self.wall_s, 3),
             "requests_per_s": round(self.sent_this_run / self.wall_s, 2) if self.wall_s > 0 else None,
@@ -245,6 +258,12 @@ class Summary:
         }
         if self.effective_concurrency is not None:
             data["effective_concurrency"] = self.effective_concurrency
+        if self.structured_rows:
+            data["structured"] = {
+                "rows": self.structured_rows,
+                "matched": self.structured_matched,
+                "schema_mismatch": self.error_types.get("schema_mismatch", 0),
+            }
         if self.cached or self.cache_stores:
             data["cached"] = self.cached
             data["cache_stores"] = self.cache_stores
@@ -288,6 +307,8 @@ class Summary:
                 "summary_tokens",
                 prompt=d["prompt_tokens"],
                 completion=d["completion_tokens"],
+                cached=d["cached_tokens"],
+                reasoning=d["reasoning_tokens"],
                 cost_usd=d["cost_usd"] if d["cost_usd"] is not None else "unknown",
             ),
         ]
@@ -302,6 +323,8 @@ class Summary:
             out.append(logfmt("summary_resume", in_doubt=d["in_doubt_resumed"]))
         if "cached" in d:
             out.append(logfmt("summary_cache", hits=d["cached"], stored=d.get("cache_stores", 0)))
+        if "structured" in d:
+            out.append(logfmt("summary_schema", **d["structured"]))
         for name, v in d.get("variants", {}).items():
             out.append(
                 logfmt(

@@ -25,6 +25,7 @@ class Recorder:
         self.progress = progress
         self.assertions = cfg.assertions if cfg.evaluation else None
         self.keep_body = cfg.output_format == "openai-batch"
+        self.parsed_column = cfg.structured
         self.abort_after = cfg.abort_after
         self.finished = 0
         self.consecutive_errors = 0
@@ -36,11 +37,12 @@ class Recorder:
         Returns ``TooManyFailures`` once ``--abort-after`` rows in a row ended ``error`` (``invalid`` rows
         neither count nor reset the count: they were never sent)."""
         if self.assertions is not None:
-            failures = check(self.assertions, result.record(), item.expect)
+            failures = check(self.assertions, result.record(parsed_column=self.parsed_column), item.expect)
             evaluation = Evaluation(item.variant, item.sample, not failures, tuple(failures), result.cached)
             result = dataclasses.replace(result, evaluation=evaluation)
         status = result.status
-        self.checkpoint.record(item.slot, result.line(keep_body=self.keep_body), status)
+        line = result.line(keep_body=self.keep_body, parsed_column=self.parsed_column)
+        self.checkpoint.record(item.slot, line, status)
         self.finished += 1
         latency = result.latency_ms
         if latency is not None and latency > self.max_latency_ms:

@@ -8,11 +8,14 @@ latency histogram on log-spaced buckets, statuses over the input's order,
 tokens per row, the slowest rows and the first failed rows with their errors.
 When the rows carry a ``variant`` column (evaluation runs, SPEC §8.23) it adds
 each variant's pass rate with its Wilson 95 % interval, the failed assertion
-types, and the rows whose outcome differs between variants.
+types, and the rows whose outcome differs between variants. When rows ended in
+``schema_mismatch`` or carry a ``parsed`` column (structured output, SPEC §8.42)
+it adds the mismatch count and the most frequent failing JSON paths, read from
+the documented ``error`` text ``schema_mismatch: <path>: <message>``.
 
 Everything that comes from the data (ids, errors, variant names, assertion
-types) is untrusted and goes through :func:`html.escape`. No prompt is ever
-shown, nor any completion text.
+types, JSON paths, which hold the model's own keys) is untrusted and goes
+through :func:`html.escape`. No prompt is ever shown, nor any completion text.
 
 Memory stays bounded for a million rows, in one pass over the records:
 
@@ -28,7 +31,10 @@ Memory stays bounded for a million rows, in one pass over the records:
 - per variant: counters; disagreements: a first-in-first-out window of the
   last 100,000 ``(id, sample)`` keys, each holding two bitmasks of the
   variants that passed and failed. Variants of one row further apart than
-  that in the file are not compared, and the page says so when it happens.
+  that in the file are not compared, and the page says so when it happens;
+- schema mismatches: a counter of failing paths with one example message each,
+  at most 1,000 distinct paths (truncated), the rest counted as one
+  ``(other paths)`` entry.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from __future__ import annotations
 import heapq
 import math
 import os
+import re
 import tempfile
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
@@ -64,12 +71,19 @@ LATENCY_BINS_PER_DECADE = 20
 TEXT_LIMIT = 300
 ID_LIMIT = 120
 MIN_BAR_PX = 2.0
+MAX_SCHEMA_PATHS = 1000
+SCHEMA_PATH_ROWS = 10
+PATH_LIMIT = 200
 
 STATUS_COLORS = {Status.OK: "#2f9e44", Status.ERROR: "#e03131", Status.INVALID: "#f59f00"}
 LATENCY_COLOR = "#1c7ed6"
 TOKENS_COLOR = "#7048e8"
 PASS_COLOR = "#2f9e44"
 OTHER_VARIANTS = "(other variants)"
+OTHER_PATHS = "(other paths)"
+SCHEMA_MISMATCH = "schema_mismatch: "  # the documented error text: `schema_mismatch: <json path>: <message>`
+# A path as jsonschema's `json_path` writes it: `$`, then `.name`, `[3]` or `['any key']` (quotes escaped).
+_JSON_PATH = re.compile(r"(\$(?:\.[A-Za-z][A-Za-z0-9_]*|\[[0-9]+\]|\['(?:[^'\\]|\\.)*'\])*): (.*)", re.DOTALL)
 
 
 class Bins:
@@ -162,6 +176,11 @@ class ReportCollector:
         self.window_evicted = 0
         self._texts: dict[str, str] = {}
         self._seq = 0
+        self.structured = False  # some row has a `parsed` column or ended in schema_mismatch
+        self.parsed = 0
+        self.schema_mismatches = 0
+        self.schema_paths: Counter[str] = Counter()
+        self.schema_examples: dict[str, str] = {}
 
     def add(self, record: dict[str, Any]) -> None:
         """Count one result record. Raises ``ValueError`` for a row that is not an inferbatch result."""
@@ -195,6 +214,25 @@ class ReportCollector:
 
         if "variant" in record and record["variant"] is not None:
             self._add_variant(record)
+
+        if "parsed" in record:
+            self.structured = True
+            if record["parsed"] is not None:
+                self.parsed += 1
+        error = record.get("error")
+        if isinstance(error, str) and error.startswith(SCHEMA_MISMATCH):
+            self._add_schema_mismatch(error[len(SCHEMA_MISMATCH) :])
+
+    def _add_schema_mismatch(self, problem: str) -> None:
+        self.structured = True
+        self.schema_mismatches += 1
+        path, message = _split_problem(problem)
+        path = _truncate(path, PATH_LIMIT)
+        if path not in self.schema_paths and len(self.schema_paths) >= MAX_SCHEMA_PATHS:
+            path = OTHER_PATHS
+        self.schema_paths[path] += 1
+        if path != OTHER_PATHS and path not in self.schema_examples:
+            self.schema_examples[path] = _truncate(message, TEXT_LIMIT)
 
     def _add_variant(self, record: dict[str, Any]) -> None:
         name = str(record["variant"])
@@ -301,6 +339,8 @@ def render_html(collector: ReportCollector, *, title: str = "inferbatch report")
         judged = sum(v.judged for v in collector.variants.values())
         passed = sum(v.passed for v in collector.variants.values())
         cards.append(("passed", f"{passed:,} / {judged:,}", "ok"))
+    if collector.structured:
+        cards.append(("schema mismatch", f"{collector.schema_mismatches:,}", "error"))
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -325,6 +365,8 @@ def render_html(collector: ReportCollector, *, title: str = "inferbatch report")
     ]
     if collector.variants:
         parts.append(_variants_section(collector))
+    if collector.structured:
+        parts.append(_schema_section(collector))
     parts.append(_slowest_section(collector))
     parts.append(_failed_section(collector))
     parts.append("</main></body></html>\n")
@@ -419,6 +461,42 @@ def _variants_section(c: ReportCollector) -> str:
         )
     chart = _figure("Pass rate per variant, with Wilson 95 % interval", _pass_rate_chart(c))
     return f"<section><h2>Variants</h2>{chart}{table}{disagreement}</section>"
+
+
+def _schema_section(c: ReportCollector) -> str:
+    rows = c.summary.rows
+    share = f" ({c.schema_mismatches / rows:.1%} of rows)" if rows else ""
+    facts = [
+        ("schema mismatch", f"{c.schema_mismatches:,}{share}"),
+        ("parsed answers", f"{c.parsed:,}"),
+        ("failing paths", f"{len(c.schema_paths):,}" + ("+" if OTHER_PATHS in c.schema_paths else "")),
+    ]
+    summary = (
+        '<table id="schema-summary" class="kv narrow">'
+        f"{''.join(f'<tr><th scope=row>{escape(k)}</th><td>{escape(v)}</td></tr>' for k, v in facts)}</table>"
+    )
+    if not c.schema_mismatches:
+        return (
+            f'<section id="schema"><h2>Structured output</h2>{summary}<p class="sub">No schema mismatch.</p></section>'
+        )
+    top = c.schema_paths.most_common(SCHEMA_PATH_ROWS)
+    body = "".join(
+        f'<tr><td class="num">{rank}</td><td class="err">{escape(path)}</td><td class="num">{n:,}</td>'
+        f'<td class="num">{n / c.schema_mismatches:.1%}</td>'
+        f'<td class="err">{escape(c.schema_examples.get(path, "—"))}</td></tr>'
+        for rank, (path, n) in enumerate(top, 1)
+    )
+    note = f"{len(top):,} failing paths, most frequent first"
+    if len(top) < len(c.schema_paths):
+        note = f"The {len(top):,} most frequent of {len(c.schema_paths):,} failing paths"
+    if OTHER_PATHS in c.schema_paths:
+        note += f"; paths beyond the first {MAX_SCHEMA_PATHS:,} distinct ones are counted as {OTHER_PATHS}"
+    return (
+        f'<section id="schema"><h2>Structured output</h2>{summary}<h3>Most frequent failing paths</h3>'
+        f'<p class="sub">{escape(note)}.</p><table id="schema-paths"><thead><tr><th class="num">#</th>'
+        '<th>path</th><th class="num">rows</th><th class="num">share</th><th>example message</th></tr></thead>'
+        f"<tbody>{body}</tbody></table></section>"
+    )
 
 
 def _slowest_section(c: ReportCollector) -> str:
@@ -684,6 +762,15 @@ def _brief(record: dict[str, Any], index: int) -> dict[str, Any]:
         "attempts": "—" if attempts is None else str(attempts),
         "error": _truncate(str(record.get("error") or ""), TEXT_LIMIT),
     }
+
+
+def _split_problem(problem: str) -> tuple[str, str]:
+    """``(path, message)`` from ``<json path>: <message>``; a bracketed key may hold ``: `` itself."""
+    match = _JSON_PATH.match(problem)
+    if match:
+        return match[1], match[2]
+    path, _, message = problem.partition(": ")
+    return (path, message) if message else ("(no path)", problem)
 
 
 def _failure_kinds(value: Any) -> list[str]:

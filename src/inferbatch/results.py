@@ -15,7 +15,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,10 @@ COLUMNS = (
     "error",
     "tool_calls",
     "request_id",
+    "cached_tokens",
+    "reasoning_tokens",
 )
+PARSED = "parsed"  # present when the run (or the row) asks for structured answers (SPEC §3, §8.42)
 EVAL_COLUMNS = ("variant", "sample", "passed", "failures", "cached")
 BODY_KEY = "_body"  # the raw response body, kept only for --output-format openai-batch
 PARQUET_BATCH_ROWS = 4096
@@ -52,7 +55,7 @@ class Status(StrEnum):
     INVALID = "invalid"
 
 
-def arrow_schema(kept: Iterable[tuple[str, Any]] = (), *, evaluation: bool = False) -> Any:
+def arrow_schema(kept: Iterable[tuple[str, Any]] = (), *, evaluation: bool = False, parsed: bool = False) -> Any:
     import pyarrow as pa
 
     eval_fields = (
@@ -83,6 +86,9 @@ def arrow_schema(kept: Iterable[tuple[str, Any]] = (), *, evaluation: bool = Fal
             pa.field("error", pa.string()),
             pa.field("tool_calls", pa.string()),
             pa.field("request_id", pa.string()),
+            pa.field("cached_tokens", pa.int64()),
+            pa.field("reasoning_tokens", pa.int64()),
+            *([pa.field(PARSED, pa.string())] if parsed else []),
             *eval_fields,
             *(pa.field(name, typ) for name, typ in kept),
         ]
@@ -91,6 +97,49 @@ def arrow_schema(kept: Iterable[tuple[str, Any]] = (), *, evaluation: bool = Fal
 
 CODE_KEY = "_code"  # the failure's error code, kept in the checkpoint for openai-batch's error.code (SPEC §8.25)
 INTERNAL_KEYS = (BODY_KEY, CODE_KEY)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens one or more attempts were billed for."""
+
+    prompt: int = 0
+    completion: int = 0
+    cached: int = 0
+    reasoning: int = 0
+
+    @classmethod
+    def of(cls, data: Mapping[str, Any]) -> Usage:
+        """The usage of a completion body (zeros where it says nothing)."""
+        usage = data.get("usage")
+        if not isinstance(usage, dict):
+            return cls()
+        return cls(
+            _count(usage.get("prompt_tokens")),
+            _count(usage.get("completion_tokens")),
+            _count(_detail(usage, "prompt_tokens_details", "cached_tokens")),
+            _count(_detail(usage, "completion_tokens_details", "reasoning_tokens")),
+        )
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt + other.prompt,
+            self.completion + other.completion,
+            self.cached + other.cached,
+            self.reasoning + other.reasoning,
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self.prompt or self.completion or self.cached or self.reasoning)
+
+
+def _detail(usage: Mapping[str, Any], group: str, key: str) -> Any:
+    details = usage.get(group)
+    return details.get(key) if isinstance(details, dict) else None
+
+
+def _count(value: Any) -> int:
+    return value if type(value) is int and value >= 0 else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +176,10 @@ class Result:
     error: str | None = None
     tool_calls: str | None = None
     request_id: str | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    parsed: str | None = None  # the validated structured answer, as JSON text
+    structured: bool = False  # the request asked for a structured answer: the row has the ``parsed`` column
     error_code: str | None = None
     cached: bool = False
     evaluation: Evaluation | None = None
@@ -167,6 +220,8 @@ class Result:
             prompt_tokens=_int(usage.get("prompt_tokens")),
             completion_tokens=_int(usage.get("completion_tokens")),
             total_tokens=_int(usage.get("total_tokens")),
+            cached_tokens=_int(_detail(usage, "prompt_tokens_details", "cached_tokens")),
+            reasoning_tokens=_int(_detail(usage, "completion_tokens_details", "reasoning_tokens")),
             attempts=attempts,
             latency_ms=round(latency_ms, 3),
             tool_calls=orjson.dumps(tool_calls).decode() if tool_calls else None,
@@ -202,7 +257,7 @@ class Result:
             row_id, index, Status.INVALID, error=f"invalid_row: {reason}", error_code="invalid_row", kept=kept or {}
         )
 
-    def record(self, *, keep_body: bool = False) -> dict[str, Any]:
+    def record(self, *, keep_body: bool = False, parsed_column: bool = False) -> dict[str, Any]:
         """The output columns in SPEC §3 order (evaluation, then kept columns last), plus internal keys:
         the error code, and the body when ``keep_body`` (openai-batch output)."""
         record: dict[str, Any] = {
@@ -221,7 +276,11 @@ class Result:
             "error": self.error,
             "tool_calls": self.tool_calls,
             "request_id": self.request_id,
+            "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
         }
+        if self.structured or parsed_column:
+            record[PARSED] = self.parsed
         evaluation = self.evaluation
         if evaluation is not None:
             record["variant"] = evaluation.variant
@@ -237,9 +296,27 @@ class Result:
             record[BODY_KEY] = self.body
         return record
 
-    def line(self, *, keep_body: bool = False) -> bytes:
+    def plus(self, usage: Usage) -> Result:
+        """The result with ``usage`` added to its token columns: a row's columns count every answer it was
+        billed for, re-asked ones included (SPEC §8.43), so the output adds up to the bill."""
+        if not usage:
+            return self
+
+        def add(own: int | None, more: int) -> int | None:
+            return (own or 0) + more if own is not None or more else own
+
+        return replace(
+            self,
+            prompt_tokens=add(self.prompt_tokens, usage.prompt),
+            completion_tokens=add(self.completion_tokens, usage.completion),
+            total_tokens=add(self.total_tokens, usage.prompt + usage.completion),
+            cached_tokens=add(self.cached_tokens, usage.cached),
+            reasoning_tokens=add(self.reasoning_tokens, usage.reasoning),
+        )
+
+    def line(self, *, keep_body: bool = False, parsed_column: bool = False) -> bytes:
         """The checkpoint's line for this result (a JSONL output copies it, less internal keys)."""
-        return dumps_line(self.record(keep_body=keep_body))
+        return dumps_line(self.record(keep_body=keep_body, parsed_column=parsed_column))
 
 
 def _int(value: Any) -> int | None:
@@ -252,7 +329,7 @@ def dumps_line(record: dict[str, Any]) -> bytes:
 
 def public(record: dict[str, Any]) -> dict[str, Any]:
     """The record without internal keys."""
-    if BODY_KEY in record or CODE_KEY in record:
+    if _has_internal(record):
         record = {k: v for k, v in record.items() if k not in INTERNAL_KEYS}
     return record
 
@@ -322,6 +399,16 @@ def _has_internal(record: dict[str, Any]) -> bool:
     return BODY_KEY in record or CODE_KEY in record
 
 
+def row_usage(record: Mapping[str, Any]) -> Usage:
+    """What a result row was billed for, from its token columns (every attempt of it: ``Result.plus``)."""
+    return Usage(
+        _count(record.get("prompt_tokens")),
+        _count(record.get("completion_tokens")),
+        _count(record.get("cached_tokens")),
+        _count(record.get("reasoning_tokens")),
+    )
+
+
 def _as_text(value: Any) -> Any:
     if value is None or isinstance(value, str):
         return value
@@ -332,8 +419,15 @@ class OutputWriter:
     """Writes records in order to a temporary file next to ``path``; ``commit()`` renames it into place."""
 
     def __init__(
-        self, path: str, fmt: str, kept_types: list[tuple[str, Any]] | None = None, *, evaluation: bool = False
+        self,
+        path: str,
+        fmt: str,
+        kept_types: list[tuple[str, Any]] | None = None,
+        *,
+        evaluation: bool = False,
+        parsed: bool = False,
     ) -> None:
+        """``parsed``: a Parquet output has the ``parsed`` column (JSONL rows carry it as the records do)."""
         self.path = path
         self.fmt = fmt
         self._remote = path.startswith("s3://")
@@ -351,7 +445,7 @@ class OutputWriter:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            self._schema = arrow_schema(self._kept_types, evaluation=evaluation)
+            self._schema = arrow_schema(self._kept_types, evaluation=evaluation, parsed=parsed)
             self._parquet = pq.ParquetWriter(self._file, self._schema, compression="zstd")
 
     def write_line(self, line: bytes, record: dict[str, Any]) -> None:

@@ -221,6 +221,8 @@ class _Run:
             cache=self.cache,
             own_models=frozenset({cfg.model, *(v.model for v in cfg.variants)} - {None}),
             needs_prices=cfg.max_cost is not None,
+            schema_retries=cfg.schema_retries,
+            own_format=cfg.structured and not (cfg.answer_schema is not None and cfg.schema_mode == "prompt"),
             log_retries=cfg.verbose > 0,
         )
 
@@ -315,6 +317,10 @@ class _Run:
                 result = await dispatch.send(request, ctx)
             except Stopped:
                 continue  # cut off by a stop: no result, a rerun sends it
+            except dispatch.StopAfter as stopped:
+                self._record(stopped.result, request)  # its paid answers are kept (and counted)
+                self.request_stop(stopped.stop)
+                continue
             except InferbatchError as stop:
                 self.request_stop(stop)
                 continue

@@ -34,6 +34,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from inferbatch.structured import (
+    Expectation,
+    SchemaProblem,
+    expectation_for,
+    response_format_for,
+    schema_expectation,
+    schema_instruction,
+)
+
 # Top-level chat-row keys that belong in the request body.
 BODY_PARAMS = frozenset(
     {
@@ -79,6 +88,7 @@ class Request:
     line: int
     body: dict[str, Any]
     keep: dict[str, Any]
+    structure: Expectation | None = None  # what the answer must be (SPEC §8.42); None: free text
     slot: int = -1  # where its result goes (see checkpoint.SlotLayout); the index in a plain run
     variant: str | None = None
     sample: int = 0
@@ -160,7 +170,10 @@ class Shaper:
         keep_columns: tuple[str, ...] = (),
         location: str = "line",
         has_ids: bool | None = None,
+        schema: tuple[str, Mapping[str, Any]] | None = None,
+        schema_mode: str = "api",
     ) -> None:
+        """``schema``: ``--schema``'s (name, JSON Schema), sent as ``schema_mode`` says (SPEC §8.42)."""
         self.location = location  # "line" (JSONL, CSV) or "row" (Parquet), as an editor would say
         # True: rows are named by id; False: by position; None: the first row that parses decides.
         self.has_ids = has_ids
@@ -173,6 +186,19 @@ class Shaper:
         self.id_columns = (id_column,) if id_column else ID_COLUMNS
         self.keep_columns = keep_columns
         self._seen = IdSet()
+        self._instruction: str | None = None
+        if schema is not None:
+            name, answer_schema = schema
+            response_format = response_format_for(name, answer_schema, schema_mode)
+            if response_format is not None:
+                self.params["response_format"] = response_format
+            else:
+                self._instruction = schema_instruction(answer_schema)
+        # The run's own answer format, compiled once; a row's own response_format is compiled (cached) per row.
+        self._format = self.params.get("response_format")
+        self._structure = expectation_for(self._format)
+        if schema is not None and self._structure is None:
+            self._structure = schema_expectation(schema[1])
 
     def row_id(self, data: dict[str, Any] | None, index: int, error: str | None = None) -> str:
         """The name ``--shard`` hashes: the row's own id (before the duplicate check, so every copy of an id
@@ -195,11 +221,22 @@ class Shaper:
             return Invalid(row_id, index, line, f"{self.location} {line}: {problem}", keep)
         try:
             body = self._body(data)
+            structure = self._structure_of(body)
         except RowProblem as exc:
             return Invalid(
                 row_id, index, line, f"{self.location} {line}: {exc}", keep, no_model=isinstance(exc, NoModel)
             )
-        return Request(row_id, index, line, body, keep)
+        return Request(row_id, index, line, body, keep, structure=structure)
+
+    def _structure_of(self, body: dict[str, Any]) -> Expectation | None:
+        """What the answer must be: the run's format, or the row's own ``response_format``."""
+        response_format = body.get("response_format")
+        if response_format is self._format or (response_format is None and self._instruction is not None):
+            return self._structure
+        try:
+            return expectation_for(response_format)
+        except SchemaProblem as exc:
+            raise RowProblem(f"`response_format`: {exc}") from None
 
     def _identify(self, data: dict[str, Any] | None, error: str | None) -> tuple[str | None, str | None]:
         """The row's own id (None: it is named by position) and the identity problem that makes it invalid."""
@@ -267,6 +304,8 @@ class Shaper:
         messages = _check_messages(messages)
         if self.system is not None and not any(m.get("role") in ("system", "developer") for m in messages):
             messages = [{"role": "system", "content": self.system}, *messages]
+        if self._instruction is not None and "response_format" not in body:
+            messages = _with_instruction(messages, self._instruction)
         body["messages"] = messages
         if not body.get("model"):
             if not self.model:
@@ -361,6 +400,15 @@ def _messages_from_json_text(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         raise RowProblem("`messages` is a string but not JSON") from None
+
+
+def _with_instruction(messages: list[dict[str, Any]], instruction: str) -> list[dict[str, Any]]:
+    """``--schema-mode prompt``: the schema stated at the end of the first system message (one system
+    message: some servers take no second one), or in a new one."""
+    first = messages[0]
+    if first.get("role") in ("system", "developer") and isinstance(first.get("content"), str):
+        return [{**first, "content": f"{first['content']}\n\n{instruction}"}, *messages[1:]]
+    return [{"role": "system", "content": instruction}, *messages]
 
 
 def _check_messages(messages: Any) -> list[dict[str, Any]]:

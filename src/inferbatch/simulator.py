@@ -24,11 +24,31 @@ in the text of the last user message, which is how a test makes one row fail amo
     [[sim:retry_after=2]]            Retry-After for this request's 429s
     [[sim:length]]                   finish_reason "length"
 
+A request with a ``response_format`` (SPEC §8.42) is answered with JSON: for ``json_schema`` the compact
+text of :func:`minimal_instance` of its schema; for ``json_object`` ``{"answer": <the usual reply>}``, or a
+minimal instance of its ``schema`` key (llama.cpp's way). The LLM-judge schema (properties exactly
+pass/score/reason, §8.44) gets a passing verdict. These directives shape such answers; they are read from
+every user message of the request, not only the last, so a re-ask that appends the bad answer and a
+correction still carries them, and they are counted per prompt (the messages up to the one holding them):
+
+    [[sim:schema-miss]]              JSON that fails the schema (see :func:`mismatching_instance`), every time
+    [[sim:schema-missx2]]            that for the first 2 structured answers to this prompt, then a matching one
+    [[sim:fenced]]                   the JSON in a Markdown fence: a line "```json", the JSON, a line "```"
+    [[sim:not-json]]                 the usual plain-text reply even though JSON was asked for
+    [[sim:judge-fail]]               (anywhere in the messages) the judge's verdict is pass false, score 0.0
+    [[sim:cached=N]]  [[sim:reasoning=N]]  N in usage's cached_tokens / reasoning_tokens (0 otherwise)
+
+Every completion's ``usage`` carries ``prompt_tokens_details.cached_tokens`` and
+``completion_tokens_details.reasoning_tokens`` (§8.43); the last two directives work without a ``response_format``.
+
 Every fault takes an ``xN`` suffix (``hangx1``, ``dropx1``). Several faults form a script
 played in order: ``[[sim:500x1]] [[sim:429x1]]`` is 500, then 429, then success. Attempts
 are counted per distinct request body. Faults from rates apply only to rows without
 directives. Gateway answers (307, 401 for a wrong key, 400, 404, 413, the RPM/TPM 429)
 come without latency and do not advance a row's script. Every answer carries ``x-request-id``.
+``SimOptions(reject_response_format=True)`` plays a model without structured output: any request with a
+``response_format`` gets OpenAI's 400 ``unsupported_parameter``. ``SimStats.structured_requests`` counts the
+requests that carried a ``response_format``, so a test can count re-asks.
 
 This module never imports click; the CLI maps its options onto :class:`SimOptions`.
 """
@@ -49,7 +69,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager, suppress
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from aiohttp import web
 
@@ -66,6 +86,8 @@ __all__ = [
     "create_app",
     "format_reset",
     "in_thread",
+    "minimal_instance",
+    "mismatching_instance",
     "running",
     "serve",
 ]
@@ -93,6 +115,11 @@ _JSON = "application/json"
 _DIRECTIVE = re.compile(r"\[\[sim:([^\[\]]*)\]\]")
 _FAULT = re.compile(r"(\d{3})(html|auth)?(?:x(\d+))?|(hang|drop|malformed|empty)(?:x(\d+))?")
 _MODIFIER = re.compile(r"(sleep|retry_after)=(\d+(?:\.\d*)?)")
+# Directives on a structured answer's form and on usage details: read by _read_shape from every user message.
+_SHAPE = re.compile(r"schema-miss(?:x(\d+))?|fenced|not-json|judge-fail|(cached|reasoning)=(\d+)")
+_JUDGE_FAIL = "judge-fail"
+_JUDGE_KEYS = frozenset({"pass", "score", "reason"})
+_UNSUPPORTED_RESPONSE_FORMAT = "Unsupported parameter: 'response_format' is not supported with this model."
 _WAF_PAGE = "<html><body><h1>{status} {reason}</h1>Request blocked by WAF</body></html>"
 _ERROR_KINDS = {
     400: ("invalid_request", "invalid_request_error"),
@@ -136,6 +163,8 @@ class SimOptions:
     models: tuple[str, ...] = ()
     redirect_to: str | None = None
     max_body_bytes: int = 8 * 1024 * 1024
+    # a model without structured output: any request with a response_format is OpenAI's 400 unsupported_parameter
+    reject_response_format: bool = False
 
 
 @dataclass(slots=True)
@@ -150,6 +179,8 @@ class SimStats:
     stream_requested: int = 0
     dropped: int = 0
     hung: int = 0
+    # chat requests whose body had a response_format key (answered or not): re-asks of structured answers show here
+    structured_requests: int = 0
     # monotonic arrival time of the most recent chat requests, for pacing checks
     arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
     # per last user message (cut to PROMPT_KEY_CHARS): [requests, answered]; at most MAX_TRACKED_PROMPTS keys
@@ -187,6 +218,7 @@ class SimStats:
             "stream_requested": self.stream_requested,
             "dropped": self.dropped,
             "hung": self.hung,
+            "structured_requests": self.structured_requests,
             **extra,
         }
 
@@ -199,6 +231,7 @@ class SimStats:
         self.stream_requested = 0
         self.dropped = 0
         self.hung = 0
+        self.structured_requests = 0
         self.arrivals.clear()
         self.prompts.clear()
         self.prompts_untracked = 0
@@ -263,6 +296,8 @@ def _parse_directives(text: str) -> _Plan | None:
         spec = token.replace(" ", "").lower()
         if spec == "length":
             plan.length = True
+        elif _SHAPE.fullmatch(spec):
+            pass  # about the answer's form: _read_shape reads these, from every user message
         elif m := _MODIFIER.fullmatch(spec):
             if m[1] == "sleep":
                 plan.sleep_ms += float(m[2])
@@ -277,6 +312,56 @@ def _parse_directives(text: str) -> _Plan | None:
         else:
             raise _BadRequest(400, "invalid_request", f"unknown simulator directive [[sim:{token}]]")
     return plan
+
+
+@dataclass(slots=True)
+class _Shape:
+    """What the answer-shape directives of one request ask for (see the module docstring)."""
+
+    miss: bool = False
+    miss_count: int | None = None  # schema-missxN: N; None: every time
+    miss_key: str = ""  # the prompt the misses are counted for: a hash of the messages up to the directive's
+    fenced: bool = False
+    not_json: bool = False
+    judge_fail: bool = False
+    cached: int = 0
+    reasoning: int = 0
+
+
+def _read_shape(messages: list[Any]) -> _Shape:
+    """The answer-shape directives of every user message (``judge-fail``: of any message).
+
+    Every user message, not only the last, because a re-ask may append the bad answer and a correction to the
+    conversation; the misses are counted for the messages up to the first ``schema-miss``, which such a re-ask
+    leaves as they were. Other directives, and unknown ones, are the last user message's business."""
+    shape = _Shape()
+    digest = hashlib.blake2b(digest_size=8)
+    for message in messages:
+        text = _text(message.get("content"))
+        role = message.get("role")
+        digest.update(f"{role}\x00{text}\x00".encode())
+        if "[[sim:" not in text:
+            continue
+        for token in _DIRECTIVE.findall(text):
+            spec = token.replace(" ", "").lower()
+            if spec == _JUDGE_FAIL:
+                shape.judge_fail = True
+            m = _SHAPE.fullmatch(spec)
+            if m is None or role != "user":
+                continue
+            if spec.startswith("schema-miss"):
+                if not shape.miss:
+                    shape.miss, shape.miss_key = True, digest.hexdigest()
+                    shape.miss_count = int(m[1]) if m[1] else None
+            elif spec == "fenced":
+                shape.fenced = True
+            elif spec == "not-json":
+                shape.not_json = True
+            elif m[2] == "cached":
+                shape.cached = int(m[3])
+            elif m[2] == "reasoning":
+                shape.reasoning = int(m[3])
+    return shape
 
 
 def _summarise(messages: list[Any]) -> tuple[int, str, Any, str]:
@@ -401,6 +486,7 @@ class _Simulator:
         opts = self.opts
         self.rng = random.Random(opts.seed)
         self.attempts: dict[bytes, int] = {}
+        self.misses: dict[str, int] = {}  # structured answers given per [[sim:schema-missxN]] prompt
         self.window = (
             _Window(opts.rpm, opts.tpm, opts.window_s) if opts.rpm is not None or opts.tpm is not None else None
         )
@@ -434,6 +520,10 @@ class _Simulator:
         if self.expected_auth is not None and authorization != self.expected_auth:
             return self._unauthorized(authorization, "invalid API key")
         raw, body = await self._read_json(request)
+        if "response_format" in body:
+            self.stats.structured_requests += 1
+            if opts.reject_response_format:
+                raise _BadRequest(400, "unsupported_parameter", _UNSUPPORTED_RESPONSE_FORMAT)
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             raise _BadRequest(400, "invalid_request", "'messages' must be a non-empty list")
@@ -448,11 +538,18 @@ class _Simulator:
         prompt_chars, last_user, last_role, digest = _summarise(messages)
         counts = self.stats.prompt_sent(last_user)
         plan = _parse_directives(last_user) if "[[sim:" in last_user else None
+        shape = _read_shape(messages) if b"[[sim:" in raw else None
+        cached, reasoning = (shape.cached, shape.reasoning) if shape is not None else (0, 0)
+        prompt_tokens = max(1, math.ceil(prompt_chars / 4), cached)
 
-        prompt_tokens = max(1, math.ceil(prompt_chars / 4))
-        choice, completion_tokens = _reply(body, last_user, last_role, digest, max_tokens)
-        if plan is not None and plan.length:
-            choice["finish_reason"] = "length"
+        def reply(miss: bool) -> tuple[dict[str, Any], int, bool]:
+            choice, tokens, structured = _reply(body, last_user, last_role, digest, max_tokens, shape, miss)
+            if plan is not None and plan.length:
+                choice["finish_reason"] = "length"
+            return choice, max(tokens, reasoning), structured
+
+        miss = self._miss_due(shape)
+        choice, completion_tokens, structured = reply(miss)
 
         headers: dict[str, str] = {}
         if self.window is not None:
@@ -471,6 +568,9 @@ class _Simulator:
             await asyncio.sleep(delay_ms / 1000)
         if fault is not None:
             return await self._faulty(request, fault, headers, plan, authorization, model)
+        if miss != self._miss_due(shape):  # during the latency, a request with the same prompt took the last miss
+            miss = not miss
+            choice, completion_tokens, structured = reply(miss)
 
         completion = {
             "id": f"chatcmpl-{self.ids.getrandbits(96):024x}",
@@ -482,11 +582,23 @@ class _Simulator:
                 "prompt_tokens": prompt_tokens,
                 "completion_tokens": completion_tokens,
                 "total_tokens": prompt_tokens + completion_tokens,
+                "prompt_tokens_details": {"cached_tokens": cached},
+                "completion_tokens_details": {"reasoning_tokens": reasoning},
             },
         }
         if counts is not None:
             counts[1] += 1
+        if structured and shape is not None and shape.miss:
+            # counted when answered, so a fault or a rate-limit 429 before it does not use up a miss
+            self.misses[shape.miss_key] = self.misses.get(shape.miss_key, 0) + 1
         return web.Response(body=_dumps(completion), headers=headers, content_type=_JSON)
+
+    def _miss_due(self, shape: _Shape | None) -> bool:
+        """Whether this prompt's next structured answer fails its schema: ``schema-miss``, or ``schema-missxN``
+        with fewer than N such answers given."""
+        if shape is None or not shape.miss:
+            return False
+        return shape.miss_count is None or self.misses.get(shape.miss_key, 0) < shape.miss_count
 
     async def _read_json(self, request: web.Request) -> tuple[bytes, dict[str, Any]]:
         try:
@@ -614,14 +726,390 @@ class _Simulator:
         self.closing.set()
 
 
+# --- Structured answers: a minimal valid instance of a JSON Schema, and one that fails it -----------------------
+
+_MAX_DEPTH = 32  # deeper than any real answer schema; a schema that recurses through `required` has no instance
+_OPTIONAL_DEPTH = 8  # below this, objects without `required` stop filling in their (optional) properties
+_MISS = "schema-miss"
+_LOWER_BOUNDS = frozenset({"minimum", "exclusiveMinimum", "minLength", "minItems"})
+# Sample values for string formats: jsonschema does not check formats by default, but a client may.
+_FORMATS = {
+    "date": "2000-01-01",
+    "date-time": "2000-01-01T00:00:00Z",
+    "time": "00:00:00Z",
+    "email": "x@example.com",
+    "uri": "https://example.com/",
+    "uuid": "00000000-0000-0000-0000-000000000000",
+}
+# A value of each JSON type, with the schema types it satisfies (an integer is also a number).
+_TYPED_VALUES: tuple[tuple[Any, frozenset[str]], ...] = (
+    (_MISS, frozenset({"string"})),
+    (0, frozenset({"integer", "number"})),
+    (0.5, frozenset({"number"})),
+    (True, frozenset({"boolean"})),
+    (None, frozenset({"null"})),
+    ([], frozenset({"array"})),
+    ({}, frozenset({"object"})),
+)
+
+
+def minimal_instance(schema: Any) -> Any:
+    """A small value that validates against ``schema``: what the simulator answers a ``json_schema`` request with.
+
+    Small and predictable rather than realistic, so a test can foresee the answer: an object holds only its
+    ``required`` properties (all of ``properties`` when it has no ``required``), an array ``minItems`` items, a
+    string ``minLength`` x's (at least one), a number the smallest integer its bounds allow (0 without any),
+    ``enum``/``anyOf``/``oneOf`` their first, ``allOf`` its parts merged; local ``$ref`` (``#/$defs/...``,
+    ``#/definitions/...``) is followed. An empty or unknown schema gives ``{}``. Not handled: ``pattern``,
+    ``not``, ``if``/``then``/``else``, ``dependent*``, ``minProperties``, and ``uniqueItems`` beyond enums,
+    strings and numbers."""
+    return _minimal(schema, schema, 0)
+
+
+_UNFAILABLE: Any = object()  # _mismatch's answer for a schema that admits every value
+
+
+def mismatching_instance(schema: Any) -> Any:
+    """A value that fails ``schema``, for ``[[sim:schema-miss]]``: a client's validation must catch it.
+
+    As close to a valid answer as it can be, the way a model goes wrong: an enum or const gets a value outside
+    it, an object the minimal instance without its first required property (or with its first property made
+    wrong when nothing is required), anything else a value of the wrong type. A schema that admits every value
+    (``{}``) cannot be failed; it gets the string ``"schema-miss"``."""
+    value = _mismatch(schema, schema, 0)
+    return _MISS if value is _UNFAILABLE else value
+
+
+def _pointer(root: Any, ref: str) -> Any:
+    """The schema a local ``$ref`` (``#``, ``#/$defs/x``, JSON-pointer escapes) names; ``{}`` if it names none."""
+    from urllib.parse import unquote
+
+    if ref == "#":
+        return root
+    if not ref.startswith("#/"):
+        return {}  # remote and anchor refs: not an answer schema's business
+    node = root
+    for raw in ref[2:].split("/"):
+        part = unquote(raw).replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return {}
+    return node
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two schemas that must both hold, as one, well enough for a minimal instance: properties and required
+    combine, lower bounds take the larger, anything else keeps ``a``'s."""
+    merged = dict(a)
+    for key, value in b.items():
+        if key not in merged:
+            merged[key] = value
+        elif key == "properties" and isinstance(value, dict) and isinstance(merged[key], dict):
+            merged[key] = {**value, **merged[key]}
+        elif key == "required" and isinstance(value, list) and isinstance(merged[key], list):
+            merged[key] = list(dict.fromkeys([*merged[key], *value]))
+        elif key in _LOWER_BOUNDS and _is_number(value) and _is_number(merged[key]) and value > merged[key]:
+            merged[key] = value
+    return merged
+
+
+def _resolve(schema: Any, root: Any, depth: int = 0) -> dict[str, Any]:
+    """``schema`` with its ``$ref`` and ``allOf`` folded in; ``{}`` for anything that is not a schema object
+    (``true`` admits everything; ``false`` admits nothing, so nothing is right for it anyway)."""
+    if not isinstance(schema, dict) or depth > _MAX_DEPTH:
+        return {}
+    resolved: dict[str, Any] = schema
+    ref = resolved.get("$ref")
+    if isinstance(ref, str):
+        rest = {k: v for k, v in resolved.items() if k != "$ref"}
+        resolved = _merge(rest, _resolve(_pointer(root, ref), root, depth + 1))
+    parts = resolved.get("allOf")
+    if isinstance(parts, list):
+        merged = {k: v for k, v in resolved.items() if k != "allOf"}
+        for part in parts:
+            merged = _merge(merged, _resolve(part, root, depth + 1))
+        resolved = merged
+    return resolved
+
+
+def _branch(schema: dict[str, Any], root: Any, depth: int) -> dict[str, Any] | None:
+    """The first ``anyOf``/``oneOf`` alternative with the schema's other keywords, which hold as well; None
+    without alternatives."""
+    for key in ("anyOf", "oneOf"):
+        branches = schema.get(key)
+        if isinstance(branches, list) and branches:
+            rest = {k: v for k, v in schema.items() if k not in ("anyOf", "oneOf")}
+            return _merge(rest, _resolve(branches[0], root, depth + 1))
+    return None
+
+
+def _is_number(value: Any) -> TypeGuard[float]:
+    """A JSON number (int counts as float for typing), not a bool."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _types(schema: dict[str, Any]) -> list[str]:
+    """The schema's ``type`` as a list of names (empty without one)."""
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return [kind]
+    if isinstance(kind, list):
+        return [k for k in kind if isinstance(k, str)]
+    return []
+
+
+def _kind(schema: dict[str, Any]) -> str | None:
+    """The type to build: the first non-null of ``type``, else one its keywords imply, else None."""
+    types = _types(schema)
+    if types:
+        return next((k for k in types if k != "null"), types[0])
+    if any(k in schema for k in ("properties", "required", "additionalProperties")):
+        return "object"
+    if any(k in schema for k in ("items", "prefixItems", "minItems")):
+        return "array"
+    if any(k in schema for k in ("minLength", "maxLength", "format")):
+        return "string"
+    if any(k in schema for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum", "multipleOf")):
+        return "number"
+    return None
+
+
+def _minimal(schema: Any, root: Any, depth: int) -> Any:
+    if depth > _MAX_DEPTH:
+        return None
+    s = _resolve(schema, root)
+    if "const" in s:
+        return s["const"]
+    enum = s.get("enum")
+    if isinstance(enum, list) and enum:
+        return enum[0]
+    branch = _branch(s, root, depth)
+    if branch is not None:
+        return _minimal(branch, root, depth + 1)
+    kind = _kind(s)
+    if kind == "object":
+        props = s.get("properties")
+        props = props if isinstance(props, dict) else {}
+        required = s.get("required")
+        if isinstance(required, list):
+            keys = [k for k in required if isinstance(k, str)]
+        else:
+            keys = list(props) if depth < _OPTIONAL_DEPTH else []
+        extra = s.get("additionalProperties")
+        return {k: _minimal(props.get(k, extra if isinstance(extra, dict) else {}), root, depth + 1) for k in keys}
+    if kind == "array":
+        return _minimal_array(s, root, depth)
+    if kind == "string":
+        return _minimal_string(s)
+    if kind in ("integer", "number"):
+        return _smallest_number(s, kind == "integer")
+    if kind == "boolean":
+        return False
+    if kind == "null":
+        return None
+    return {}
+
+
+def _minimal_array(s: dict[str, Any], root: Any, depth: int) -> list[Any]:
+    """``minItems`` items: ``prefixItems`` (or draft-7 ``items`` as a list) first, then ``items``; distinct ones
+    for ``uniqueItems`` where the item schema makes that easy (enums, strings, numbers)."""
+    count = s.get("minItems")
+    count = count if isinstance(count, int) and not isinstance(count, bool) and count > 0 else 0
+    prefix = s.get("prefixItems")
+    prefix = prefix if isinstance(prefix, list) else []
+    items = s.get("items", {})
+    if isinstance(items, list):
+        prefix, items = items, s.get("additionalItems", {})
+    values = [_minimal(prefix[i] if i < len(prefix) else items, root, depth + 1) for i in range(count)]
+    if s.get("uniqueItems") is True and count > len(prefix) + 1:
+        item = _resolve(items, root)
+        enum = item.get("enum")
+        for i in range(len(prefix) + 1, count):
+            if isinstance(enum, list) and len(enum) >= count - len(prefix):
+                values[i] = enum[i - len(prefix)]
+            elif isinstance(values[i], str):
+                values[i] += str(i)
+            elif _is_number(values[i]):
+                values[i] += i
+    return values
+
+
+def _minimal_string(s: dict[str, Any]) -> str:
+    low, high = s.get("minLength"), s.get("maxLength")
+    low = low if isinstance(low, int) and not isinstance(low, bool) else 0
+    high = high if isinstance(high, int) and not isinstance(high, bool) else None
+    fmt = s.get("format")
+    sample = _FORMATS.get(fmt) if isinstance(fmt, str) else None
+    if sample is not None and len(sample) >= low and (high is None or len(sample) <= high):
+        return sample
+    length = max(low, 1)
+    return "x" * (length if high is None else min(length, high))
+
+
+def _smallest_number(s: dict[str, Any], integer: bool) -> int | float:
+    """The smallest integer the lower bounds allow (0 without any, or below the upper bound), as a multiple of
+    ``multipleOf``; a number with no integer in range gets its lower bound (or the middle of a strict range)."""
+    low: float | None = None
+    strict_low = False
+    minimum, exclusive = s.get("minimum"), s.get("exclusiveMinimum")
+    if _is_number(minimum):
+        low, strict_low = minimum, exclusive is True  # draft 4: a boolean beside minimum
+    if _is_number(exclusive) and (low is None or exclusive >= low):
+        low, strict_low = exclusive, True
+    high: float | None = None
+    strict_high = False
+    maximum, exclusive = s.get("maximum"), s.get("exclusiveMaximum")
+    if _is_number(maximum):
+        high, strict_high = maximum, exclusive is True
+    if _is_number(exclusive) and (high is None or exclusive <= high):
+        high, strict_high = exclusive, True
+    if low is None:
+        value: int | float = 0
+        if high is not None and (high < 0 or (strict_high and high == 0)):
+            value = math.ceil(high) - 1 if strict_high else math.floor(high)
+    else:
+        value = math.floor(low) + 1 if strict_low else math.ceil(low)
+    step = s.get("multipleOf")
+    if _is_number(step) and step > 0:
+        value = math.ceil(value / step) * step
+        if float(value).is_integer():
+            value = int(value)
+    fits = high is None or value < high or (value == high and not strict_high)
+    if not fits and not integer and low is not None:
+        return (low + high) / 2 if strict_low and high is not None else low
+    return value
+
+
+def _mismatch(schema: Any, root: Any, depth: int) -> Any:
+    """A value that fails ``schema``, or ``_UNFAILABLE`` when the schema admits every value."""
+    if depth > _MAX_DEPTH:
+        return _UNFAILABLE
+    s = _resolve(schema, root)
+    if "const" in s:
+        return _outside([s["const"]])
+    enum = s.get("enum")
+    if isinstance(enum, list) and enum:
+        return _outside(enum)
+    if _kind(s) == "object":
+        value = _minimal(s, root, depth)
+        required, props = s.get("required"), s.get("properties")
+        if isinstance(value, dict) and isinstance(required, list) and required and isinstance(required[0], str):
+            value.pop(required[0], None)
+            return value
+        if isinstance(value, dict) and isinstance(props, dict):
+            for key, sub in props.items():
+                wrong = _mismatch(sub, root, depth + 1)
+                if wrong is not _UNFAILABLE:
+                    return {**value, key: wrong}
+    types = _types(s)
+    if types and (wrong := _wrong_type(types)) is not _UNFAILABLE:
+        return wrong
+    branches = s.get("anyOf", s.get("oneOf"))
+    if isinstance(branches, list) and branches:
+        # the value must fail every alternative: a type none of them allows, when each names its types
+        allowed = [_types(_resolve(b, root)) for b in branches]
+        if all(allowed):
+            return _wrong_type([t for kinds in allowed for t in kinds])
+        return _mismatch(branches[0], root, depth + 1)
+    return _UNFAILABLE
+
+
+def _wrong_type(types: list[str]) -> Any:
+    """A value of none of these types (``_UNFAILABLE`` when they cover them all)."""
+    allowed = set(types)
+    value = next((value for value, kinds in _TYPED_VALUES if not kinds & allowed), _UNFAILABLE)
+    return value.copy() if isinstance(value, list | dict) else value  # the table's own [] and {} stay empty
+
+
+def _outside(values: list[Any]) -> str:
+    """A string that is none of ``values``."""
+    return next(c for c in (f"{_MISS}-{i}" if i else _MISS for i in range(len(values) + 1)) if c not in values)
+
+
+def _schema_of(response_format: Any) -> tuple[bool, dict[str, Any] | None]:
+    """Whether the request asks for JSON, and the schema it must match (None: any JSON object will do)."""
+    if not isinstance(response_format, dict):
+        return False, None
+    kind = response_format.get("type")
+    if kind == "json_schema":
+        spec = response_format.get("json_schema")
+        schema = spec.get("schema") if isinstance(spec, dict) else None
+        return True, schema if isinstance(schema, dict) else {}
+    if kind == "json_object":
+        schema = response_format.get("schema")
+        return True, schema if isinstance(schema, dict) else None
+    return False, None
+
+
+# How `--schema-mode prompt` states a schema in the system message (structured.schema_instruction).
+_STATED_SCHEMA = "matches this JSON Schema:\n"
+
+
+def _stated_format(body: dict[str, Any]) -> dict[str, Any] | None:
+    """A model that follows instructions: a schema stated in a system message is answered as if it had been
+    sent as ``response_format`` (``--schema-mode prompt``)."""
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if message.get("role") in ("system", "developer") and isinstance(content, str) and _STATED_SCHEMA in content:
+            try:
+                schema = json.loads(content.split(_STATED_SCHEMA, 1)[1])
+            except ValueError:
+                return None
+            if isinstance(schema, dict):
+                return {"type": "json_schema", "json_schema": {"name": "stated", "schema": schema}}
+    return None
+
+
+def _structured(response_format: Any, reply: str, shape: _Shape | None, miss: bool) -> str | None:
+    """The content of a structured answer (see the module docstring), or None when free text was asked for."""
+    wants_json, schema = _schema_of(response_format)
+    if not wants_json:
+        return None
+    if shape is not None and shape.not_json:
+        return reply
+    value: Any
+    if miss:
+        value = mismatching_instance(schema if schema is not None else {"type": "object"})
+    elif schema is None:
+        value = {"answer": reply}
+    elif _is_judge(schema):
+        passed = shape is None or not shape.judge_fail
+        verdict = "meets" if passed else "fails"
+        value = {
+            "pass": passed,
+            "score": 1.0 if passed else 0.0,
+            "reason": f"sim judge: the answer {verdict} the rubric",
+        }
+    else:
+        value = minimal_instance(schema)
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return f"```json\n{text}\n```" if shape is not None and shape.fenced else text
+
+
+def _is_judge(schema: dict[str, Any]) -> bool:
+    """The LLM-judge's schema (SPEC §8.44): its properties are exactly pass, score and reason."""
+    props = _resolve(schema, schema).get("properties")
+    return isinstance(props, dict) and set(props) == _JUDGE_KEYS
+
+
 def _reply(
-    body: dict[str, Any], last_user: str, last_role: Any, digest: str, max_tokens: int | None
-) -> tuple[dict[str, Any], int]:
-    """The deterministic choice for this request and its completion tokens.
+    body: dict[str, Any],
+    last_user: str,
+    last_role: Any,
+    digest: str,
+    max_tokens: int | None,
+    shape: _Shape | None = None,
+    miss: bool = False,
+) -> tuple[dict[str, Any], int, bool]:
+    """The deterministic choice for this request, its completion tokens, and whether it is a structured answer.
 
     A text reply is ``sim reply to: <first 80 chars of the last user message> [<hash of the messages>]``,
     cut to ``max_tokens * 4`` characters (finish_reason "length"). A request with ``tools`` whose last
-    message is the user's gets a call of the named or first function instead.
+    message is the user's gets a call of the named or first function instead. A ``response_format`` asking
+    for JSON makes the content JSON (:func:`_structured`; ``miss``: one that fails the schema), cut the same way.
     """
     tools = body.get("tools")
     tool_choice = body.get("tool_choice")
@@ -636,14 +1124,18 @@ def _reply(
             tokens = math.ceil((len(name) + len(arguments)) / 4)
             call = {"id": f"call_{digest}", "type": "function", "function": {"name": name, "arguments": arguments}}
             message = {"role": "assistant", "content": None, "tool_calls": [call]}
-            return {"index": 0, "message": message, "finish_reason": "tool_calls"}, min(tokens, max_tokens or tokens)
+            choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
+            return choice, min(tokens, max_tokens or tokens), False
     content = f"sim reply to: {last_user[:80]} [{digest}]"
+    structured = _structured(body.get("response_format") or _stated_format(body), content, shape, miss)
+    if structured is not None:
+        content = structured
     finish_reason = "stop"
     if max_tokens is not None and len(content) > max_tokens * 4:
         content = content[: max_tokens * 4]
         finish_reason = "length"
     choice = {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}
-    return choice, math.ceil(len(content) / 4)
+    return choice, math.ceil(len(content) / 4), structured is not None
 
 
 def create_app(opts: SimOptions) -> web.Application:
