@@ -69,6 +69,18 @@ BAD_REQUEST = _response(
     "400 Bad Request", b'{"error":{"code":"bad_request","message":"bad request"}}', keep_alive=False
 )
 HEALTH = _response("200 OK", b'{"ok":true}')
+
+
+def set_content(content: str) -> None:
+    """Answer every completion with ``content`` instead (``--content``: e.g. a JSON answer for a schema run)."""
+    global COMPLETION, OK_KEEP, OK_CLOSE
+    data = json.loads(COMPLETION)
+    data["choices"][0]["message"]["content"] = content
+    COMPLETION = json.dumps(data, separators=(",", ":")).encode()
+    OK_KEEP = _response("200 OK", COMPLETION)
+    OK_CLOSE = _response("200 OK", COMPLETION, keep_alive=False)
+
+
 MAX_HEAD = 64 * 1024
 
 
@@ -225,7 +237,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0: any free port (the URL is printed)")
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before each completion response")
+    parser.add_argument("--content", help="the answer's content (default: a short sentence)")
     args = parser.parse_args(argv)
+    if args.content is not None:
+        set_content(args.content)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.host, args.port, args.latency_ms))
     sys.stdout.flush()

@@ -578,3 +578,92 @@ async def test_a_request_cancelled_in_flight_gives_its_limiter_slot_back() -> No
     with pytest.raises(asyncio.CancelledError):
         await task
     assert ctx.limiter.in_flight == 0
+
+
+# ---- a server that refuses response_format ------------------------------------------------------------------
+
+
+def refusal(message: str) -> Fatal:
+    return Fatal(f"unsupported_parameter: {message}", status=400, code="unsupported_parameter")
+
+
+def structured_request(*, run_format: bool) -> Request:
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}
+    from inferbatch.structured import expectation_for
+
+    return Request(
+        id="r1",
+        index=0,
+        line=1,
+        body=body,
+        keep={},
+        slot=0,
+        structure=expectation_for(body["response_format"]),
+        run_format=run_format,
+    )
+
+
+async def test_a_400_refusing_the_runs_own_response_format_stops_the_run() -> None:
+    from inferbatch.errors import StructuredOutputRefused
+
+    client = FakeClient(refusal("Unsupported parameter: 'response_format' is not supported with this model."))
+    ctx, _ = context(client)
+    with pytest.raises(StructuredOutputRefused, match="--schema-mode prompt"):
+        await dispatch.send(structured_request(run_format=True), ctx)
+
+
+async def test_a_400_refusing_a_rows_own_response_format_fails_only_that_row() -> None:
+    client = FakeClient(refusal("Unsupported parameter: 'response_format' is not supported with this model."))
+    ctx, _ = context(client)
+    result = await dispatch.send(structured_request(run_format=False), ctx)
+    assert (result.status, result.status_code, result.error_code) == (Status.ERROR, 400, "unsupported_parameter")
+
+
+async def test_a_400_about_the_rows_messages_is_that_rows_error_even_with_the_runs_format() -> None:
+    """OpenAI's json_object needs the word JSON in the messages: one row's problem, not a refused parameter."""
+    message = "'messages' must contain the word 'json' in some form, to use 'response_format' of type 'json_object'."
+    ctx, _ = context(FakeClient(Fatal(f"invalid_request_error: {message}", status=400, code="invalid_request")))
+    result = await dispatch.send(structured_request(run_format=True), ctx)
+    assert (result.status, result.status_code) == (Status.ERROR, 400)
+
+
+# ---- re-asks ----------------------------------------------------------------------------------------------------
+
+
+def answer(content: str, finish_reason: str = "stop", model: str = "m") -> Response:
+    data = {
+        **COMPLETION,
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}],
+    }
+    return ok(data)
+
+
+async def test_an_answer_cut_short_by_max_tokens_is_not_re_asked() -> None:
+    client = FakeClient(answer('{"a": ', finish_reason="length"))
+    ctx, _ = context(client)
+    result = await dispatch.send(structured_request(run_format=True), ctx)
+    assert client.sends == 1 and result.error_code == "schema_mismatch" and result.finish_reason == "length"
+
+
+async def test_a_row_that_fails_after_re_asks_keeps_the_model_that_billed_them() -> None:
+    client = FakeClient(answer("not json", model="claude-x"), Fatal("bad_request: no", status=400, code="bad"))
+    ctx, _ = context(client)
+    result = await dispatch.send(structured_request(run_format=True), ctx)
+    assert (result.status, result.error_code, result.model) == (Status.ERROR, "bad", "claude-x")
+    assert (result.prompt_tokens, result.completion_tokens) == (7, 3)  # the re-asked answer's usage
+
+
+async def test_a_stop_between_re_asks_keeps_the_paid_answer_for_a_rerun_to_ask_again() -> None:
+    ctx, _ = context(FakeClient(answer("not json"), then=lambda: answer("not json")))
+    ctx.client.on_send = ctx.limiter.close  # the run stops while the first answer is on its way
+    kept = await dispatch.send(structured_request(run_format=True), ctx)
+    assert ctx.client.sends == 1
+    assert (kept.status, kept.error_code, kept.resend, kept.attempts, kept.total_tokens) == (
+        Status.ERROR,
+        "schema_mismatch",
+        True,
+        1,
+        10,
+    )
+    assert kept.record()["_resend"] is True

@@ -749,3 +749,48 @@ def test_sample_extract_job_runs_on_the_simulator(runner, tmp_path: Path) -> Non
     data = summary_of(tmp_path / "out" / "extract.summary.json")
     assert data["rows"] == 22 and data["ok"] == 22
     assert data["structured"] == {"rows": 22, "matched": 22, "schema_mismatch": 0}
+
+
+# ---- found by review: rows cut off between re-asks, --schema with a variant's own format -----------------
+
+
+def test_rows_a_stop_cut_off_between_re_asks_are_asked_again_by_the_next_run(sim, runner, tmp_path: Path) -> None:
+    """SPEC §8.3: a row a stop cut off has no final result; its paid answers are kept (they count), and the next
+    run sends it again — a raised cap is all it takes, no --retry-errors."""
+    source = write_jsonl(tmp_path / "in.jsonl", _miss_rows(8))
+    server = sim()
+    output = tmp_path / "out.jsonl"
+    args = [str(source), "-o", str(output), "-c", "4", *BUDGET_ARGS]
+
+    first = run(runner, [*args, "--max-total-tokens", "300"], env=connection_env(server))
+    assert first.exit_code == 3 and "budget cap reached" in first.stderr, first.stderr
+    kept = by_id(read_jsonl(output))
+    cut_off = {key for key, row in kept.items() if row["attempts"] < 3}
+    assert cut_off  # set-up: the stop came between some row's re-asks
+    assert all("_resend" not in row for row in kept.values())  # internal: never in the output
+    unsent = 8 - len(kept)
+    sent_before = server.stats.requests
+
+    second = run(runner, [*args, "--max-total-tokens", "100000"], env=connection_env(server))
+    assert second.exit_code == 1, second.stderr  # every row ends schema_mismatch: rows failed, not a stop
+    rows = by_id(read_jsonl(output))
+    assert len(rows) == 8 and all(r["error"].startswith("schema_mismatch: ") for r in rows.values())
+    assert all(rows[key]["attempts"] == 3 for key in cut_off)  # asked again, whole
+    assert server.stats.requests - sent_before == 3 * (len(cut_off) + unsent)  # the finished rows are not resent
+
+
+def test_schema_with_a_variants_own_response_format_is_refused(sim, runner, tmp_path: Path) -> None:
+    server = sim()
+    source = write_jsonl(tmp_path / "in.jsonl", chat(["a"]))
+    job = tmp_path / "job.toml"
+    job.write_text(
+        '[[variants]]\nname = "a"\n[variants.params]\nresponse_format = {type = "json_object"}\n', encoding="utf-8"
+    )
+    result = run(
+        runner,
+        [str(source), "-o", str(tmp_path / "out.jsonl"), "--job", str(job), "--schema", str(TICKET_SCHEMA_FILE)],
+        env=connection_env(server),
+    )
+    assert result.exit_code == 2
+    assert "give --schema or [[variants]] 'a''s `response_format`, not both" in result.stderr
+    assert server.stats.requests == 0

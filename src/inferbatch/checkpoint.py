@@ -38,7 +38,7 @@ import orjson
 
 from inferbatch.bits import Bits
 from inferbatch.errors import CheckpointError
-from inferbatch.results import Status, row_usage
+from inferbatch.results import RESEND_KEY, Status, row_usage
 
 FORMAT_VERSION = 1
 IDENTITY_BLOCK = 1 << 16
@@ -128,6 +128,7 @@ class Checkpoint:
         self.ephemeral = ephemeral
         self.finished = Bits()
         self.errored = Bits()
+        self.resend = Bits()  # kept rows a stop cut off between re-asks: the next run sends them again
         self.sent = Bits()
         self.resumed = Resumed()
         self._results_fd = -1
@@ -234,6 +235,10 @@ class Checkpoint:
     def _note(self, record: dict[str, Any]) -> None:
         slot = self.layout.slot_of(record)
         self.finished.set(slot)
+        if record.get(RESEND_KEY):
+            self.resend.set(slot)
+        else:
+            self.resend.clear(slot)
         if record["status"] == Status.ERROR:
             self.errored.set(slot)
         else:
@@ -254,7 +259,7 @@ class Checkpoint:
 
     # ---- during the run --------------------------------------------------
     def needs_sending(self, slot: int, retry_errors: bool) -> bool:
-        if slot not in self.finished:
+        if slot not in self.finished or slot in self.resend:
             return True
         return retry_errors and slot in self.errored
 

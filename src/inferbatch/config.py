@@ -828,6 +828,10 @@ def _schema_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
         answer_schema = AnswerSchema(*load_schema(str(settings["schema"])))
     tables = [("--param/[params]", settings["params"])]
     tables += [(f"[[variants]] {t.get('name')!r}", t.get("params") or {}) for t in _tables(settings, "variants")]
+    if answer_schema is not None:
+        for where, params in tables[1:]:
+            if isinstance(params, Mapping) and "response_format" in params:
+                raise ConfigError(f"give --schema or {where}'s `response_format`, not both")
     for where, params in tables:
         try:
             expectation_for(params.get("response_format") if isinstance(params, Mapping) else None)

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -76,7 +77,6 @@ class Context:
     own_models: frozenset[str | None] = frozenset()
     needs_prices: bool = False  # --max-cost: a model without a price must not count as free
     schema_retries: int = 2  # re-asks of an answer that does not match its schema (SPEC §8.42)
-    own_format: bool = False  # the run itself sends response_format: a 400 refusing it stops the run
     log_retries: bool = False
     clock: Callable[[], float] = time.monotonic
 
@@ -106,7 +106,11 @@ async def send(request: Request, ctx: Context) -> Result:
     async def attempt(_number: int) -> Response:
         nonlocal attempts
         attempts += 1
-        return await _attempt(request, body, model, prompt_estimate, max_tokens, ctx)
+        try:
+            return await _attempt(request, body, model, prompt_estimate, max_tokens, ctx)
+        except (Stopped, InferbatchError):
+            attempts -= 1  # held back before it was sent (a stop, the budget): not an attempt
+            raise
 
     asks = 1 + ctx.schema_retries if request.structure is not None else 1
     billed = Usage()  # the answers already re-asked: billed, so the row's token columns include them
@@ -121,21 +125,22 @@ async def send(request: Request, ctx: Context) -> Result:
                 clock=ctx.clock,
             )
             result = _answer(request, response, attempts, billed)
-            if result.status is Status.OK or ask == asks:
+            # An answer cut short by max_tokens would be cut short again: not re-asked.
+            if result.status is Status.OK or ask == asks or result.finish_reason == "length":
                 return result
             mismatch = result
             billed = billed + Usage.of(response.data)
         raise AssertionError("unreachable: the last ask returns")  # pragma: no cover
     except Stopped:
-        if mismatch is not None:
-            return mismatch  # cut off before a re-ask: the paid answer is the row's (an error; --retry-errors)
+        if mismatch is not None:  # cut off before a re-ask: its paid answers are kept, the next run asks again
+            return dataclasses.replace(mismatch, resend=True, attempts=attempts)
         raise
     except InferbatchError as stop:  # the budget cap, or an unpriced model, before a re-ask
         if mismatch is not None:
-            raise StopAfter(stop, mismatch) from None
+            raise StopAfter(stop, dataclasses.replace(mismatch, resend=True, attempts=attempts)) from None
         raise
     except RequestFailed as exc:
-        outcome = _failure(request, exc, attempts, billed, model, ctx)
+        outcome = _failure(request, exc, attempts, billed, mismatch, ctx)
     if isinstance(outcome, InferbatchError):
         if mismatch is not None:
             raise StopAfter(outcome, mismatch)
@@ -144,22 +149,30 @@ async def send(request: Request, ctx: Context) -> Result:
 
 
 def _failure(
-    request: Request, exc: RequestFailed, attempts: int, billed: Usage, model: str | None, ctx: Context
+    request: Request, exc: RequestFailed, attempts: int, billed: Usage, mismatch: Result | None, ctx: Context
 ) -> Result | InferbatchError:
-    """What a failed request means: the row's error, or a stop of the run (SPEC §4, §8.42)."""
+    """What a failed request means: the row's error, or a stop of the run (SPEC §4, §8.42). ``mismatch``: the
+    row's last answer, re-asked: its model prices the tokens ``billed`` holds."""
+    model = request.body.get("model")
     if isinstance(exc, QuotaRejected):
         return QuotaExhausted(f"quota stop: {exc.message}; finished rows are saved, rerun once it resets")
     if isinstance(exc, AuthRejected) and (exc.status == 401 or model in ctx.own_models):
         what = "the key was rejected (401)" if exc.status == 401 else f"the key may not use model {model!r} (403)"
         return AuthFailed(f"{what}: {exc.message}; check INFERENCE_KEY and the model")
     # (A 403 for a model only this row names is that row's error: the run goes on.)
-    if ctx.own_format and exc.status == 400 and "response_format" in exc.message:
+    if request.run_format and exc.status == 400 and _REFUSED.search(exc.message) and "response_format" in exc.message:
         return StructuredOutputRefused(
-            f"the server does not take the run's response_format ({exc.message}); rerun with "
-            "--schema-mode prompt (the schema in the system message) or json-object (llama.cpp's server)"
+            f"the server does not take the run's response_format ({exc.message}); with --schema, rerun with "
+            "--schema-mode prompt (the schema in the system message) or json-object (llama.cpp's server); "
+            "a response_format in --param or [params]: leave it out, and give the schema with --schema"
         )
     result = Result.failed(request.id, request.index, exc, attempts=attempts, kept=request.keep)
-    return dataclasses.replace(result, structured=request.structure is not None).plus(billed)
+    answered_by = mismatch.model if mismatch is not None else None
+    return dataclasses.replace(result, structured=request.structure is not None, model=answered_by).plus(billed)
+
+
+# How servers say a parameter is refused outright (not: "the messages must mention JSON", a row's problem).
+_REFUSED = re.compile(r"unsupported|not supported|unrecogni[sz]ed|unknown|not allowed|extra (?:inputs|fields)", re.I)
 
 
 def _answer(request: Request, response: Response, attempts: int, billed: Usage) -> Result:

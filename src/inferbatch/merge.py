@@ -22,7 +22,16 @@ from typing import Any
 
 from inferbatch.config import PathUse, check_paths
 from inferbatch.errors import ConfigError, InputError, OutputError
-from inferbatch.results import COLUMNS, EVAL_COLUMNS, OutputWriter, Status, dumps_line, kept_column_types, read_output
+from inferbatch.results import (
+    COLUMNS,
+    EVAL_COLUMNS,
+    PARSED,
+    OutputWriter,
+    Status,
+    dumps_line,
+    kept_column_types,
+    read_output,
+)
 from inferbatch.shaping import IdSet
 
 Place = tuple[int, int, int]  # (variant rank, index, sample)
@@ -72,19 +81,19 @@ def merge_outputs(inputs: list[str], output: str, output_format: str | None = No
     fmt = output_format or ("parquet" if output.lower().endswith(".parquet") else "jsonl")
     ranks = _variant_ranks(inputs)
     kept_types = None
+    parsed = False
     if fmt == "parquet":
-        known = set(COLUMNS) | (set(EVAL_COLUMNS) if ranks else set())
+        known = set(COLUMNS) | {PARSED} | (set(EVAL_COLUMNS) if ranks else set())
         extra: list[str] = []
         for path in inputs:
             for record in _records(path):
                 extra = [k for k in record if k not in known]
-                break
-            if extra:
+                parsed = parsed or PARSED in record
                 break
         if extra:
             kept_types = kept_column_types((r for p in inputs for r in _records(p)), tuple(extra))
     try:
-        writer = OutputWriter(output, fmt, kept_types, evaluation=bool(ranks))
+        writer = OutputWriter(output, fmt, kept_types, evaluation=bool(ranks), parsed=parsed)
     except OSError as exc:
         raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from None
     seen = IdSet()

@@ -96,7 +96,10 @@ def arrow_schema(kept: Iterable[tuple[str, Any]] = (), *, evaluation: bool = Fal
 
 
 CODE_KEY = "_code"  # the failure's error code, kept in the checkpoint for openai-batch's error.code (SPEC §8.25)
-INTERNAL_KEYS = (BODY_KEY, CODE_KEY)
+# A row a stop cut off between re-asks: its paid answer is kept (its tokens count on resume and in the
+# budget), and the next run sends it again, like a row that has no result (SPEC §8.3, §8.43).
+RESEND_KEY = "_resend"
+INTERNAL_KEYS = (BODY_KEY, CODE_KEY, RESEND_KEY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,6 +183,7 @@ class Result:
     reasoning_tokens: int | None = None
     parsed: str | None = None  # the validated structured answer, as JSON text
     structured: bool = False  # the request asked for a structured answer: the row has the ``parsed`` column
+    resend: bool = False  # cut off by a stop between re-asks: kept, and sent again by the next run
     error_code: str | None = None
     cached: bool = False
     evaluation: Evaluation | None = None
@@ -294,6 +298,8 @@ class Result:
             record[CODE_KEY] = self.error_code
         if keep_body and (self.status is Status.OK or self.status_code is not None):
             record[BODY_KEY] = self.body
+        if self.resend:
+            record[RESEND_KEY] = True
         return record
 
     def plus(self, usage: Usage) -> Result:
@@ -396,7 +402,7 @@ def kept_column_types(records: Iterable[dict[str, Any]], kept: tuple[str, ...]) 
 
 
 def _has_internal(record: dict[str, Any]) -> bool:
-    return BODY_KEY in record or CODE_KEY in record
+    return BODY_KEY in record or CODE_KEY in record or RESEND_KEY in record
 
 
 def row_usage(record: Mapping[str, Any]) -> Usage:

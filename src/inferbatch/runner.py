@@ -222,7 +222,6 @@ class _Run:
             own_models=frozenset({cfg.model, *(v.model for v in cfg.variants)} - {None}),
             needs_prices=cfg.max_cost is not None,
             schema_retries=cfg.schema_retries,
-            own_format=cfg.structured and not (cfg.answer_schema is not None and cfg.schema_mode == "prompt"),
             log_retries=cfg.verbose > 0,
         )
 
@@ -314,21 +313,27 @@ class _Run:
                 return
             self.busy.add(me)
             try:
-                result = await dispatch.send(request, ctx)
-            except Stopped:
-                continue  # cut off by a stop: no result, a rerun sends it
-            except dispatch.StopAfter as stopped:
-                self._record(stopped.result, request)  # its paid answers are kept (and counted)
-                self.request_stop(stopped.stop)
-                continue
-            except InferbatchError as stop:
-                self.request_stop(stop)
-                continue
+                await self._row(request, ctx)
             finally:
                 self.busy.discard(me)
-            self._record(result, request)  # first: a paid answer is kept whatever the cache does
-            if self.cache is not None:
-                await dispatch.remember(request, result, self.cache)
+
+    async def _row(self, request: Request, ctx: dispatch.Context) -> None:
+        """One row: send it, record what came back, then keep a fresh answer in the cache (still busy: a
+        drain waits for the cache write too)."""
+        try:
+            result = await dispatch.send(request, ctx)
+        except Stopped:
+            return  # cut off by a stop: no result, a rerun sends it
+        except dispatch.StopAfter as stopped:
+            self.request_stop(stopped.stop)  # first: the stop is the run's reason, whatever the row says
+            self._record(stopped.result, request)  # its paid answers are kept (and counted); a rerun asks again
+            return
+        except InferbatchError as stop:
+            self.request_stop(stop)
+            return
+        self._record(result, request)  # first: a paid answer is kept whatever the cache does
+        if self.cache is not None:
+            await dispatch.remember(request, result, self.cache)
 
     def _record(self, result: Result, item: Request | Invalid) -> None:
         stop = self.recorder.record(result, item)

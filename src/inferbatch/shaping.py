@@ -89,6 +89,7 @@ class Request:
     body: dict[str, Any]
     keep: dict[str, Any]
     structure: Expectation | None = None  # what the answer must be (SPEC §8.42); None: free text
+    run_format: bool = False  # its response_format is the run's own (--schema, --param, [params]), not the row's
     slot: int = -1  # where its result goes (see checkpoint.SlotLayout); the index in a plain run
     variant: str | None = None
     sample: int = 0
@@ -222,11 +223,12 @@ class Shaper:
         try:
             body = self._body(data)
             structure = self._structure_of(body)
+            run_format = body.get("response_format") is not None and body.get("response_format") is self._format
         except RowProblem as exc:
             return Invalid(
                 row_id, index, line, f"{self.location} {line}: {exc}", keep, no_model=isinstance(exc, NoModel)
             )
-        return Request(row_id, index, line, body, keep, structure=structure)
+        return Request(row_id, index, line, body, keep, structure=structure, run_format=run_format)
 
     def _structure_of(self, body: dict[str, Any]) -> Expectation | None:
         """What the answer must be: the run's format, or the row's own ``response_format``."""
