@@ -667,3 +667,21 @@ async def test_a_stop_between_re_asks_keeps_the_paid_answer_for_a_rerun_to_ask_a
         10,
     )
     assert kept.record()["_resend"] is True
+
+
+async def test_the_budget_prices_cached_prompt_tokens_as_the_summary_does() -> None:
+    """SPEC §8.43: cached prompt tokens at the table's cached-input price (Claude 4.5 Haiku: $1 in, $0.10 cached,
+    $5 out per million), in the budget as in the summary."""
+    usage = {
+        "prompt_tokens": 1000,
+        "completion_tokens": 100,
+        "total_tokens": 1100,
+        "prompt_tokens_details": {"cached_tokens": 800},
+    }
+    ctx, _ = context(FakeClient(ok({**COMPLETION, "model": "claude-4-5-haiku", "usage": usage})))
+    ctx.budget = Budget(max_tokens=None, max_cost=1.0, pricing=ctx.pricing)
+    row = request("claude-4-5-haiku")
+    result = await dispatch.send(row, ctx)
+    assert result.cached_tokens == 800
+    assert ctx.budget.spent_cost == pytest.approx((200 * 1.00 + 800 * 0.10 + 100 * 5.00) / 1_000_000)
+    assert ctx.pricing.cost("claude-4-5-haiku", 1000, 100, 800) == pytest.approx(ctx.budget.spent_cost)

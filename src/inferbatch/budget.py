@@ -62,11 +62,15 @@ class Budget:
         self.outstanding += 1
         return Reservation(tokens, cost)
 
-    def settle(self, reservation: Reservation, model: str | None, prompt_tokens: int, completion_tokens: int) -> None:
+    def settle(
+        self, reservation: Reservation, model: str | None, prompt_tokens: int, completion_tokens: int, cached: int = 0
+    ) -> None:
+        """Replace the estimate with what was billed (``cached`` prompt tokens at the cached-input price, as the
+        summary prices them: SPEC §8.43)."""
         self.reserved_tokens -= reservation.tokens
         self.reserved_cost -= reservation.cost
         self.spent_tokens += prompt_tokens + completion_tokens
-        self.spent_cost += self.pricing.cost(model, prompt_tokens, completion_tokens) or 0.0
+        self.spent_cost += self.pricing.cost(model, prompt_tokens, completion_tokens, cached) or 0.0
         self.outstanding -= 1
         self.wake()
 

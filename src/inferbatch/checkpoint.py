@@ -115,7 +115,7 @@ class Resumed:
     in_doubt: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    usage_by_model: dict[str, tuple[int, int]] = field(default_factory=dict)
+    usage_by_model: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # prompt, completion, cached
     damaged_lines: int = 0
 
 
@@ -249,8 +249,8 @@ class Checkpoint:
             self.resumed.prompt_tokens += prompt
             self.resumed.completion_tokens += completion
             model = record.get("model") or ""
-            before = self.resumed.usage_by_model.get(model, (0, 0))
-            self.resumed.usage_by_model[model] = (before[0] + prompt, before[1] + completion)
+            before = self.resumed.usage_by_model.get(model, (0, 0, 0))
+            self.resumed.usage_by_model[model] = (before[0] + prompt, before[1] + completion, before[2] + usage.cached)
 
     def _open_logs(self) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND

@@ -251,7 +251,7 @@ async def _attempt(
         raise unpriced_error(model)
     estimate = ctx.limiter.estimate(prompt_estimate, max_tokens)
     reservation = await _reserve(ctx, model, prompt_estimate, estimate - prompt_estimate)
-    prompt_tokens = completion_tokens = 0
+    billed = Usage()
     try:
         ticket = await ctx.limiter.acquire(estimate)
         ctx.mark_sent(request.slot)
@@ -266,22 +266,19 @@ async def _attempt(
             # Cut off (a drain's cancel) or a bug: the slot comes back, or a shared limiter loses it for good.
             ctx.limiter.release(ticket, status=None)
             raise
-        usage = response.data.get("usage")
-        counted = isinstance(usage, dict)
-        if isinstance(usage, dict):
-            prompt_tokens = _count(usage.get("prompt_tokens"))
-            completion_tokens = _count(usage.get("completion_tokens"))
+        counted = isinstance(response.data.get("usage"), dict)
+        billed = Usage.of(response.data)
         ctx.limiter.release(
             ticket,
             status=200,
             headers=response.headers,
-            total_tokens=prompt_tokens + completion_tokens if counted else None,
-            completion_tokens=completion_tokens if counted else None,
+            total_tokens=billed.prompt + billed.completion if counted else None,
+            completion_tokens=billed.completion if counted else None,
         )
         return response
     finally:
         if reservation is not None:
-            ctx.budget.settle(reservation, model, prompt_tokens, completion_tokens)
+            ctx.budget.settle(reservation, model, billed.prompt, billed.completion, billed.cached)
 
 
 async def _reserve(ctx: Context, model: str | None, prompt_tokens: int, completion_tokens: int) -> Reservation | None:
@@ -324,7 +321,3 @@ def _log_retry(state: RetryCallState) -> None:
                 error=str(exc)[:200],
             )
         )
-
-
-def _count(value: Any) -> int:
-    return value if type(value) is int and value >= 0 else 0

@@ -188,7 +188,7 @@ class _Run:
             max_cost=cfg.max_cost,
             pricing=self.pricing,
             spent_tokens=resumed.prompt_tokens + resumed.completion_tokens,
-            spent_cost=sum(self.pricing.cost(m, p, c) or 0.0 for m, (p, c) in resumed.usage_by_model.items()),
+            spent_cost=sum(self.pricing.cost(m, p, c, k) or 0.0 for m, (p, c, k) in resumed.usage_by_model.items()),
         )
         self.stop: InferbatchError | None = None
         self.stopping = asyncio.Event()
