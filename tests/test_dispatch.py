@@ -685,3 +685,13 @@ async def test_the_budget_prices_cached_prompt_tokens_as_the_summary_does() -> N
     assert result.cached_tokens == 800
     assert ctx.budget.spent_cost == pytest.approx((200 * 1.00 + 800 * 0.10 + 100 * 5.00) / 1_000_000)
     assert ctx.pricing.cost("claude-4-5-haiku", 1000, 100, 800) == pytest.approx(ctx.budget.spent_cost)
+
+
+async def test_a_short_retry_after_is_waited_out_not_skipped() -> None:
+    """A server's Retry-After of a fraction of a second is still a wait (the sleep skips only zero)."""
+    client = FakeClient(Retryable("rate_limited: slow down", status=429, code="rate_limited", retry_after=0.3), ok())
+    ctx, _ = context(client, wait_scale=1.0)
+    started = time.monotonic()
+    result = await dispatch.send(request(), ctx)
+    assert result.status is Status.OK and result.attempts == 2
+    assert time.monotonic() - started >= 0.3

@@ -794,3 +794,24 @@ def test_schema_with_a_variants_own_response_format_is_refused(sim, runner, tmp_
     assert result.exit_code == 2
     assert "give --schema or [[variants]] 'a''s `response_format`, not both" in result.stderr
     assert server.stats.requests == 0
+
+
+def test_a_rows_own_response_format_gives_that_row_a_parsed_value_in_a_run_without_a_schema(
+    sim, runner, tmp_path: Path
+) -> None:
+    server = sim()
+    rows = [
+        {"id": "plain", "messages": [{"role": "user", "content": "hello"}]},
+        {
+            "id": "json",
+            "messages": [{"role": "user", "content": "hello as json"}],
+            "response_format": {"type": "json_object"},
+        },
+    ]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    output = tmp_path / "out.jsonl"
+    result = run(runner, [str(source), "-o", str(output)], env=connection_env(server))
+    assert result.exit_code == 0, result.stderr
+    got = by_id(read_jsonl(output))
+    assert "parsed" not in got["plain"]  # the run has no schema: free text has no parsed column
+    assert json.loads(got["json"]["parsed"]) == json.loads(got["json"]["content"])
