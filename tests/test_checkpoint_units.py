@@ -88,3 +88,11 @@ def test_the_cheap_identity_of_a_large_input_is_pinned_too(tmp_path) -> None:
     path = tmp_path / "big.bin"
     path.write_bytes(bytes(range(256)) * 800)  # 200 KiB: both blocks, and a middle
     assert input_identity(str(path))["hash"] == "1afe30e10fd59c58476300b1f8acd046"
+
+
+def test_clearing_a_bit_past_the_end_is_a_no_op() -> None:
+    bits = Bits()
+    bits.set(3)
+    bits.clear(8)  # the first index of a byte the set does not have yet
+    bits.clear(1_000)
+    assert 3 in bits and 8 not in bits and bits.count() == 1

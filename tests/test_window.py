@@ -156,3 +156,14 @@ def test_settling_an_entry_that_aged_out_leaves_the_total_right() -> None:
     window.settle(first, 10, now=61.0)
     window.add(5, now=62.0)
     assert window.used(now=62.0) == 55
+
+
+def test_wait_and_the_oldest_entry_see_the_window_as_it_is_now_not_as_it_was() -> None:
+    """Entries that aged out are gone for ``wait`` and ``oldest_leaves_in`` too, without a call in between."""
+    w, clock = window(10.0)
+    w.add(8)
+    clock.now = 5.0
+    w.add(1)
+    clock.now = 12.0  # the first entry left at t=10; only the 1 from t=5 counts
+    assert w.oldest_leaves_in() == 3.0
+    assert w.wait(5, limit=6) == 0.0
