@@ -689,7 +689,8 @@ async def test_the_budget_prices_cached_prompt_tokens_as_the_summary_does() -> N
 
 async def test_a_short_retry_after_is_waited_out_not_skipped() -> None:
     """A server's Retry-After of a fraction of a second is still a wait (the sleep skips only zero)."""
-    client = FakeClient(Retryable("rate_limited: slow down", status=429, code="rate_limited", retry_after=0.3), ok())
+    # A 500, not a 429: a 429's Retry-After also pauses the limiter, which would wait even if the row did not.
+    client = FakeClient(Retryable("server_error: busy", status=500, code="server_error", retry_after=0.3), ok())
     ctx, _ = context(client, wait_scale=1.0)
     started = time.monotonic()
     result = await dispatch.send(request(), ctx)

@@ -807,11 +807,17 @@ def test_a_rows_own_response_format_gives_that_row_a_parsed_value_in_a_run_witho
             "messages": [{"role": "user", "content": "hello as json"}],
             "response_format": {"type": "json_object"},
         },
+        {
+            "id": "bad",
+            "messages": [{"role": "user", "content": "no json here [[sim:not-json]]"}],
+            "response_format": {"type": "json_object"},
+        },
     ]
     source = write_jsonl(tmp_path / "in.jsonl", rows)
     output = tmp_path / "out.jsonl"
     result = run(runner, [str(source), "-o", str(output)], env=connection_env(server))
-    assert result.exit_code == 0, result.stderr
+    assert result.exit_code == 1, result.stderr  # the not-JSON row failed
     got = by_id(read_jsonl(output))
     assert "parsed" not in got["plain"]  # the run has no schema: free text has no parsed column
     assert json.loads(got["json"]["parsed"]) == json.loads(got["json"]["content"])
+    assert got["bad"]["parsed"] is None and got["bad"]["error"].startswith("schema_mismatch: $: not JSON")
