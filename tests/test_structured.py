@@ -818,6 +818,30 @@ def test_a_rows_own_response_format_gives_that_row_a_parsed_value_in_a_run_witho
     result = run(runner, [str(source), "-o", str(output)], env=connection_env(server))
     assert result.exit_code == 1, result.stderr  # the not-JSON row failed
     got = by_id(read_jsonl(output))
-    assert "parsed" not in got["plain"]  # the run has no schema: free text has no parsed column
+    assert got["plain"]["parsed"] is None  # the column is on every row once a row has it, as in Parquet
+    assert list(got["plain"])[-3:] == ["cached_tokens", "reasoning_tokens", "parsed"]
     assert json.loads(got["json"]["parsed"]) == json.loads(got["json"]["content"])
     assert got["bad"]["parsed"] is None and got["bad"]["error"].startswith("schema_mismatch: $: not JSON")
+
+
+def test_the_parsed_column_stays_on_every_row_when_the_structured_rows_ran_before_a_resume(
+    sim, runner, tmp_path: Path
+) -> None:
+    server = sim()
+    rows = [
+        {
+            "id": "json",
+            "messages": [{"role": "user", "content": "as json"}],
+            "response_format": {"type": "json_object"},
+        },
+        {"id": "plain", "messages": [{"role": "user", "content": "hello"}]},
+    ]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    output = tmp_path / "out.jsonl"
+    pilot = run(runner, [str(source), "-o", str(output), "--limit", "1"], env=connection_env(server))
+    assert pilot.exit_code == 0, pilot.stderr
+    rest = run(runner, [str(source), "-o", str(output)], env=connection_env(server))  # sends only `plain`
+    assert rest.exit_code == 0, rest.stderr
+    assert server.stats.requests == 2
+    got = by_id(read_jsonl(output))
+    assert got["plain"]["parsed"] is None and got["json"]["parsed"] is not None

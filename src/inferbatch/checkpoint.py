@@ -38,7 +38,7 @@ import orjson
 
 from inferbatch.bits import Bits
 from inferbatch.errors import CheckpointError
-from inferbatch.results import RESEND_KEY, Status, row_usage
+from inferbatch.results import PARSED, RESEND_KEY, Status, row_usage
 
 FORMAT_VERSION = 1
 IDENTITY_BLOCK = 1 << 16
@@ -129,6 +129,7 @@ class Checkpoint:
         self.finished = Bits()
         self.errored = Bits()
         self.resend = Bits()  # kept rows a stop cut off between re-asks: the next run sends them again
+        self.has_parsed = False  # some row holds a structured answer's `parsed`: the output gets the column
         self.sent = Bits()
         self.resumed = Resumed()
         self._results_fd = -1
@@ -235,6 +236,8 @@ class Checkpoint:
     def _note(self, record: dict[str, Any]) -> None:
         slot = self.layout.slot_of(record)
         self.finished.set(slot)
+        if PARSED in record:
+            self.has_parsed = True
         if record.get(RESEND_KEY):
             self.resend.set(slot)
         else:

@@ -120,9 +120,8 @@ def write_output(cfg: RunConfig, checkpoint: Checkpoint, summary: Summary) -> No
     kept_types = None
     if cfg.output_format == "parquet" and cfg.keep_columns:
         kept_types = results.kept_column_types((orjson.loads(x) for x in checkpoint.lines_in_order()), cfg.keep_columns)
-    parsed = cfg.output_format == "parquet" and (
-        cfg.structured or any(b'"parsed":' in line for line in checkpoint.lines_in_order())
-    )
+    # A run with no schema of its own, some of whose rows asked for one: the column on every row (SPEC §3).
+    parsed = cfg.output_format != "openai-batch" and (cfg.structured or checkpoint.has_parsed)
     writer = None
     try:
         writer = results.OutputWriter(

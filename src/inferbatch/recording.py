@@ -42,6 +42,8 @@ class Recorder:
             result = dataclasses.replace(result, evaluation=evaluation)
         status = result.status
         line = result.line(keep_body=self.keep_body, parsed_column=self.parsed_column)
+        if result.structured:
+            self.checkpoint.has_parsed = True
         self.checkpoint.record(item.slot, line, status)
         self.finished += 1
         latency = result.latency_ms

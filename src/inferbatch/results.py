@@ -401,6 +401,14 @@ def kept_column_types(records: Iterable[dict[str, Any]], kept: tuple[str, ...]) 
     return types
 
 
+def _with_parsed(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with a null ``parsed`` in its SPEC §3 place: after the result columns, before the rest."""
+    out = {key: record[key] for key in COLUMNS if key in record}
+    out[PARSED] = None
+    out.update((key, value) for key, value in record.items() if key not in out)
+    return out
+
+
 def _has_internal(record: dict[str, Any]) -> bool:
     return BODY_KEY in record or CODE_KEY in record or RESEND_KEY in record
 
@@ -433,7 +441,8 @@ class OutputWriter:
         evaluation: bool = False,
         parsed: bool = False,
     ) -> None:
-        """``parsed``: a Parquet output has the ``parsed`` column (JSONL rows carry it as the records do)."""
+        """``parsed``: the output has the ``parsed`` column on every row (null where a row asked for no schema)."""
+        self._parsed = parsed
         self.path = path
         self.fmt = fmt
         self._remote = path.startswith("s3://")
@@ -457,7 +466,10 @@ class OutputWriter:
     def write_line(self, line: bytes, record: dict[str, Any]) -> None:
         """``line`` is the checkpoint's serialised ``record``; a plain JSONL output reuses it as is."""
         if self.fmt == "jsonl":
-            self._file.write(line if not _has_internal(record) else dumps_line(public(record)))
+            if self._parsed and PARSED not in record:  # the column on every row, as in Parquet
+                self._file.write(dumps_line(_with_parsed(public(record))))
+            else:
+                self._file.write(line if not _has_internal(record) else dumps_line(public(record)))
         elif self.fmt == "openai-batch":
             self._file.write(dumps_line(openai_batch_line(record)))
         else:
