@@ -192,3 +192,16 @@ def test_a_run_logs_metrics_lines_whose_counts_add_up_to_the_rows(sim, runner, t
     assert sum(int(m["count#inferbatch.rows_ok"]) for m in metrics) == 30
     assert sum(int(m["count#inferbatch.rows_invalid"]) for m in metrics) == 1
     assert metrics[-1]["sample#inferbatch.rows_done"] == "31"
+
+
+def test_the_last_progress_line_counts_every_row_by_status(sim, runner, tmp_path: Path) -> None:
+    """The final progress line adds up what the run recorded: done, ok, error, invalid (found by the mutation
+    run: a recorder that skipped the progress display left every test green)."""
+    server = sim()
+    rows = [*chat_rows(4), {"id": "bad", "messages": "not a list"}, {"id": "err", "prompt": "x [[sim:400]]"}]
+    source = write_jsonl(tmp_path / "in.jsonl", rows)
+    result = invoke(runner, ["run", str(source), "-o", str(tmp_path / "out.jsonl")], env=connection_env(server))
+    assert result.exit_code == 1
+    last = [line for line in result.stderr.splitlines() if line.startswith("progress ")][-1]
+    fields = dict(part.split("=", 1) for part in last.split()[1:])
+    assert (fields["done"], fields["ok"], fields["error"], fields["invalid"]) == ("6", "4", "1", "1")
