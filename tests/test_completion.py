@@ -131,6 +131,27 @@ def test_an_evaluation_run_of_one_variant_does_not_complete_the_job(sim, runner,
     assert both.exit_code == 0, both.stderr
     assert server.stats.requests == 8
     assert sorted({r["variant"] for r in read_jsonl(tmp_path / "out.jsonl")}) == ["a", "b"]
+    # Every variant done (no --variant): the job is complete, and the next run sends nothing.
+    again = invoke(runner, ["run", "--job", str(job)], env=env)
+    assert again.exit_code == 0 and "already complete" in again.stderr, again.stderr
+    assert server.stats.requests == 8
+
+
+def test_naming_every_variant_completes_the_job_like_naming_none(sim, runner, tmp_path: Path) -> None:
+    server = sim()
+    source = write_jsonl(tmp_path / "in.jsonl", [{"id": f"q{i}", "question": f"topic {i}"} for i in range(3)])
+    job = tmp_path / "job.toml"
+    job.write_text(
+        f'input = "{source}"\noutput = "{tmp_path / "out.jsonl"}"\n'
+        '[[variants]]\nname = "a"\ntemplate = "A: {question}"\n'
+        '[[variants]]\nname = "b"\ntemplate = "B: {question}"\n'
+    )
+    env = connection_env(server)
+    every = ["run", "--job", str(job), "--variant", "a", "--variant", "b"]
+    assert invoke(runner, every, env=env).exit_code == 0
+    again = invoke(runner, every, env=env)
+    assert again.exit_code == 0 and "already complete" in again.stderr, again.stderr
+    assert server.stats.requests == 6
 
 
 def _limit_file_size(limit: int) -> None:
