@@ -696,3 +696,18 @@ async def test_a_short_retry_after_is_waited_out_not_skipped() -> None:
     result = await dispatch.send(request(), ctx)
     assert result.status is Status.OK and result.attempts == 2
     assert time.monotonic() - started >= 0.3
+
+
+async def test_a_schema_that_cannot_be_applied_ends_the_row_without_re_asks() -> None:
+    from inferbatch.structured import expectation_for
+
+    schema = {"type": "object", "properties": {"a": {"$ref": "https://schemas.invalid/a.json"}}}
+    row = structured_request(run_format=True)
+    row.body["response_format"] = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+    row.structure = expectation_for(row.body["response_format"])
+    client = FakeClient(answer('{"a": 1}'), then=lambda: answer('{"a": 1}'))
+    ctx, _ = context(client)
+    result = await dispatch.send(row, ctx)
+    assert client.sends == 1
+    assert (result.status, result.status_code, result.error_code) == (Status.ERROR, 200, "invalid_schema")
+    assert result.error is not None and result.error.startswith("invalid_schema: the schema cannot be applied")

@@ -60,3 +60,22 @@ def test_a_bad_schema_file_is_one_readable_line(tmp_path: Path, text: str, says:
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match=says):
         load_schema(str(path))
+
+
+def test_a_ref_that_leads_nowhere_is_refused_with_the_schema() -> None:
+    from inferbatch.structured import SchemaProblem
+
+    schema = {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}
+    with pytest.raises(SchemaProblem, match="leads nowhere"):
+        expectation_for({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+
+
+def test_a_ref_that_cannot_be_fetched_is_the_schemas_fault_not_the_answers() -> None:
+    """A remote $ref passes the schema check but cannot be applied: a clear problem, never a traceback."""
+    from inferbatch.structured import SchemaProblem
+
+    schema = {"type": "object", "properties": {"a": {"$ref": "https://schemas.invalid/a.json"}}}
+    expectation = expectation_for({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+    assert expectation is not None
+    with pytest.raises(SchemaProblem, match="cannot be applied"):
+        expectation.check('{"a": 1}')

@@ -48,7 +48,7 @@ from inferbatch.limits import Limiter, Stopped
 from inferbatch.pricing import Pricing, unpriced_error
 from inferbatch.results import Result, Status, Usage
 from inferbatch.shaping import Request, estimate_prompt_tokens
-from inferbatch.structured import MISMATCH, Expectation
+from inferbatch.structured import MISMATCH, Expectation, SchemaProblem
 
 log = logging.getLogger("inferbatch")
 
@@ -125,8 +125,10 @@ async def send(request: Request, ctx: Context) -> Result:
                 clock=ctx.clock,
             )
             result = _answer(request, response, attempts, billed)
-            # An answer cut short by max_tokens would be cut short again: not re-asked.
-            if result.status is Status.OK or ask == asks or result.finish_reason == "length":
+            # An answer cut short by max_tokens would be cut short again, and a schema that cannot be applied
+            # fails every answer: neither is re-asked.
+            settled = result.finish_reason == "length" or result.error_code == "invalid_schema"
+            if result.status is Status.OK or ask == asks or settled:
                 return result
             mismatch = result
             billed = billed + Usage.of(response.data)
@@ -194,7 +196,12 @@ def _answer(request: Request, response: Response, attempts: int, billed: Usage) 
 def _checked(result: Result, structure: Expectation | None) -> Result:
     if structure is None:
         return result
-    parsed, problem = structure.check(result.content)
+    try:
+        parsed, problem = structure.check(result.content)
+    except SchemaProblem as exc:  # the schema's fault (a $ref to nowhere): no re-ask can help
+        return dataclasses.replace(
+            result, status=Status.ERROR, error=f"invalid_schema: {exc}", error_code="invalid_schema", structured=True
+        )
     if problem is None:
         return dataclasses.replace(result, parsed=parsed, structured=True)
     return dataclasses.replace(

@@ -73,6 +73,7 @@ from typing import TYPE_CHECKING, Any, TypeGuard
 
 from aiohttp import web
 
+from inferbatch.structured import STATED_SCHEMA
 from inferbatch.window import SlidingWindow
 
 if TYPE_CHECKING:
@@ -1044,18 +1045,15 @@ def _schema_of(response_format: Any) -> tuple[bool, dict[str, Any] | None]:
     return False, None
 
 
-# How `--schema-mode prompt` states a schema in the system message (structured.schema_instruction).
-_STATED_SCHEMA = "matches this JSON Schema:\n"
-
-
 def _stated_format(body: dict[str, Any]) -> dict[str, Any] | None:
-    """A model that follows instructions: a schema stated in a system message is answered as if it had been
-    sent as ``response_format`` (``--schema-mode prompt``)."""
+    """A model that follows instructions: a schema stated in a system message (``STATED_SCHEMA``, then its
+    JSON, as ``structured.schema_instruction`` writes it) is answered as if it had been sent as
+    ``response_format`` (``--schema-mode prompt``)."""
     for message in body.get("messages") or ():
         content = message.get("content") if isinstance(message, dict) else None
-        if message.get("role") in ("system", "developer") and isinstance(content, str) and _STATED_SCHEMA in content:
+        if message.get("role") in ("system", "developer") and isinstance(content, str) and STATED_SCHEMA in content:
             try:
-                schema = json.loads(content.split(_STATED_SCHEMA, 1)[1])
+                schema = json.loads(content.split(STATED_SCHEMA, 1)[1])
             except ValueError:
                 return None
             if isinstance(schema, dict):

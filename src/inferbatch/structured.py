@@ -47,7 +47,10 @@ class Expectation:
 
     def check(self, content: str | None) -> tuple[str | None, str | None]:
         """``(parsed, None)`` for a good answer (``parsed``: the value as compact JSON text), else
-        ``(None, problem)`` naming the first failing path."""
+        ``(None, problem)`` naming the first failing path.
+
+        Raises SchemaProblem when the schema itself cannot be applied (a ``$ref`` that leads nowhere): no answer
+        can match it, so it is not the answer's fault."""
         if content is None:
             return None, "$: no content (expected JSON)"
         text = unfence(content)
@@ -72,7 +75,12 @@ def unfence(content: str) -> str:
 
 def _first_error(validator: Any, value: Any) -> str | None:
     """The first error the validator finds (it walks the schema in its own order: the same error every time)."""
-    first = next(validator.iter_errors(value), None)
+    from referencing.exceptions import Unresolvable
+
+    try:
+        first = next(validator.iter_errors(value), None)
+    except Unresolvable as exc:
+        raise SchemaProblem(f"the schema cannot be applied: {_clip(str(exc))}") from None
     if first is None:
         return None
     return f"{first.json_path}: {_clip(first.message)}"
@@ -121,9 +129,44 @@ def _compile(schema_json: bytes) -> tuple[Any, Callable[[Any], bool] | None]:
     except SchemaError as exc:
         where = exc.json_path if hasattr(exc, "json_path") else "$"
         raise SchemaProblem(f"not a valid JSON Schema: {where}: {_clip(exc.message)}") from None
+    for ref in _local_refs(schema):
+        if _pointer(schema, ref[1:]) is _NOWHERE:
+            raise SchemaProblem(f"not a valid JSON Schema: $ref {ref!r} leads nowhere in the schema")
     from inferbatch.schema_fastpath import compile_fast
 
     return cls(schema), compile_fast(schema)
+
+
+_NOWHERE = object()
+
+
+def _local_refs(node: Any) -> list[str]:
+    """Every ``$ref`` of the form ``#/...`` (a JSON pointer into the schema itself)."""
+    found: list[str] = []
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/"):
+            found.append(ref)
+        for value in node.values():
+            found.extend(_local_refs(value))
+    elif isinstance(node, list):
+        for value in node:
+            found.extend(_local_refs(value))
+    return found
+
+
+def _pointer(root: Any, pointer: str) -> Any:
+    """What a JSON pointer (``/$defs/x``) names in ``root``, or ``_NOWHERE``."""
+    node = root
+    for part in pointer.split("/")[1:]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _NOWHERE
+    return node
 
 
 def load_schema(path: str) -> tuple[str, dict[str, Any]]:
@@ -159,9 +202,13 @@ def response_format_for(name: str, schema: Mapping[str, Any], mode: str) -> dict
     return None
 
 
+# How ``prompt`` mode states the schema; the simulator finds the schema after it.
+STATED_SCHEMA = "matches this JSON Schema:\n"
+
+
 def schema_instruction(schema: Mapping[str, Any]) -> str:
     """``prompt`` mode's system message: the schema, stated."""
     return (
-        "Answer with one JSON value only, no prose, that matches this JSON Schema:\n"
+        f"Answer with one JSON value only, no prose, that {STATED_SCHEMA}"
         + orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
     )
