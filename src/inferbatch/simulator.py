@@ -48,7 +48,8 @@ directives. Gateway answers (307, 401 for a wrong key, 400, 404, 413, the RPM/TP
 come without latency and do not advance a row's script. Every answer carries ``x-request-id``.
 ``SimOptions(reject_response_format=True)`` plays a model without structured output: any request with a
 ``response_format`` gets OpenAI's 400 ``unsupported_parameter``. ``SimStats.structured_requests`` counts the
-requests that carried a ``response_format``, so a test can count re-asks.
+requests that carried a ``response_format``, so a test can count re-asks; ``judge_requests`` (and
+``judge_models``, by model) those asking for the judge's verdict, so a test can tell judge calls from answers.
 
 This module never imports click; the CLI maps its options onto :class:`SimOptions`.
 """
@@ -182,6 +183,9 @@ class SimStats:
     hung: int = 0
     # chat requests whose body had a response_format key (answered or not): re-asks of structured answers show here
     structured_requests: int = 0
+    # requests asking for the LLM judge's verdict (its schema, sent or stated; SPEC §8.44), by model
+    judge_requests: int = 0
+    judge_models: dict[str, int] = field(default_factory=dict)
     # monotonic arrival time of the most recent chat requests, for pacing checks
     arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=100_000))
     # per last user message (cut to PROMPT_KEY_CHARS): [requests, answered]; at most MAX_TRACKED_PROMPTS keys
@@ -220,6 +224,8 @@ class SimStats:
             "dropped": self.dropped,
             "hung": self.hung,
             "structured_requests": self.structured_requests,
+            "judge_requests": self.judge_requests,
+            "judge_models": dict(sorted(self.judge_models.items())),
             **extra,
         }
 
@@ -233,6 +239,8 @@ class SimStats:
         self.dropped = 0
         self.hung = 0
         self.structured_requests = 0
+        self.judge_requests = 0
+        self.judge_models.clear()
         self.arrivals.clear()
         self.prompts.clear()
         self.prompts_untracked = 0
@@ -529,6 +537,9 @@ class _Simulator:
         if not isinstance(messages, list) or not messages:
             raise _BadRequest(400, "invalid_request", "'messages' must be a non-empty list")
         model = body.get("model")
+        if _asks_judge(body):
+            self.stats.judge_requests += 1
+            self.stats.judge_models[str(model)] = self.stats.judge_models.get(str(model), 0) + 1
         if opts.models and model not in opts.models:
             raise _BadRequest(404, "model_not_found", f"model {model!r} not found")
         if body.get("stream") is True:
@@ -1085,6 +1096,13 @@ def _structured(response_format: Any, reply: str, shape: _Shape | None, miss: bo
         value = minimal_instance(schema)
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     return f"```json\n{text}\n```" if shape is not None and shape.fenced else text
+
+
+def _asks_judge(body: dict[str, Any]) -> bool:
+    """A request for the LLM judge's verdict: the judge schema as its response_format, or stated in its system
+    message (``--schema-mode prompt``)."""
+    _, schema = _schema_of(body.get("response_format") or _stated_format(body))
+    return schema is not None and _is_judge(schema)
 
 
 def _is_judge(schema: dict[str, Any]) -> bool:
