@@ -36,6 +36,7 @@ correction still carries them, and they are counted per prompt (the messages up 
     [[sim:fenced]]                   the JSON in a Markdown fence: a line "```json", the JSON, a line "```"
     [[sim:not-json]]                 the usual plain-text reply even though JSON was asked for
     [[sim:judge-fail]]               (anywhere in the messages) the judge's verdict is pass false, score 0.0
+    [[sim:judge-score=0.4]]          (anywhere in the messages) the judge's score is 0.4 (pass as above)
     [[sim:cached=N]]  [[sim:reasoning=N]]  N in usage's cached_tokens / reasoning_tokens (0 otherwise)
 
 Every completion's ``usage`` carries ``prompt_tokens_details.cached_tokens`` and
@@ -120,6 +121,7 @@ _MODIFIER = re.compile(r"(sleep|retry_after)=(\d+(?:\.\d*)?)")
 # Directives on a structured answer's form and on usage details: read by _read_shape from every user message.
 _SHAPE = re.compile(r"schema-miss(?:x(\d+))?|fenced|not-json|judge-fail|(cached|reasoning)=(\d+)")
 _JUDGE_FAIL = "judge-fail"
+_JUDGE_SCORE = re.compile(r"judge-score=(\d+(?:\.\d*)?)")
 _JUDGE_KEYS = frozenset({"pass", "score", "reason"})
 _UNSUPPORTED_RESPONSE_FORMAT = "Unsupported parameter: 'response_format' is not supported with this model."
 _WAF_PAGE = "<html><body><h1>{status} {reason}</h1>Request blocked by WAF</body></html>"
@@ -305,7 +307,7 @@ def _parse_directives(text: str) -> _Plan | None:
         spec = token.replace(" ", "").lower()
         if spec == "length":
             plan.length = True
-        elif _SHAPE.fullmatch(spec):
+        elif _SHAPE.fullmatch(spec) or _JUDGE_SCORE.fullmatch(spec):
             pass  # about the answer's form: _read_shape reads these, from every user message
         elif m := _MODIFIER.fullmatch(spec):
             if m[1] == "sleep":
@@ -333,6 +335,7 @@ class _Shape:
     fenced: bool = False
     not_json: bool = False
     judge_fail: bool = False
+    judge_score: float | None = None  # judge-score=X: the judge's score (its pass stays true unless judge-fail)
     cached: int = 0
     reasoning: int = 0
 
@@ -355,6 +358,9 @@ def _read_shape(messages: list[Any]) -> _Shape:
             spec = token.replace(" ", "").lower()
             if spec == _JUDGE_FAIL:
                 shape.judge_fail = True
+            score = _JUDGE_SCORE.fullmatch(spec)
+            if score is not None:
+                shape.judge_score = min(1.0, float(score[1]))
             m = _SHAPE.fullmatch(spec)
             if m is None or role != "user":
                 continue
@@ -1087,9 +1093,10 @@ def _structured(response_format: Any, reply: str, shape: _Shape | None, miss: bo
     elif _is_judge(schema):
         passed = shape is None or not shape.judge_fail
         verdict = "meets" if passed else "fails"
+        score = shape.judge_score if shape is not None and shape.judge_score is not None else float(passed)
         value = {
             "pass": passed,
-            "score": 1.0 if passed else 0.0,
+            "score": score,
             "reason": f"sim judge: the answer {verdict} the rubric",
         }
     else:
