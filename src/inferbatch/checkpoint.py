@@ -38,7 +38,7 @@ import orjson
 
 from inferbatch.bits import Bits
 from inferbatch.errors import CheckpointError
-from inferbatch.results import PARSED, RESEND_KEY, Status, row_usage
+from inferbatch.results import JUDGE_PENDING_KEY, PARSED, RESEND_KEY, Status, judge_usage, row_usage
 
 FORMAT_VERSION = 1
 IDENTITY_BLOCK = 1 << 16
@@ -130,6 +130,9 @@ class Checkpoint:
         self.errored = Bits()
         self.resend = Bits()  # kept rows a stop cut off between re-asks: the next run sends them again
         self.has_parsed = False  # some row holds a structured answer's `parsed`: the output gets the column
+        # Judged rows whose answer is recorded but not every verdict (SPEC §8.44): slot -> its record (votes so
+        # far included). Few: only rows a stop or a crash caught while their judge was being asked.
+        self.judge_pending: dict[int, dict[str, Any]] = {}
         self.sent = Bits()
         self.resumed = Resumed()
         self._results_fd = -1
@@ -246,14 +249,26 @@ class Checkpoint:
             self.errored.set(slot)
         else:
             self.errored.clear(slot)
+        # A judged row's lines each hold everything it was billed for so far (its answer and the votes in):
+        # a later line of the row replaces what its pending line counted, rather than adding to it.
+        earlier = self.judge_pending.pop(slot, None)
+        if earlier is not None:
+            self._spent(earlier, -1)
+        if record.get(JUDGE_PENDING_KEY):
+            self.judge_pending[slot] = record
+        self._spent(record, 1)
+
+    def _spent(self, record: dict[str, Any], sign: int) -> None:
+        """Count (``sign`` 1) or take back (-1) the tokens a line was billed for, the judge's too: the budget
+        caps count them from the start of the next run."""
         usage = row_usage(record)
-        prompt, completion = usage.prompt, usage.completion
-        if prompt or completion:
-            self.resumed.prompt_tokens += prompt
-            self.resumed.completion_tokens += completion
-            model = record.get("model") or ""
-            before = self.resumed.usage_by_model.get(model, (0, 0, 0))
-            self.resumed.usage_by_model[model] = (before[0] + prompt, before[1] + completion, before[2] + usage.cached)
+        bills = [(record.get("model") or "", usage.prompt, usage.completion, usage.cached), *judge_usage(record)]
+        for model, prompt, completion, cached in bills:
+            if prompt or completion:
+                self.resumed.prompt_tokens += sign * prompt
+                self.resumed.completion_tokens += sign * completion
+                p, c, k = self.resumed.usage_by_model.get(model, (0, 0, 0))
+                self.resumed.usage_by_model[model] = (p + sign * prompt, c + sign * completion, k + sign * cached)
 
     def _open_logs(self) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND

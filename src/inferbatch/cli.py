@@ -179,6 +179,11 @@ def run_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option("--variant", multiple=True, help="Evaluation: run only this [[variants]] entry. Repeatable."),
         click.option(
+            "--judge-repeat",
+            metavar="K",
+            help=f"Evaluation: ask the llm-rubric judge K times per answer; the majority holds. {_default('judge_repeat')}",
+        ),
+        click.option(
             "--schema-retries",
             metavar="N",
             help=f"Re-ask an answer that does not match its schema up to N more times. {_default('schema_retries')}",

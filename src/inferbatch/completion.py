@@ -18,6 +18,7 @@ from inferbatch import results
 from inferbatch.checkpoint import Checkpoint, input_identity
 from inferbatch.config import RunConfig
 from inferbatch.errors import CheckpointError, InputError, OutputError
+from inferbatch.evaluation import RUBRIC
 from inferbatch.planning import slot_layout
 from inferbatch.pricing import Pricing
 from inferbatch.progress import Summary
@@ -125,7 +126,12 @@ def write_output(cfg: RunConfig, checkpoint: Checkpoint, summary: Summary) -> No
     writer = None
     try:
         writer = results.OutputWriter(
-            cfg.output, cfg.output_format, kept_types, evaluation=cfg.evaluation, parsed=parsed
+            cfg.output,
+            cfg.output_format,
+            kept_types,
+            evaluation=cfg.evaluation,
+            parsed=parsed,
+            judge=any(a.type == RUBRIC for a in cfg.assertions),
         )
         for line in checkpoint.lines_in_order():
             record = orjson.loads(line)

@@ -45,9 +45,9 @@ from typing import Any, Literal
 
 from inferbatch.durations import duration_seconds
 from inferbatch.errors import ConfigError
-from inferbatch.evaluation import Assertion, Variant
+from inferbatch.evaluation import RUBRIC, Assertion, Variant
 from inferbatch.pricing import Pricing, unpriced_error
-from inferbatch.results import COLUMNS, EVAL_COLUMNS, INTERNAL_KEYS, PARSED
+from inferbatch.results import COLUMNS, EVAL_COLUMNS, INTERNAL_KEYS, JUDGE, PARSED
 
 
 class Secret:
@@ -119,6 +119,7 @@ DEFAULTS: dict[str, Any] = {
     "output": None,
     "params": {},
     "repeat": 1,
+    "judge_repeat": 1,
     "variant": (),
     "fail_under": None,
     "cache": None,
@@ -166,6 +167,7 @@ _NUMBERS = (
     "progress_interval",
     "checkpoint_interval",
     "repeat",
+    "judge_repeat",
     "fail_under",
     "schema_retries",
 )
@@ -185,10 +187,8 @@ PATH_KEYS = ("input", "output", "template_file", "summary_json", "cache", "schem
 
 OUTPUT_FORMATS = ("jsonl", "parquet", "openai-batch")
 
-# Output columns SPEC §3 and §8.42-44 name that results.py does not define yet; drop them from here once it does.
-_PENDING_COLUMNS = ("judge",)
 # Names a kept column may not take (SPEC §8.27): every result column, and the internal keys (body, error code).
-RESERVED_COLUMNS = tuple(dict.fromkeys((*COLUMNS, PARSED, *EVAL_COLUMNS, *_PENDING_COLUMNS, *INTERNAL_KEYS)))
+RESERVED_COLUMNS = tuple(dict.fromkeys((*COLUMNS, PARSED, *EVAL_COLUMNS, JUDGE, *INTERNAL_KEYS)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,6 +237,7 @@ class RunConfig:
     variants: tuple[Variant, ...] = ()
     assertions: tuple[Assertion, ...] = ()
     repeat: int = DEFAULTS["repeat"]
+    judge_repeat: int = DEFAULTS["judge_repeat"]  # votes asked of the judge per (row, rubric) (SPEC §8.44)
     selected_variants: tuple[str, ...] = ()
     fail_under: float | None = None
     cache: str | None = None
@@ -279,6 +280,7 @@ class RunConfig:
             "variants": [v.as_dict() for v in self.variants],
             "repeat": self.repeat,
             "assert": [a.as_dict() for a in self.assertions],
+            **({"judge_repeat": self.judge_repeat} if self.judge_repeat != 1 else {}),
             "schema": self.answer_schema.schema if self.answer_schema is not None else None,
             "schema_mode": self.schema_mode if self.answer_schema is not None else None,
         }
@@ -781,11 +783,15 @@ def _evaluation_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     fail_under = positive_float("fail_under", settings["fail_under"], allow_zero=True)
     if fail_under is not None and fail_under > 1:
         raise ConfigError("--fail-under is a fraction between 0 and 1 (e.g. 0.9)")
+    judge_repeat = _whole_number("judge_repeat", settings["judge_repeat"])
+    if judge_repeat > 1 and not any(a.type == RUBRIC for a in assertions):
+        raise ConfigError("--judge-repeat asks an LLM judge several times: it needs an [[assert]] of type llm-rubric")
     return {
         "variants": variants,
         "selected_variants": selected,
         "assertions": assertions,
         "repeat": _whole_number("repeat", settings["repeat"]),
+        "judge_repeat": judge_repeat,
         "fail_under": fail_under,
     }
 
@@ -854,6 +860,10 @@ def run_models(cfg: RunConfig) -> list[str | None]:
         model = params.get("model") or (variant and variant.model) or cfg.model
         if model not in models:
             models.append(model)
+    for rubric in cfg.assertions:  # the judge's models (SPEC §8.44): a named one, else the run's
+        judge = rubric.judge_model or cfg.model if rubric.type == RUBRIC else None
+        if judge is not None and judge not in models:
+            models.append(judge)
     return models
 
 

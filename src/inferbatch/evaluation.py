@@ -11,9 +11,11 @@ or the row's ``column``):
     json-path       the value at ``path`` ($.a.b[0]) in the JSON content == expected
     max-latency-ms  latency_ms <= expected
     max-tokens      completion_tokens <= expected
+    llm-rubric      a judge model's verdict on the answer against ``rubric`` (SPEC §8.44; see ``judging``)
 
 A row that did not end ``ok`` fails with the type ``status``. ``passed`` is true
-when every assertion holds; ``failures`` lists the failed types.
+when every assertion holds; ``failures`` lists the failed types. ``check`` judges the
+deterministic assertions; an ``llm-rubric``'s verdict is asked for by the runner (``judging``).
 """
 
 from __future__ import annotations
@@ -28,7 +30,19 @@ from typing import Any
 from inferbatch.errors import ConfigError
 from inferbatch.results import Status
 
-ASSERTION_TYPES = ("equals", "contains", "icontains", "regex", "is-json", "json-path", "max-latency-ms", "max-tokens")
+RUBRIC = "llm-rubric"
+ASSERTION_TYPES = (
+    "equals",
+    "contains",
+    "icontains",
+    "regex",
+    "is-json",
+    "json-path",
+    "max-latency-ms",
+    "max-tokens",
+    RUBRIC,
+)
+_RUBRIC_KEYS = {"type", "rubric", "name", "judge_model", "threshold"}
 Z_95 = 1.959963984540054
 
 
@@ -38,12 +52,19 @@ class Assertion:
     value: Any = None
     column: str | None = None
     path: str | None = None
+    # llm-rubric only: the rubric template, the verdict's name, the judge's model (None: the run's) and pass mark
+    rubric: str | None = None
+    name: str | None = None
+    judge_model: str | None = None
+    threshold: float = 0.5
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any], number: int) -> Assertion:
         kind = table.get("type")
         if kind not in ASSERTION_TYPES:
             raise ConfigError(f"[[assert]] #{number}: type must be one of {', '.join(ASSERTION_TYPES)}, got {kind!r}")
+        if kind == RUBRIC:
+            return cls._rubric(table, number)
         unknown = set(table) - {"type", "value", "column", "path"}
         if unknown:
             raise ConfigError(f"[[assert]] #{number}: unknown key(s) {', '.join(sorted(unknown))}")
@@ -58,7 +79,45 @@ class Assertion:
                 raise ConfigError(f"[[assert]] #{number}: bad regex {table['value']!r}: {exc}") from None
         return cls(kind, table.get("value"), table.get("column"), table.get("path"))
 
+    @classmethod
+    def _rubric(cls, table: Mapping[str, Any], number: int) -> Assertion:
+        where = f"[[assert]] #{number} (llm-rubric)"
+        unknown = set(table) - _RUBRIC_KEYS
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown key(s) {', '.join(sorted(unknown))} (it takes {', '.join(sorted(_RUBRIC_KEYS))})"
+            )
+        rubric = table.get("rubric")
+        if not isinstance(rubric, str) or not rubric.strip():
+            raise ConfigError(f'{where} needs `rubric = "..."`: what a good answer is ({{output}} is the answer)')
+        from inferbatch.judging import rubric_fields
+
+        try:
+            rubric_fields(rubric)
+        except ValueError as exc:
+            raise ConfigError(
+                f"{where}: the rubric is not a valid template ({exc}); write {{{{ and }}}} for braces"
+            ) from None
+        name = table.get("name", f"rubric-{number}")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{where}: `name` must be a non-empty string")
+        judge_model = table.get("judge_model")
+        if judge_model is not None and (not isinstance(judge_model, str) or not judge_model.strip()):
+            raise ConfigError(f"{where}: `judge_model` must be a model name")
+        threshold = table.get("threshold", 0.5)
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise ConfigError(f"{where}: `threshold` is a number from 0 to 1, got {threshold!r}")
+        return cls(RUBRIC, rubric=rubric, name=name, judge_model=judge_model, threshold=float(threshold))
+
     def as_dict(self) -> dict[str, Any]:
+        if self.type == RUBRIC:
+            return {
+                "type": self.type,
+                "rubric": self.rubric,
+                "name": self.name,
+                "judge_model": self.judge_model,
+                "threshold": self.threshold,
+            }
         return {"type": self.type, "value": self.value, "column": self.column, "path": self.path}
 
     def holds(self, record: Mapping[str, Any], row: Mapping[str, Any] | None) -> bool:
@@ -122,7 +181,7 @@ def check(assertions: tuple[Assertion, ...], record: Mapping[str, Any], row: Map
     """The failed assertion types for one result (``status`` when the row did not end ok)."""
     if record.get("status") != Status.OK:
         return ["status"]
-    return [a.type for a in assertions if not a.holds(record, row)]
+    return [a.type for a in assertions if a.type != RUBRIC and not a.holds(record, row)]
 
 
 def wilson(passed: int, total: int, z: float = Z_95) -> tuple[float, float]:

@@ -19,6 +19,7 @@ from inferbatch.checkpoint import SlotLayout
 from inferbatch.config import RunConfig, missing_model_error
 from inferbatch.errors import InputError
 from inferbatch.evaluation import Variant
+from inferbatch.judging import Judge
 from inferbatch.pricing import Pricing, published_limits
 from inferbatch.shaping import Invalid, Request, Shaper, estimate_prompt_tokens, shard_of
 from inferbatch.sources import Row, column_names, count_rows, input_has_ids, read_rows, survey
@@ -56,7 +57,8 @@ def work_items(cfg: RunConfig, rows: Iterator[Row]) -> Iterator[Request | Invali
     for shaper in shapers:
         shaper.has_ids = has_ids
     chosen = [i for i, v in enumerate(variants) if not cfg.selected_variants or (v and v.name in cfg.selected_variants)]
-    columns = sorted({a.column for a in cfg.assertions if a.column})
+    # The row's values the assertions compare with, and the columns the judge's rubrics fill in (SPEC §8.44).
+    columns = sorted({a.column for a in cfg.assertions if a.column} | judge_columns(cfg))
     for row in rows:
         if cfg.limit is not None and row.index >= cfg.limit:
             return
@@ -64,7 +66,7 @@ def work_items(cfg: RunConfig, rows: Iterator[Row]) -> Iterator[Request | Invali
             shard_of(shapers[0].row_id(row.data, row.index, row.error), cfg.shard.count) != cfg.shard.index
         ):
             continue
-        expect = {c: row.data.get(c) for c in columns} if columns and row.data is not None else None
+        expect = {c: row.data[c] for c in columns if c in row.data} if columns and row.data is not None else None
         for position in chosen:
             item = shapers[position].shape(row.index, row.line, row.data, row.error)
             variant = variants[position]
@@ -74,6 +76,16 @@ def work_items(cfg: RunConfig, rows: Iterator[Row]) -> Iterator[Request | Invali
                 work.slot = layout.slot(row.index, position, sample)
                 work.variant, work.sample, work.expect = name, sample, expect
                 yield work
+
+
+def judge(cfg: RunConfig) -> Judge | None:
+    """The run's LLM judge (SPEC §8.44), or None without an llm-rubric assertion."""
+    return Judge.of(cfg.assertions, cfg.judge_repeat, cfg.model, cfg.schema_mode)
+
+
+def judge_columns(cfg: RunConfig) -> set[str]:
+    found = judge(cfg)
+    return found.columns if found is not None else set()
 
 
 def check_columns(cfg: RunConfig) -> None:

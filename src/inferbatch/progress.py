@@ -34,7 +34,7 @@ import orjson
 
 from inferbatch.bits import Bits
 from inferbatch.pricing import Pricing
-from inferbatch.results import Status, error_type, row_usage
+from inferbatch.results import JUDGE, Status, error_type, judge_entries, row_usage
 
 _BUCKET_BASE = 1.01
 _BUCKET_MIN_MS = 0.01
@@ -66,6 +66,72 @@ class LatencyHistogram:
 
 
 @dataclass
+class JudgeBill:
+    """What the LLM judge did and cost (SPEC §8.44), kept apart from the answers' figures."""
+
+    verdicts: int = 0  # rubric verdicts given, errors included (not the ones a stop left pending)
+    passed: int = 0
+    errors: int = 0
+    cached: int = 0  # verdicts entirely from the response cache
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    cost_known: bool = False
+    agreement_sum: float = 0.0
+    agreement_n: int = 0
+
+    def add(self, entry: dict[str, Any], pricing: Pricing, default_model: str | None) -> None:
+        prompt, completion = _whole(entry.get("prompt_tokens")), _whole(entry.get("completion_tokens"))
+        cached_tokens = _whole(entry.get("cached_tokens"))
+        self.requests += _whole(entry.get("requests"))
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        self.cached_tokens += cached_tokens
+        if prompt or completion:
+            cost = pricing.cost(entry.get("model") or default_model, prompt, completion, cached_tokens)
+            if cost is not None:
+                self.cost_usd += cost
+                self.cost_known = True
+        if entry.get("pending"):
+            return
+        self.verdicts += 1
+        self.passed += entry.get("holds") is True
+        self.errors += entry.get("error") is not None
+        self.cached += entry.get("cached") is True
+        agreement = entry.get("agreement")
+        if isinstance(agreement, (int, float)) and not isinstance(agreement, bool):
+            self.agreement_sum += agreement
+            self.agreement_n += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        from inferbatch.evaluation import wilson
+
+        judged = self.verdicts - self.errors  # an error is no verdict on the answer: not in the pass rate
+        low, high = wilson(self.passed, judged)
+        return {
+            "verdicts": self.verdicts,
+            "passed": self.passed,
+            "errors": self.errors,
+            "pass_rate": round(self.passed / judged, 4) if judged else None,
+            "wilson_low": round(low, 4),
+            "wilson_high": round(high, 4),
+            "cached": self.cached,
+            "requests": self.requests,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "cost_usd": round(self.cost_usd, 4) if self.cost_known else None,
+            "agreement": round(self.agreement_sum / self.agreement_n, 4) if self.agreement_n else None,
+        }
+
+
+def _whole(value: Any) -> int:
+    return value if type(value) is int and value > 0 else 0
+
+
+@dataclass
 class VariantStats:
     rows: int = 0
     passed: int = 0
@@ -75,6 +141,7 @@ class VariantStats:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     cached: int = 0
+    judge: JudgeBill | None = None
 
     def as_dict(self) -> dict[str, Any]:
         from inferbatch.evaluation import wilson
@@ -96,6 +163,7 @@ class VariantStats:
             "completion_tokens": self.completion_tokens,
             "cost_usd": round(self.cost_usd, 4),
             "cached": self.cached,
+            **({"judge": self.judge.as_dict()} if self.judge is not None else {}),
         }
 
 
@@ -134,6 +202,7 @@ class Summary:
     cached: int = 0
     cache_stores: int = 0
     variants: dict[str, VariantStats] = field(default_factory=dict)
+    judge: JudgeBill | None = None  # set once a row has a ``judge`` column (SPEC §8.44)
     disagreements: int = 0
     disagreeing_ids: list[str] = field(default_factory=list)
     _first_variant: str | None = None
@@ -187,6 +256,20 @@ class Summary:
             self.cached += 1
         if "passed" in record:
             self._add_evaluation(record, prompt, completion, latency)
+        if JUDGE in record:
+            self._add_judge(record)
+
+    def _add_judge(self, record: dict[str, Any]) -> None:
+        """The judge's bill and verdicts, apart from the answers' (SPEC §8.44)."""
+        if self.judge is None:
+            self.judge = JudgeBill()
+        stats = self.variants.get(record.get("variant") or "default")
+        if stats is not None and stats.judge is None:
+            stats.judge = JudgeBill()
+        for entry in judge_entries(record):
+            self.judge.add(entry, self.pricing, self.default_model)
+            if stats is not None and stats.judge is not None:
+                stats.judge.add(entry, self.pricing, self.default_model)
 
     def _add_evaluation(self, record: dict[str, Any], prompt: int, completion: int, latency: float | None) -> None:
         name = record.get("variant") or "default"
@@ -267,6 +350,13 @@ class Summary:
         if self.cached or self.cache_stores:
             data["cached"] = self.cached
             data["cache_stores"] = self.cache_stores
+        if self.judge is not None:
+            data["judge"] = {
+                k: v for k, v in self.judge.as_dict().items() if k not in ("pass_rate", "wilson_low", "wilson_high")
+            }
+            judge_cost = data["judge"]["cost_usd"]
+            if data["cost_usd"] is not None and (judge_cost is not None or not self.judge.prompt_tokens):
+                data["total_cost_usd"] = round(self.cost_usd + self.judge.cost_usd, 4)
         if self.variants:
             data["variants"] = {name: v.as_dict() for name, v in self.variants.items()}
             data["disagreements"] = self.disagreements
@@ -325,6 +415,23 @@ class Summary:
             out.append(logfmt("summary_cache", hits=d["cached"], stored=d.get("cache_stores", 0)))
         if "structured" in d:
             out.append(logfmt("summary_schema", **d["structured"]))
+        if "judge" in d:
+            j = d["judge"]
+            out.append(
+                logfmt(
+                    "summary_judge",
+                    requests=j["requests"],
+                    prompt=j["prompt_tokens"],
+                    completion=j["completion_tokens"],
+                    cached_tokens=j["cached_tokens"],
+                    cost_usd=j["cost_usd"] if j["cost_usd"] is not None else "unknown",
+                    verdicts=j["verdicts"],
+                    passed=j["passed"],
+                    errors=j["errors"],
+                    cached=j["cached"],
+                    agreement=j["agreement"],
+                )
+            )
         for name, v in d.get("variants", {}).items():
             out.append(
                 logfmt(

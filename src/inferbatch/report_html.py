@@ -11,10 +11,15 @@ each variant's pass rate with its Wilson 95 % interval, the failed assertion
 types, and the rows whose outcome differs between variants. When rows ended in
 ``schema_mismatch`` or carry a ``parsed`` column (structured output, SPEC §8.42)
 it adds the mismatch count and the most frequent failing JSON paths, read from
-the documented ``error`` text ``schema_mismatch: <path>: <message>``.
+the documented ``error`` text ``schema_mismatch: <path>: <message>``. When rows
+carry a ``judge`` column (an ``llm-rubric`` assertion, SPEC §8.44) with at least
+one verdict, it adds the judge's pass rate per variant and rubric (Wilson 95 %,
+errors counted apart), its score histogram, its bill (requests, tokens, cost) and
+the rows where the judge and the deterministic assertions disagree.
 
 Everything that comes from the data (ids, errors, variant names, assertion
-types, JSON paths, which hold the model's own keys) is untrusted and goes
+types, JSON paths, which hold the model's own keys, the judge's reasons and
+rubric names) is untrusted and goes
 through :func:`html.escape`. No prompt is ever shown, nor any completion text.
 
 Memory stays bounded for a million rows, in one pass over the records:
@@ -34,7 +39,10 @@ Memory stays bounded for a million rows, in one pass over the records:
   that in the file are not compared, and the page says so when it happens;
 - schema mismatches: a counter of failing paths with one example message each,
   at most 1,000 distinct paths (truncated), the rest counted as one
-  ``(other paths)`` entry.
+  ``(other paths)`` entry;
+- judge: counters per variant and rubric (at most 100 variants and 20 rubrics a
+  variant, the rest counted together), 10 score bins, and the first 50 rows where
+  the judge and the assertions disagree (texts clipped), with their count.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ import os
 import re
 import tempfile
 from collections import Counter, OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -74,11 +82,23 @@ MIN_BAR_PX = 2.0
 MAX_SCHEMA_PATHS = 1000
 SCHEMA_PATH_ROWS = 10
 PATH_LIMIT = 200
+MAX_RUBRICS = 20
+SCORE_BINS = 10
+JUDGE_DISAGREEMENT_ROWS = 50
+REASON_LIMIT = 200
+RUBRIC_NAME_LIMIT = 60
 
 STATUS_COLORS = {Status.OK: "#2f9e44", Status.ERROR: "#e03131", Status.INVALID: "#f59f00"}
 LATENCY_COLOR = "#1c7ed6"
 TOKENS_COLOR = "#7048e8"
 PASS_COLOR = "#2f9e44"
+JUDGE_COLOR = "#0c8599"
+DEFAULT_VARIANT = "default"  # a row with no `variant`, as the JSON summary names it
+OTHER_RUBRICS = "(other rubrics)"
+# The `failures` entries an llm-rubric writes (SPEC §8.44); "status" is the row not ending ok. Any other entry is a
+# deterministic assertion that failed.
+JUDGE_FAILURES = frozenset({"llm-rubric", "llm-rubric:error", "llm-rubric:pending"})
+NOT_ASSERTIONS = JUDGE_FAILURES | {"status"}
 OTHER_VARIANTS = "(other variants)"
 OTHER_PATHS = "(other paths)"
 SCHEMA_MISMATCH = "schema_mismatch: "  # the documented error text: `schema_mismatch: <json path>: <message>`
@@ -158,10 +178,51 @@ class _Disagreement:
     failures: dict[int, str] = field(default_factory=dict)
 
 
-class ReportCollector:
-    """Everything the page needs, gathered in one pass; ``add`` each result record, then :func:`render_html`."""
+@dataclass(slots=True)
+class _Verdicts:
+    """Rubric verdicts: ``judged`` had a usable vote (``held`` of them held), ``errors`` had none."""
 
-    def __init__(self) -> None:
+    judged: int = 0
+    held: int = 0
+    errors: int = 0
+    agreement_sum: float = 0.0
+    agreement_n: int = 0
+
+
+@dataclass(slots=True)
+class _JudgeVariant:
+    rows: int = 0
+    verdicts: _Verdicts = field(default_factory=_Verdicts)
+    rubrics: dict[str, _Verdicts] = field(default_factory=dict)
+    scores: list[int] = field(default_factory=lambda: [0] * SCORE_BINS)
+    requests: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cost_usd: float = 0.0
+    priced: int = 0  # verdicts with tokens whose judge model has a price ...
+    unpriced: int = 0  # ... and those whose model has none: their cost is unknown, never zero
+
+
+@dataclass(slots=True)
+class _JudgeDisagreement:
+    row_id: str
+    variant: str
+    sample: str
+    judge_holds: bool
+    score: str
+    reason: str
+    failed: str
+
+
+class ReportCollector:
+    """Everything the page needs, gathered in one pass; ``add`` each result record, then :func:`render_html`.
+
+    ``deterministic_assertions`` says whether the run had assertions besides ``llm-rubric``; ``None`` (the
+    default) infers it from the rows (see :meth:`judge_compared`).
+    """
+
+    def __init__(self, *, deterministic_assertions: bool | None = None) -> None:
         self.summary = Summary()
         self.latency_bins: Counter[int] = Counter()
         self.by_index = Bins(categories=3)
@@ -181,6 +242,15 @@ class ReportCollector:
         self.schema_mismatches = 0
         self.schema_paths: Counter[str] = Counter()
         self.schema_examples: dict[str, str] = {}
+        self.deterministic_assertions = deterministic_assertions
+        self.judge_rows = 0  # rows with a non-null `judge`
+        self.judge_unreadable = 0  # ... that is not a JSON list: skipped
+        self.judge_bad_entries = 0  # verdicts with neither an error nor a boolean `holds`
+        self.judge: dict[str, _JudgeVariant] = {}
+        self.judge_disagreements: list[_JudgeDisagreement] = []
+        self.judge_only_judge_passes = 0  # the judge holds, an assertion failed
+        self.judge_only_judge_fails = 0  # the judge fails, every assertion held
+        self.assertion_failed = False  # some row failed a deterministic assertion
 
     def add(self, record: dict[str, Any]) -> None:
         """Count one result record. Raises ``ValueError`` for a row that is not an inferbatch result."""
@@ -222,6 +292,119 @@ class ReportCollector:
         error = record.get("error")
         if isinstance(error, str) and error.startswith(SCHEMA_MISMATCH):
             self._add_schema_mismatch(error[len(SCHEMA_MISMATCH) :])
+
+        if record.get("judge") is not None:
+            self._add_judge(record)
+
+    def judge_compared(self) -> bool:
+        """Whether a row the judge failed and every assertion held counts as a disagreement.
+
+        Such a row disagrees only if the run had a deterministic assertion to hold, and a row's
+        ``failures`` cannot say so when they all held. The rule: the run had one when the caller
+        says so, else when some row of the file failed one (a ``failures`` entry other than
+        llm-rubric* and ``status``). Without that evidence a judge-only run would list every row
+        the judge failed. A row the judge passed and an assertion failed is evidence by itself.
+        """
+        if self.deterministic_assertions is not None:
+            return self.deterministic_assertions
+        return self.assertion_failed
+
+    def _add_judge(self, record: dict[str, Any]) -> None:
+        kinds = _failure_kinds(record.get("failures"))
+        failed = [kind for kind in kinds if kind not in NOT_ASSERTIONS]
+        self.assertion_failed = self.assertion_failed or bool(failed)
+        entries = _judge_entries(record["judge"])
+        if entries is None:
+            self.judge_unreadable += 1
+            self.judge_rows += 1
+            return
+        if not entries:
+            return  # JSON null (or []): no judge ran, as a null column
+        self.judge_rows += 1
+        stats = self._judge_variant(record.get("variant"))
+        stats.rows += 1
+        for entry in entries:
+            self._add_verdict(stats, entry)
+        self._compare_judge(record, entries, kinds, failed)
+
+    def _judge_variant(self, variant: Any) -> _JudgeVariant:
+        name = DEFAULT_VARIANT if variant is None else str(variant)
+        if name not in self.judge and len(self.judge) >= MAX_VARIANTS:
+            name = OTHER_VARIANTS
+        return self.judge.setdefault(name, _JudgeVariant())
+
+    def _add_verdict(self, stats: _JudgeVariant, entry: dict[str, Any]) -> None:
+        name = _truncate(str(entry.get("name") or "(unnamed)"), RUBRIC_NAME_LIMIT)
+        if name not in stats.rubrics and len(stats.rubrics) >= MAX_RUBRICS:
+            name = OTHER_RUBRICS
+        tallies = (stats.verdicts, stats.rubrics.setdefault(name, _Verdicts()))
+        holds = entry.get("holds")
+        agreement = _number(entry.get("agreement"))
+        for tally in tallies:
+            if entry.get("error") is not None:  # no usable vote: counted, but not in the pass rate's denominator
+                tally.errors += 1
+            elif isinstance(holds, bool):
+                tally.judged += 1
+                tally.held += holds
+            if agreement is not None:
+                tally.agreement_sum += agreement
+                tally.agreement_n += 1
+        if entry.get("error") is None and not isinstance(holds, bool):
+            self.judge_bad_entries += 1
+        score = _number(entry.get("score"))
+        if score is not None and 0.0 <= score <= 1.0:
+            stats.scores[min(math.floor(score * SCORE_BINS), SCORE_BINS - 1)] += 1  # 1.0 is in the last bin
+        self._add_judge_bill(stats, entry)
+
+    def _add_judge_bill(self, stats: _JudgeVariant, entry: dict[str, Any]) -> None:
+        prompt, completion = _count(entry.get("prompt_tokens")), _count(entry.get("completion_tokens"))
+        cached = _count(entry.get("cached_tokens"))
+        stats.requests += _count(entry.get("requests"))
+        stats.prompt_tokens += prompt
+        stats.completion_tokens += completion
+        stats.cached_tokens += cached
+        if not (prompt or completion):
+            return  # every vote from the cache: nothing billed, priced or not
+        model = entry.get("model")
+        model = model if isinstance(model, str) and model else self.summary.default_model
+        cost = self.summary.pricing.cost(model, prompt, completion, cached)
+        if cost is None:
+            stats.unpriced += 1
+        else:
+            stats.cost_usd += cost
+            stats.priced += 1
+
+    def _compare_judge(
+        self, record: dict[str, Any], entries: list[dict[str, Any]], kinds: list[str], failed: list[str]
+    ) -> None:
+        # The judge's verdict on a row is every rubric holding; a row with an errored, pending or
+        # unreadable verdict has none, and cannot disagree.
+        if "llm-rubric:error" in kinds or "llm-rubric:pending" in kinds:
+            return
+        if any(e.get("error") is not None or not isinstance(e.get("holds"), bool) for e in entries):
+            return
+        judge_holds = all(e["holds"] for e in entries)
+        if judge_holds == (not failed):
+            return
+        if judge_holds:
+            self.judge_only_judge_passes += 1
+        else:
+            self.judge_only_judge_fails += 1
+        if len(self.judge_disagreements) < JUDGE_DISAGREEMENT_ROWS:
+            # The verdicts that explain the judge's side: those that failed, or all when all held.
+            shown = entries if judge_holds else [e for e in entries if not e["holds"]]
+            sample = record.get("sample")
+            self.judge_disagreements.append(
+                _JudgeDisagreement(
+                    row_id=_truncate(str(record.get("id")), ID_LIMIT),
+                    variant=DEFAULT_VARIANT if record.get("variant") is None else str(record.get("variant")),
+                    sample="—" if sample is None else _truncate(str(sample), ID_LIMIT),
+                    judge_holds=judge_holds,
+                    score=_truncate(_verdict_texts(shown, lambda e: _score(e.get("score")), " "), REASON_LIMIT),
+                    reason=_truncate(_verdict_texts(shown, lambda e: str(e.get("reason") or ""), ": "), REASON_LIMIT),
+                    failed=", ".join(failed),
+                )
+            )
 
     def _add_schema_mismatch(self, problem: str) -> None:
         self.structured = True
@@ -341,6 +524,10 @@ def render_html(collector: ReportCollector, *, title: str = "inferbatch report")
         cards.append(("passed", f"{passed:,} / {judged:,}", "ok"))
     if collector.structured:
         cards.append(("schema mismatch", f"{collector.schema_mismatches:,}", "error"))
+    if collector.judge_rows:
+        judged = sum(v.verdicts.judged for v in collector.judge.values())
+        held = sum(v.verdicts.held for v in collector.judge.values())
+        cards.append(("judge held", f"{held:,} / {judged:,}", "ok"))
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -365,6 +552,8 @@ def render_html(collector: ReportCollector, *, title: str = "inferbatch report")
     ]
     if collector.variants:
         parts.append(_variants_section(collector))
+    if collector.judge_rows:
+        parts.append(_judge_section(collector))
     if collector.structured:
         parts.append(_schema_section(collector))
     parts.append(_slowest_section(collector))
@@ -461,6 +650,130 @@ def _variants_section(c: ReportCollector) -> str:
         )
     chart = _figure("Pass rate per variant, with Wilson 95 % interval", _pass_rate_chart(c))
     return f"<section><h2>Variants</h2>{chart}{table}{disagreement}</section>"
+
+
+def _judge_section(c: ReportCollector) -> str:
+    verdicts = sum(v.verdicts.judged + v.verdicts.errors for v in c.judge.values())
+    notes = [f"{verdicts:,} rubric verdicts on {sum(v.rows for v in c.judge.values()):,} rows"]
+    if c.judge_unreadable:
+        notes.append(f"{c.judge_unreadable:,} rows skipped: their `judge` is not a JSON list")
+    if c.judge_bad_entries:
+        notes.append(f"{c.judge_bad_entries:,} verdicts with neither an error nor a `holds` are not counted")
+    notes.append("errors (the judge gave no usable vote) are counted apart, not in the pass rate")
+    chart = "".join(
+        _figure(f"Scores: {_truncate(name, 60)}", _score_chart(name, v.scores)) for name, v in c.judge.items()
+    )
+    return (
+        f'<section id="judge"><h2>LLM judge</h2><p class="sub">{escape("; ".join(notes))}.</p>'
+        f"{_judge_verdicts_table(c)}{_judge_disagreements(c)}"
+        f'<h3>Score distribution per variant</h3><div class="grid">{chart}</div>'
+        f"<h3>Judge calls</h3>{_judge_calls_table(c)}</section>"
+    )
+
+
+def _judge_verdicts_table(c: ReportCollector) -> str:
+    """A row per variant, and one per rubric under it when it has several."""
+    agreement = any(t.agreement_n for v in c.judge.values() for t in v.rubrics.values())
+    rows = []
+    for name, v in c.judge.items():
+        if len(v.rubrics) == 1:
+            rows.append(_verdicts_row(name, next(iter(v.rubrics)), v.verdicts, agreement))
+            continue
+        rows.append(_verdicts_row(name, "all rubrics", v.verdicts, agreement))
+        rows.extend(_verdicts_row(name, rubric, t, agreement) for rubric, t in v.rubrics.items())
+    head = '<th class="num">mean agreement</th>' if agreement else ""
+    return (
+        '<table id="judge-verdicts"><thead><tr><th>variant</th><th>rubric</th><th class="num">verdicts</th>'
+        '<th class="num">judged</th><th class="num">held</th><th class="num">pass rate</th>'
+        f'<th class="num">Wilson 95 %</th><th class="num">errors</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _verdicts_row(variant: str, rubric: str, t: _Verdicts, agreement: bool) -> str:
+    low, high = wilson(t.held, t.judged)
+    rate = f"{t.held / t.judged:.1%}" if t.judged else "—"  # nothing judged is no pass rate, not 0 %
+    cell = ""
+    if agreement:  # --judge-repeat: the share of votes that sided with the majority, averaged
+        mean = f"{t.agreement_sum / t.agreement_n:.1%}" if t.agreement_n else "—"
+        cell = f'<td class="num">{mean}</td>'
+    return (
+        f"<tr><td>{escape(variant)}</td><td>{escape(rubric)}</td>"
+        f'<td class="num">{t.judged + t.errors:,}</td><td class="num">{t.judged:,}</td>'
+        f'<td class="num">{t.held:,}</td><td class="num">{rate}</td>'
+        f'<td class="num">{low:.1%} – {high:.1%}</td><td class="num">{t.errors:,}</td>{cell}</tr>'
+    )
+
+
+def _judge_disagreements(c: ReportCollector) -> str:
+    title = "<h3>Judge and assertions disagree — read these first</h3>"
+    compared = c.judge_compared()
+    total = c.judge_only_judge_passes + (c.judge_only_judge_fails if compared else 0)
+    rows = [d for d in c.judge_disagreements if compared or d.judge_holds]
+    unknown = ""
+    if not compared:
+        unknown = (
+            "No row failed a deterministic assertion, so this file does not show whether the run had any "
+            f"besides the judge: the {c.judge_only_judge_fails:,} rows only the judge failed are not compared. "
+        )
+    if not total:
+        return f'{title}<p class="sub">{unknown}None found.</p>'
+    note = f"{total:,} rows where the judge (every rubric holds) and the deterministic assertions disagree"
+    if total > len(rows):
+        note += f"; the first {len(rows):,} in input order are shown"
+    body = "".join(
+        f"<tr><td>{escape(d.row_id)}</td><td>{escape(d.variant)}</td><td>{escape(d.sample)}</td>"
+        f"{_verdict_cell(d.judge_holds)}{_verdict_cell(not d.judge_holds)}"
+        f'<td class="num">{escape(d.score)}</td><td class="err">{escape(d.reason)}</td>'
+        f"<td>{escape(d.failed) or '—'}</td></tr>"
+        for d in rows
+    )
+    return (
+        f'{title}<p class="sub">{unknown}{note}.</p><table id="judge-disagreements"><thead><tr><th>id</th>'
+        '<th>variant</th><th>sample</th><th>judge</th><th>assertions</th><th class="num">judge score</th>'
+        f"<th>judge reason</th><th>failed assertions</th></tr></thead><tbody>{body}</tbody></table>"
+    )
+
+
+def _verdict_cell(holds: bool) -> str:
+    return '<td class="pass">pass</td>' if holds else '<td class="fail">fail</td>'
+
+
+def _judge_calls_table(c: ReportCollector) -> str:
+    """The judge's bill per variant: the answers' own tokens and cost are the summary's, not counted here."""
+    rows = [_calls_row(name, v) for name, v in c.judge.items()]
+    if len(c.judge) > 1:
+        total = _JudgeVariant()
+        for v in c.judge.values():
+            total.rows += v.rows
+            total.requests += v.requests
+            total.prompt_tokens += v.prompt_tokens
+            total.completion_tokens += v.completion_tokens
+            total.cached_tokens += v.cached_tokens
+            total.cost_usd += v.cost_usd
+            total.priced += v.priced
+            total.unpriced += v.unpriced
+        rows.append(_calls_row("all variants", total))
+    return (
+        '<table id="judge-calls"><thead><tr><th>variant</th><th class="num">rows judged</th>'
+        '<th class="num">judge requests</th><th class="num">prompt tokens</th><th class="num">completion tokens</th>'
+        '<th class="num">cached tokens</th><th class="num">judge cost (USD)</th></tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+def _calls_row(name: str, v: _JudgeVariant) -> str:
+    if not v.unpriced:
+        cost = f"{v.cost_usd:.4f}"
+    elif not v.priced:
+        cost = "unknown (no price for the judge model)"
+    else:  # a partial sum is a floor, never the bill
+        cost = f"≥ {v.cost_usd:.4f} ({v.unpriced:,} verdicts unpriced)"
+    return (
+        f'<tr><td>{escape(name)}</td><td class="num">{v.rows:,}</td><td class="num">{v.requests:,}</td>'
+        f'<td class="num">{v.prompt_tokens:,}</td><td class="num">{v.completion_tokens:,}</td>'
+        f'<td class="num">{v.cached_tokens:,}</td><td class="num">{escape(cost)}</td></tr>'
+    )
 
 
 def _schema_section(c: ReportCollector) -> str:
@@ -622,6 +935,16 @@ def _status_chart(by_index: Bins) -> str:
     )
 
 
+def _score_chart(name: str, scores: list[int]) -> str:
+    label = f"judge scores: {name}"
+    if not any(scores):
+        return _empty_chart("no scores")
+    labels = [f"{i / SCORE_BINS:.1f} – {(i + 1) / SCORE_BINS:.1f}" for i in range(SCORE_BINS)]
+    ticks = [(i / SCORE_BINS, f"{i / SCORE_BINS:.1f}") for i in range(0, SCORE_BINS + 1, 2)]
+    counts = [[n] for n in scores]
+    return _bar_chart(counts, [JUDGE_COLOR], labels, ticks, "judge score", "verdicts", height=200, label=label)
+
+
 def _pass_rate_chart(c: ReportCollector) -> str:
     names = list(c.variants)
     width, left, right, row_h, top = 1100, 220, 150, 30, 10
@@ -672,6 +995,7 @@ def _bar_chart(
     share: bool = False,
     width: int = 540,
     height: int = 240,
+    label: str | None = None,
 ) -> str:
     """Vertical (stacked) bars, evenly spaced; ``ticks`` are (fraction of the x axis, text).
 
@@ -732,7 +1056,7 @@ def _bar_chart(
         f'<text class="title" transform="translate(13 {top + plot_h / 2:.1f}) rotate(-90)" '
         f'text-anchor="middle">{escape(y_title)}</text>'
     )
-    return _svg(width, height, "".join(out), f"{y_title} by {x_title}")
+    return _svg(width, height, "".join(out), label or f"{y_title} by {x_title}")
 
 
 def _empty_chart(text: str, width: int = 540) -> str:
@@ -782,6 +1106,45 @@ def _failure_kinds(value: Any) -> list[str]:
     if isinstance(value, list):
         return [_truncate(v if isinstance(v, str) else orjson.dumps(v).decode(), 60) for v in value]
     return []
+
+
+def _judge_entries(value: Any) -> list[dict[str, Any]] | None:
+    """The verdicts of a `judge` cell (JSON text, or a list already); ``None`` when it is not a JSON list.
+
+    JSON ``null`` is an empty list: no judge ran. Entries that are not objects are dropped.
+    """
+    if isinstance(value, str | bytes):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return None
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        return None
+    return [entry for entry in value if isinstance(entry, dict)]
+
+
+def _verdict_texts(entries: list[dict[str, Any]], text: Callable[[dict[str, Any]], str], separator: str) -> str:
+    """One verdict's text alone; several, each after its rubric's name."""
+    if len(entries) == 1:
+        return text(entries[0])
+    return " · ".join(f"{entry.get('name') or '(unnamed)'}{separator}{text(entry)}" for entry in entries)
+
+
+def _score(value: Any) -> str:
+    number = _number(value)
+    return "—" if number is None else f"{number:.2f}"
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _count(value: Any) -> int:
+    return value if type(value) is int and value > 0 else 0
 
 
 def _truncate(text: str, limit: int) -> str:

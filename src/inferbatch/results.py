@@ -45,6 +45,7 @@ COLUMNS = (
 )
 PARSED = "parsed"  # present when the run (or the row) asks for structured answers (SPEC §3, §8.42)
 EVAL_COLUMNS = ("variant", "sample", "passed", "failures", "cached")
+JUDGE = "judge"  # an evaluation run with an llm-rubric assertion: the judge's verdicts, JSON text (SPEC §8.44)
 BODY_KEY = "_body"  # the raw response body, kept only for --output-format openai-batch
 PARQUET_BATCH_ROWS = 4096
 
@@ -55,7 +56,9 @@ class Status(StrEnum):
     INVALID = "invalid"
 
 
-def arrow_schema(kept: Iterable[tuple[str, Any]] = (), *, evaluation: bool = False, parsed: bool = False) -> Any:
+def arrow_schema(
+    kept: Iterable[tuple[str, Any]] = (), *, evaluation: bool = False, parsed: bool = False, judge: bool = False
+) -> Any:
     import pyarrow as pa
 
     eval_fields = (
@@ -65,6 +68,7 @@ def arrow_schema(kept: Iterable[tuple[str, Any]] = (), *, evaluation: bool = Fal
             pa.field("passed", pa.bool_()),
             pa.field("failures", pa.string()),
             pa.field("cached", pa.bool_()),
+            *([pa.field(JUDGE, pa.string())] if judge else []),
         ]
         if evaluation
         else []
@@ -99,7 +103,11 @@ CODE_KEY = "_code"  # the failure's error code, kept in the checkpoint for opena
 # A row a stop cut off between re-asks: its paid answer is kept (its tokens count on resume and in the
 # budget), and the next run sends it again, like a row that has no result (SPEC §8.3, §8.43).
 RESEND_KEY = "_resend"
-INTERNAL_KEYS = (BODY_KEY, CODE_KEY, RESEND_KEY)
+# A judged row whose answer is recorded but whose verdicts are not all in (SPEC §8.44): the votes so far are
+# kept with it, and the next run asks the judge for the rest without sending the answer again.
+JUDGE_PENDING_KEY = "_judge_pending"
+VOTES_KEY = "_votes"
+INTERNAL_KEYS = (BODY_KEY, CODE_KEY, RESEND_KEY, JUDGE_PENDING_KEY, VOTES_KEY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +162,8 @@ class Evaluation:
     passed: bool
     failures: tuple[str, ...]
     cached: bool
+    judged: bool = False  # the run has an llm-rubric assertion: the row has the ``judge`` column
+    judge: str | None = None  # its verdicts as JSON text; None when no judge ran
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,6 +302,8 @@ class Result:
             record["passed"] = evaluation.passed
             record["failures"] = orjson.dumps(evaluation.failures).decode()
             record["cached"] = evaluation.cached
+            if evaluation.judged:
+                record[JUDGE] = evaluation.judge
         if self.kept:
             record.update(self.kept)
         if self.error_code is not None and self.status is not Status.OK:
@@ -410,7 +422,7 @@ def _with_parsed(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def _has_internal(record: dict[str, Any]) -> bool:
-    return BODY_KEY in record or CODE_KEY in record or RESEND_KEY in record
+    return BODY_KEY in record or CODE_KEY in record or RESEND_KEY in record or JUDGE_PENDING_KEY in record
 
 
 def row_usage(record: Mapping[str, Any]) -> Usage:
@@ -421,6 +433,30 @@ def row_usage(record: Mapping[str, Any]) -> Usage:
         _count(record.get("cached_tokens")),
         _count(record.get("reasoning_tokens")),
     )
+
+
+def judge_entries(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A row's judge verdicts (SPEC §8.44): the ``judge`` column's JSON text parsed; [] without any (or damaged)."""
+    value = record.get(JUDGE)
+    if isinstance(value, str):
+        try:
+            value = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return []
+    return [e for e in value if isinstance(e, dict)] if isinstance(value, list) else []
+
+
+def judge_usage(record: Mapping[str, Any]) -> list[tuple[str, int, int, int]]:
+    """What a row's judge calls were billed for: (model, prompt, completion, cached tokens) per verdict."""
+    return [
+        (
+            str(e.get("model") or ""),
+            _count(e.get("prompt_tokens")),
+            _count(e.get("completion_tokens")),
+            _count(e.get("cached_tokens")),
+        )
+        for e in judge_entries(record)
+    ]
 
 
 def _as_text(value: Any) -> Any:
@@ -440,8 +476,10 @@ class OutputWriter:
         *,
         evaluation: bool = False,
         parsed: bool = False,
+        judge: bool = False,
     ) -> None:
-        """``parsed``: the output has the ``parsed`` column on every row (null where a row asked for no schema)."""
+        """``parsed``: the output has the ``parsed`` column on every row (null where a row asked for no schema);
+        ``judge``: the ``judge`` column (an evaluation run with an llm-rubric assertion)."""
         self._parsed = parsed
         self.path = path
         self.fmt = fmt
@@ -460,7 +498,7 @@ class OutputWriter:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
-            self._schema = arrow_schema(self._kept_types, evaluation=evaluation, parsed=parsed)
+            self._schema = arrow_schema(self._kept_types, evaluation=evaluation, parsed=parsed, judge=judge)
             self._parquet = pq.ParquetWriter(self._file, self._schema, compression="zstd")
 
     def write_line(self, line: bytes, record: dict[str, Any]) -> None:

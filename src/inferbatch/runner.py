@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from inferbatch import completion, dispatch, retry
+from inferbatch import completion, dispatch, judging, retry
 from inferbatch.budget import Budget
 from inferbatch.cache import ResponseCache
 from inferbatch.checkpoint import Checkpoint
@@ -31,11 +31,12 @@ from inferbatch.client import Client
 from inferbatch.config import RunConfig, check_paths, run_paths
 from inferbatch.errors import CheckpointError, ConfigError, DeadlineReached, InferbatchError, Interrupted
 from inferbatch.limits import Limiter, Stopped
+from inferbatch.planning import judge as judge_of
 from inferbatch.planning import plan
 from inferbatch.pricing import Pricing
 from inferbatch.progress import Progress, Summary
 from inferbatch.recording import Recorder
-from inferbatch.results import Result
+from inferbatch.results import VOTES_KEY, Result, Status
 from inferbatch.shaping import Invalid, Request
 from inferbatch.signals import signal_handlers
 
@@ -91,6 +92,14 @@ class StopSwitch:
         self._stop = stop
         if stop is not None and self.reason is not None:
             stop(self.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class _Rejudge:
+    """A row an earlier run answered and checkpointed, whose judge verdicts are not all in (SPEC §8.44)."""
+
+    request: Request
+    record: dict[str, Any]
 
 
 def _second_interrupt() -> None:
@@ -180,7 +189,8 @@ class _Run:
         self.limiter = limiter
         # A shared limiter's figures count every run: this run's are the differences.
         self.figures_at_start = (limiter.admitted, limiter.rate_limited, limiter.paused_s, limiter.tokens_used)
-        self.recorder = Recorder(cfg, checkpoint, progress)
+        self.judge = judge_of(cfg)
+        self.recorder = Recorder(cfg, checkpoint, progress, self.judge)
         self.pricing = Pricing(cfg.price_in, cfg.price_out)
         resumed = checkpoint.resumed
         self.budget = Budget(
@@ -192,7 +202,7 @@ class _Run:
         )
         self.stop: InferbatchError | None = None
         self.stopping = asyncio.Event()
-        self.queue: asyncio.Queue[Request | None] = asyncio.Queue(maxsize=cfg.concurrency * 2)
+        self.queue: asyncio.Queue[Request | _Rejudge | None] = asyncio.Queue(maxsize=cfg.concurrency * 2)
         self.workers = cfg.concurrency * 2 + 4  # more rows than slots, so rows waiting to retry don't idle the slots
         self.busy: set[asyncio.Task[Any]] = set()
         self.fed_all = False
@@ -219,7 +229,9 @@ class _Run:
             stopping=self.stopping,
             mark_sent=self.checkpoint.mark_sent,
             cache=self.cache,
-            own_models=frozenset({cfg.model, *(v.model for v in cfg.variants)} - {None}),
+            own_models=frozenset(
+                {cfg.model, *(v.model for v in cfg.variants), *(self.judge.models() if self.judge else ())} - {None}
+            ),
             needs_prices=cfg.max_cost is not None,
             schema_retries=cfg.schema_retries,
             log_retries=cfg.verbose > 0,
@@ -293,6 +305,8 @@ class _Run:
                 self.fed += 1
                 if isinstance(item, Invalid):
                     self._record(Result.invalid(item.id, item.index, item.reason, item.keep), item)
+                elif (held := self.checkpoint.judge_pending.get(item.slot)) is not None:
+                    await self.queue.put(_Rejudge(item, held))  # answered before: only the judge is asked
                 else:
                     await self.queue.put(item)
             if damage is not None:
@@ -313,7 +327,10 @@ class _Run:
                 return
             self.busy.add(me)
             try:
-                await self._row(request, ctx)
+                if isinstance(request, _Rejudge):
+                    await self._judge(request.request, request.record, ctx)
+                else:
+                    await self._row(request, ctx)
             finally:
                 self.busy.discard(me)
 
@@ -331,9 +348,49 @@ class _Run:
         except InferbatchError as stop:
             self.request_stop(stop)
             return
-        self._record(result, request)  # first: a paid answer is kept whatever the cache does
+        if self.judge is None or result.status is not Status.OK:
+            self._record(result, request)  # first: a paid answer is kept whatever the cache does
+            if self.cache is not None:
+                await dispatch.remember(request, result, self.cache)
+            return
+        record = self.recorder.hold(result, request)  # kept before the judge is asked: a crash re-sends no answer
         if self.cache is not None:
             await dispatch.remember(request, result, self.cache)
+        await self._judge(request, record, ctx)
+
+    async def _judge(self, request: Request, record: dict[str, Any], ctx: dispatch.Context) -> None:
+        """Ask the judge for every vote the row's answer still needs (SPEC §8.44), all at once; each vote is
+        checkpointed as it arrives. A stop leaves the row pending: the next run asks for the votes missing."""
+        assert self.judge is not None
+        judge = self.judge
+        votes: dict[str, Any] = dict(record.get(VOTES_KEY) or {})
+
+        async def one(rubric: int, vote: int) -> None:
+            key = judging.vote_key(rubric, vote)
+            asked = judge.request(request, record.get("content"), rubric, vote)
+            if isinstance(asked, str):
+                votes[key] = judging.problem_vote(asked, judge.model_for(rubric, request))
+                return
+            try:
+                result = await dispatch.send(asked, ctx)
+            except dispatch.StopAfter as stopped:  # a stop between re-asks: its paid answer is kept, asked again
+                result = stopped.result
+                self.request_stop(stopped.stop)
+            votes[key] = judging.vote_of(result, asked.body.get("model"), votes.get(key))
+            self.recorder.votes(record, request, votes)
+            if self.cache is not None and not result.resend:
+                await dispatch.remember(asked, result, self.cache)
+
+        outcomes = await asyncio.gather(*(one(r, k) for r, k in judge.missing(votes)), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, InferbatchError):
+                self.request_stop(outcome)
+            elif isinstance(outcome, BaseException) and not isinstance(outcome, Stopped):
+                raise outcome  # a bug
+        if not judge.missing(votes):
+            stop = self.recorder.judged(record, request, votes)
+            if stop is not None:
+                self.request_stop(stop)
 
     def _record(self, result: Result, item: Request | Invalid) -> None:
         stop = self.recorder.record(result, item)
