@@ -277,7 +277,7 @@ class Checkpoint:
 
     # ---- during the run --------------------------------------------------
     def needs_sending(self, slot: int, retry_errors: bool) -> bool:
-        if slot not in self.finished or slot in self.resend:
+        if slot not in self.finished or slot in self.resend or slot in self.judge_pending:
             return True
         return retry_errors and slot in self.errored
 

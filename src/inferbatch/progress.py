@@ -73,6 +73,7 @@ class JudgeBill:
     passed: int = 0
     errors: int = 0
     cached: int = 0  # verdicts entirely from the response cache
+    pending: int = 0  # verdicts a stop left for the next run to ask
     requests: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -95,6 +96,7 @@ class JudgeBill:
                 self.cost_usd += cost
                 self.cost_known = True
         if entry.get("pending"):
+            self.pending += 1
             return
         self.verdicts += 1
         self.passed += entry.get("holds") is True
@@ -114,6 +116,7 @@ class JudgeBill:
             "verdicts": self.verdicts,
             "passed": self.passed,
             "errors": self.errors,
+            "pending": self.pending,
             "pass_rate": round(self.passed / judged, 4) if judged else None,
             "wilson_low": round(low, 4),
             "wilson_high": round(high, 4),
@@ -461,17 +464,27 @@ class Summary:
             f"{'variant':<{width}}  {'rows':>6}  {'passed':>6}  {'pass rate':>9}  {'95% interval':>15}  "
             f"{'p50 ms':>8}  {'tokens':>9}  {'cost $':>8}"
         )
+        judged = self.judge is not None
+        if judged:  # the judge apart (SPEC §8.44): its pass rate, and its own bill
+            head += f"  {'judge pass':>10}  {'judge tokens':>12}  {'judge $':>8}"
         lines = [head, "-" * len(head)]
         for name, stats in self.variants.items():
             v = stats.as_dict()
             rate = f"{v['pass_rate'] * 100:.1f}%" if v["pass_rate"] is not None else "-"
             interval = f"{v['wilson_low'] * 100:.1f}–{v['wilson_high'] * 100:.1f}%"
             p50 = v["latency_ms"]["p50"]
-            lines.append(
+            line = (
                 f"{name:<{width}}  {v['rows']:>6}  {v['passed']:>6}  {rate:>9}  {interval:>15}  "
                 f"{(f'{p50:.1f}' if p50 is not None else '-'):>8}  {v['prompt_tokens'] + v['completion_tokens']:>9}  "
                 f"{v['cost_usd']:>8.4f}"
             )
+            if judged:
+                j = v.get("judge") or {}
+                judge_rate = f"{j['pass_rate'] * 100:.1f}%" if j.get("pass_rate") is not None else "-"
+                judge_cost = f"{j['cost_usd']:.4f}" if j.get("cost_usd") is not None else "-"
+                judge_tokens = j.get("prompt_tokens", 0) + j.get("completion_tokens", 0)
+                line += f"  {judge_rate:>10}  {judge_tokens:>12}  {judge_cost:>8}"
+            lines.append(line)
         if len(self.variants) > 1:
             shown = ", ".join(self.disagreeing_ids[:5])
             lines.append(f"variants disagree on {self.disagreements} row(s){': ' + shown if shown else ''}")

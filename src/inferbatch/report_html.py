@@ -180,11 +180,13 @@ class _Disagreement:
 
 @dataclass(slots=True)
 class _Verdicts:
-    """Rubric verdicts: ``judged`` had a usable vote (``held`` of them held), ``errors`` had none."""
+    """Rubric verdicts: ``judged`` had a usable vote (``held`` of them held), ``errors`` had none, ``pending``
+    were cut off by a stop (the next run asks the judge): neither of the last two is in the pass rate."""
 
     judged: int = 0
     held: int = 0
     errors: int = 0
+    pending: int = 0
     agreement_sum: float = 0.0
     agreement_n: int = 0
 
@@ -338,18 +340,20 @@ class ReportCollector:
         if name not in stats.rubrics and len(stats.rubrics) >= MAX_RUBRICS:
             name = OTHER_RUBRICS
         tallies = (stats.verdicts, stats.rubrics.setdefault(name, _Verdicts()))
-        holds = entry.get("holds")
+        kind = _verdict_kind(entry)
         agreement = _number(entry.get("agreement"))
         for tally in tallies:
-            if entry.get("error") is not None:  # no usable vote: counted, but not in the pass rate's denominator
+            if kind == "pending":
+                tally.pending += 1
+            elif kind == "error":  # no usable vote: counted, but not in the pass rate's denominator
                 tally.errors += 1
-            elif isinstance(holds, bool):
+            elif kind == "judged":
                 tally.judged += 1
-                tally.held += holds
+                tally.held += entry["holds"]
             if agreement is not None:
                 tally.agreement_sum += agreement
                 tally.agreement_n += 1
-        if entry.get("error") is None and not isinstance(holds, bool):
+        if kind == "bad":
             self.judge_bad_entries += 1
         score = _number(entry.get("score"))
         if score is not None and 0.0 <= score <= 1.0:
@@ -381,7 +385,7 @@ class ReportCollector:
         # unreadable verdict has none, and cannot disagree.
         if "llm-rubric:error" in kinds or "llm-rubric:pending" in kinds:
             return
-        if any(e.get("error") is not None or not isinstance(e.get("holds"), bool) for e in entries):
+        if any(_verdict_kind(e) != "judged" for e in entries):
             return
         judge_holds = all(e["holds"] for e in entries)
         if judge_holds == (not failed):
@@ -393,6 +397,7 @@ class ReportCollector:
         if len(self.judge_disagreements) < JUDGE_DISAGREEMENT_ROWS:
             # The verdicts that explain the judge's side: those that failed, or all when all held.
             shown = entries if judge_holds else [e for e in entries if not e["holds"]]
+            named = len(entries) > 1  # with several rubrics, a text says whose it is
             sample = record.get("sample")
             self.judge_disagreements.append(
                 _JudgeDisagreement(
@@ -400,8 +405,10 @@ class ReportCollector:
                     variant=DEFAULT_VARIANT if record.get("variant") is None else str(record.get("variant")),
                     sample="—" if sample is None else _truncate(str(sample), ID_LIMIT),
                     judge_holds=judge_holds,
-                    score=_truncate(_verdict_texts(shown, lambda e: _score(e.get("score")), " "), REASON_LIMIT),
-                    reason=_truncate(_verdict_texts(shown, lambda e: str(e.get("reason") or ""), ": "), REASON_LIMIT),
+                    score=_truncate(_verdict_texts(shown, named, lambda e: _score(e.get("score")), " "), REASON_LIMIT),
+                    reason=_truncate(
+                        _verdict_texts(shown, named, lambda e: str(e.get("reason") or ""), ": "), REASON_LIMIT
+                    ),
                     failed=", ".join(failed),
                 )
             )
@@ -657,6 +664,9 @@ def _judge_section(c: ReportCollector) -> str:
     notes = [f"{verdicts:,} rubric verdicts on {sum(v.rows for v in c.judge.values()):,} rows"]
     if c.judge_unreadable:
         notes.append(f"{c.judge_unreadable:,} rows skipped: their `judge` is not a JSON list")
+    pending = sum(v.verdicts.pending for v in c.judge.values())
+    if pending:
+        notes.append(f"{pending:,} verdicts pending: a stop cut them off, the next run asks the judge")
     if c.judge_bad_entries:
         notes.append(f"{c.judge_bad_entries:,} verdicts with neither an error nor a `holds` are not counted")
     notes.append("errors (the judge gave no usable vote) are counted apart, not in the pass rate")
@@ -673,15 +683,18 @@ def _judge_section(c: ReportCollector) -> str:
 
 def _judge_verdicts_table(c: ReportCollector) -> str:
     """A row per variant, and one per rubric under it when it has several."""
-    agreement = any(t.agreement_n for v in c.judge.values() for t in v.rubrics.values())
+    agreement = any(v.verdicts.agreement_n for v in c.judge.values())
+    pending = any(v.verdicts.pending for v in c.judge.values())
     rows = []
     for name, v in c.judge.items():
         if len(v.rubrics) == 1:
-            rows.append(_verdicts_row(name, next(iter(v.rubrics)), v.verdicts, agreement))
+            rows.append(_verdicts_row(name, next(iter(v.rubrics)), v.verdicts, agreement, pending))
             continue
-        rows.append(_verdicts_row(name, "all rubrics", v.verdicts, agreement))
-        rows.extend(_verdicts_row(name, rubric, t, agreement) for rubric, t in v.rubrics.items())
-    head = '<th class="num">mean agreement</th>' if agreement else ""
+        rows.append(_verdicts_row(name, "all rubrics", v.verdicts, agreement, pending))
+        rows.extend(_verdicts_row(name, rubric, t, agreement, pending) for rubric, t in v.rubrics.items())
+    head = ('<th class="num">pending</th>' if pending else "") + (
+        '<th class="num">mean agreement</th>' if agreement else ""
+    )
     return (
         '<table id="judge-verdicts"><thead><tr><th>variant</th><th>rubric</th><th class="num">verdicts</th>'
         '<th class="num">judged</th><th class="num">held</th><th class="num">pass rate</th>'
@@ -690,13 +703,14 @@ def _judge_verdicts_table(c: ReportCollector) -> str:
     )
 
 
-def _verdicts_row(variant: str, rubric: str, t: _Verdicts, agreement: bool) -> str:
+def _verdicts_row(variant: str, rubric: str, t: _Verdicts, agreement: bool, pending: bool) -> str:
+    """``pending`` and ``agreement``: whether the table has those columns (only when some verdict needs them)."""
     low, high = wilson(t.held, t.judged)
     rate = f"{t.held / t.judged:.1%}" if t.judged else "—"  # nothing judged is no pass rate, not 0 %
-    cell = ""
+    cell = f'<td class="num">{t.pending:,}</td>' if pending else ""
     if agreement:  # --judge-repeat: the share of votes that sided with the majority, averaged
         mean = f"{t.agreement_sum / t.agreement_n:.1%}" if t.agreement_n else "—"
-        cell = f'<td class="num">{mean}</td>'
+        cell += f'<td class="num">{mean}</td>'
     return (
         f"<tr><td>{escape(variant)}</td><td>{escape(rubric)}</td>"
         f'<td class="num">{t.judged + t.errors:,}</td><td class="num">{t.judged:,}</td>'
@@ -1125,10 +1139,21 @@ def _judge_entries(value: Any) -> list[dict[str, Any]] | None:
     return [entry for entry in value if isinstance(entry, dict)]
 
 
-def _verdict_texts(entries: list[dict[str, Any]], text: Callable[[dict[str, Any]], str], separator: str) -> str:
-    """One verdict's text alone; several, each after its rubric's name."""
-    if len(entries) == 1:
-        return text(entries[0])
+def _verdict_kind(entry: dict[str, Any]) -> str:
+    """``pending`` (a stop cut it off), ``error`` (no usable vote), ``judged`` (a boolean ``holds``), or ``bad``."""
+    if entry.get("pending"):
+        return "pending"
+    if entry.get("error") is not None:
+        return "error"
+    return "judged" if isinstance(entry.get("holds"), bool) else "bad"
+
+
+def _verdict_texts(
+    entries: list[dict[str, Any]], named: bool, text: Callable[[dict[str, Any]], str], separator: str
+) -> str:
+    """The verdicts' texts, each after its rubric's name when ``named``."""
+    if not named:
+        return " · ".join(text(entry) for entry in entries)
     return " · ".join(f"{entry.get('name') or '(unnamed)'}{separator}{text(entry)}" for entry in entries)
 
 

@@ -155,7 +155,9 @@ def _finish(cfg: RunConfig, run: _Run, checkpoint: Checkpoint) -> RunReport:
     summary.wall_s = time.monotonic() - run.started
     run.add_figures(summary)
     summary.in_doubt_resumed = checkpoint.resumed.in_doubt
-    complete = run.stop is None and run.fed_all and run.unfinished == 0 and checkpoint.failure is None
+    # A judged row a stop left pending (its verdicts still to ask) is not finished, whatever else went right.
+    unjudged = summary.judge is not None and summary.judge.pending > 0
+    complete = run.stop is None and run.fed_all and run.unfinished == 0 and checkpoint.failure is None and not unjudged
     total = run.progress.total
     summary.unfinished = max(0, total - summary.rows) if total is not None else run.unfinished
     if checkpoint.ephemeral:
