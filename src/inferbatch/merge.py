@@ -25,6 +25,7 @@ from inferbatch.errors import ConfigError, InputError, OutputError
 from inferbatch.results import (
     COLUMNS,
     EVAL_COLUMNS,
+    JUDGE,
     PARSED,
     OutputWriter,
     Status,
@@ -81,19 +82,20 @@ def merge_outputs(inputs: list[str], output: str, output_format: str | None = No
     fmt = output_format or ("parquet" if output.lower().endswith(".parquet") else "jsonl")
     ranks = _variant_ranks(inputs)
     kept_types = None
-    parsed = False
+    parsed = judge = False
     if fmt == "parquet":
-        known = set(COLUMNS) | {PARSED} | (set(EVAL_COLUMNS) if ranks else set())
+        known = set(COLUMNS) | {PARSED} | (set(EVAL_COLUMNS) | {JUDGE} if ranks else set())
         extra: list[str] = []
         for path in inputs:
             for record in _records(path):
                 extra = [k for k in record if k not in known]
                 parsed = parsed or PARSED in record
+                judge = judge or (bool(ranks) and JUDGE in record)
                 break
         if extra:
             kept_types = kept_column_types((r for p in inputs for r in _records(p)), tuple(extra))
     try:
-        writer = OutputWriter(output, fmt, kept_types, evaluation=bool(ranks), parsed=parsed)
+        writer = OutputWriter(output, fmt, kept_types, evaluation=bool(ranks), parsed=parsed, judge=judge)
     except OSError as exc:
         raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from None
     seen = IdSet()
