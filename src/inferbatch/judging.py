@@ -142,6 +142,7 @@ class Judge:
         for number, rubric in enumerate(self.rubrics):
             found = [votes.get(vote_key(number, k)) for k in range(self.repeat)]
             entry = _verdict(rubric, [v for v in found if v is not None], pending=any(_unsettled(v) for v in found))
+            entry["model"] = entry["model"] or rubric.judge_model or self.default_model
             entries.append(entry)
             if entry.get("pending"):
                 failures.append(PENDING)
@@ -167,7 +168,7 @@ def _verdict(rubric: Assertion, votes: list[Mapping[str, Any]], *, pending: bool
         "reason": None,
         "holds": False,
         "threshold": rubric.threshold,
-        "model": models[0] if models else rubric.judge_model,
+        "model": models[0] if models else None,
         **usage,
         "cached": bool(votes) and all(v.get("cached") for v in votes),
         "error": None,

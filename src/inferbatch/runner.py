@@ -369,7 +369,8 @@ class _Run:
 
         async def one(rubric: int, vote: int) -> None:
             key = judging.vote_key(rubric, vote)
-            asked = judge.request(request, record.get("content"), rubric, vote)
+            # The answer as the judge reads it: its text, else its tool calls (JSON text).
+            asked = judge.request(request, record.get("content") or record.get("tool_calls"), rubric, vote)
             if isinstance(asked, str):
                 votes[key] = judging.problem_vote(asked, judge.model_for(rubric, request))
                 return
