@@ -342,8 +342,10 @@ def validate(input: str | None, show: int, **flags: Any) -> None:
     and report problems and an estimate of tokens and cost; sends nothing."""
     import dataclasses
 
+    from inferbatch import judging
     from inferbatch.config import resolve
     from inferbatch.planning import estimate
+    from inferbatch.planning import judge as judge_of
     from inferbatch.progress import logfmt
 
     _setup_logging(False, 0)
@@ -369,6 +371,17 @@ def validate(input: str | None, show: int, **flags: Any) -> None:
             f"estimate rows={total.rows} prompt_tokens={total.prompt_tokens} "
             f"max_completion_tokens={total.completion_tokens} cost_usd={shown_cost}"
         )
+        judge = judge_of(cfg)
+        if judge is not None:  # at most one call per valid row, rubric and vote (only answers that end ok are judged)
+            calls = total.rows * len(judge.rubrics) * judge.repeat
+            click.echo(
+                logfmt(
+                    "estimate_judge",
+                    requests_max=calls,
+                    max_completion_tokens=calls * judging.MAX_TOKENS,
+                    models=",".join(sorted(str(m or "the row's model") for m in judge.models())),
+                )
+            )
         named = [model for model in found.unpriced(pricing) if model != NO_MODEL]  # the no-model note covers the rest
         if named:
             click.echo(
