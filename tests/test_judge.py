@@ -776,8 +776,8 @@ def test_rubric_fills_row_columns_and_a_missing_column_is_that_rows_error(
     judged: list[dict[str, Any]] = []
     asks_judge = simulator._asks_judge
 
-    def spy(body: dict[str, Any]) -> bool:
-        found = asks_judge(body)
+    def spy(body: dict[str, Any], answer_format: Any) -> bool:
+        found = asks_judge(body, answer_format)
         if found:
             judged.append(body)
         return found

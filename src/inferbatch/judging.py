@@ -118,6 +118,8 @@ class Judge:
         if response_format is None:  # --schema-mode prompt: the schema stated in the system message
             body["messages"] = _with_instruction(messages, schema_instruction(JUDGE_SCHEMA))
         else:
+            if response_format["type"] == "json_schema":  # every key required, no others: strict mode's rules
+                response_format["json_schema"]["strict"] = True
             body["response_format"] = response_format
         return Request(
             item.id,

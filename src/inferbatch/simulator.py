@@ -543,7 +543,8 @@ class _Simulator:
         if not isinstance(messages, list) or not messages:
             raise _BadRequest(400, "invalid_request", "'messages' must be a non-empty list")
         model = body.get("model")
-        if _asks_judge(body):
+        answer_format = body.get("response_format") or _stated_format(body)
+        if _asks_judge(body, answer_format):
             self.stats.judge_requests += 1
             self.stats.judge_models[str(model)] = self.stats.judge_models.get(str(model), 0) + 1
         if opts.models and model not in opts.models:
@@ -561,7 +562,9 @@ class _Simulator:
         prompt_tokens = max(1, math.ceil(prompt_chars / 4), cached)
 
         def reply(miss: bool) -> tuple[dict[str, Any], int, bool]:
-            choice, tokens, structured = _reply(body, last_user, last_role, digest, max_tokens, shape, miss)
+            choice, tokens, structured = _reply(
+                body, last_user, last_role, digest, max_tokens, shape, miss, answer_format
+            )
             if plan is not None and plan.length:
                 choice["finish_reason"] = "length"
             return choice, max(tokens, reasoning), structured
@@ -1105,10 +1108,10 @@ def _structured(response_format: Any, reply: str, shape: _Shape | None, miss: bo
     return f"```json\n{text}\n```" if shape is not None and shape.fenced else text
 
 
-def _asks_judge(body: dict[str, Any]) -> bool:
-    """A request for the LLM judge's verdict: the judge schema as its response_format, or stated in its system
-    message (``--schema-mode prompt``)."""
-    _, schema = _schema_of(body.get("response_format") or _stated_format(body))
+def _asks_judge(body: dict[str, Any], answer_format: Any) -> bool:
+    """Whether ``body`` asks for the LLM judge's verdict: ``answer_format`` (its response_format, or the one
+    ``_stated_format`` found in its system message) has the judge schema."""
+    _, schema = _schema_of(answer_format)
     return schema is not None and _is_judge(schema)
 
 
@@ -1126,6 +1129,7 @@ def _reply(
     max_tokens: int | None,
     shape: _Shape | None = None,
     miss: bool = False,
+    answer_format: Any = None,
 ) -> tuple[dict[str, Any], int, bool]:
     """The deterministic choice for this request, its completion tokens, and whether it is a structured answer.
 
@@ -1150,7 +1154,7 @@ def _reply(
             choice = {"index": 0, "message": message, "finish_reason": "tool_calls"}
             return choice, min(tokens, max_tokens or tokens), False
     content = f"sim reply to: {last_user[:80]} [{digest}]"
-    structured = _structured(body.get("response_format") or _stated_format(body), content, shape, miss)
+    structured = _structured(answer_format, content, shape, miss)
     if structured is not None:
         content = structured
     finish_reason = "stop"
