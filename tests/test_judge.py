@@ -908,3 +908,121 @@ def test_sample_judge_job_runs_on_the_simulator_and_reports(runner, tmp_path: Pa
     reported = invoke(runner, ["report", str(out), "--html", str(html)])
     assert reported.exit_code == 0, reported.stderr
     assert html.exists() and html.stat().st_size > 0
+
+
+# ---- found in review: the edges of a judged run ----------------------------------------------------------------
+
+
+def test_a_judge_failing_abort_after_rows_in_a_row_stops_the_run(sim, runner, tmp_path: Path) -> None:
+    """A judge that cannot answer (a 404: a judge_model the server does not have) must not cost every answer."""
+    server = sim()
+    source = write_jsonl(tmp_path / "in.jsonl", prompts([f"question {i}" for i in range(40)]))
+    out = tmp_path / "out.jsonl"
+    job = write_job(tmp_path / "job.toml", [rubric("[[sim:404]] Judge {output}", name="q")])
+
+    result = run(
+        runner,
+        [str(source), "-o", str(out), "-c", "1", "--job", str(job), "--abort-after", "5", "--max-attempts", "1"],
+        env=connection_env(server),
+    )
+
+    assert result.exit_code == 3, result.stderr
+    assert "the judge failed on 5 rows in a row (last: judge: " in result.stderr
+    rows = read_jsonl(out)
+    judged = [r for r in rows if failures(r) == ["llm-rubric:error"]]
+    assert len(judged) == 5  # -c 1: the stop comes right after the fifth verdict
+    assert all(r["status"] == "ok" for r in rows)
+    assert answers_sent(server) < 10  # not 40
+    manifest = json.loads((tmp_path / "out.jsonl.checkpoint" / "manifest.json").read_text())
+    assert "complete" not in manifest  # a stopped run: the next one goes on from here
+
+
+def test_a_judge_that_recovers_resets_the_count(sim, runner, tmp_path: Path) -> None:
+    """Only judge failures in a row count: rows whose judge answered in between reset it."""
+    server = sim()
+    rows_in = [{"id": f"r{i}", "prompt": f"q{i}", "fail": "[[sim:404]]" if i % 3 else ""} for i in range(12)]
+    source = write_jsonl(tmp_path / "in.jsonl", rows_in)
+    out = tmp_path / "out.jsonl"
+    job = write_job(tmp_path / "job.toml", [rubric("{fail} Judge {output}", name="q")])
+
+    result = run(
+        runner,
+        [str(source), "-o", str(out), "-c", "1", "--job", str(job), "--abort-after", "3", "--max-attempts", "1"],
+        env=connection_env(server),
+    )
+
+    assert result.exit_code == 0, result.stderr  # never 3 judge failures in a row: two, then one that holds
+    rows = read_jsonl(out)
+    assert [failures(r) for r in rows] == [[] if i % 3 == 0 else ["llm-rubric:error"] for i in range(12)]
+
+
+def test_rows_left_pending_are_unfinished_and_out_of_the_pass_rate(sim, runner, tmp_path: Path) -> None:
+    server = sim()
+    texts = ["q0", "q1", "q2", "q3"]
+    source = write_jsonl(tmp_path / "in.jsonl", prompts(texts))
+    out = tmp_path / "out.jsonl"
+    summary_file = tmp_path / "summary.json"
+    long_rubric = "Judge {output} carefully. " + "Be strict about every detail of the answer. " * 100
+    job = write_job(tmp_path / "job.toml", [{"type": "contains", "value": "sim"}, rubric(long_rubric, name="long")])
+    args = [str(source), "-o", str(out), "-c", "4", "--job", str(job), "--param", "max_tokens=40"]
+
+    stopped = run(
+        runner, [*args, "--max-total-tokens", "500", "--summary-json", str(summary_file)], env=connection_env(server)
+    )
+
+    assert stopped.exit_code == 3, stopped.stderr
+    assert [failures(r) for r in read_jsonl(out)] == [["llm-rubric:pending"]] * 4
+    summary = json.loads(summary_file.read_text())
+    assert summary["rows"] == 4 and summary["unfinished"] == 4  # answered, not judged: not finished
+    variant = summary["variants"]["default"]
+    assert (variant["rows"], variant["passed"], variant["pending"]) == (0, 0, 4)  # no pass rate from pending rows
+    assert variant["assertion_pass_rates"] == {}
+    assert summary["judge"]["pending"] == 4 and summary["judge"]["verdicts"] == 0
+
+    resumed = run(runner, [*args, "--summary-json", str(summary_file)], env=connection_env(server))
+
+    assert resumed.exit_code == 0, resumed.stderr
+    assert "resume: 4 answered row(s) were waiting for the judge when the last run stopped" in resumed.stderr
+    summary = json.loads(summary_file.read_text())
+    assert summary["unfinished"] == 0
+    variant = summary["variants"]["default"]
+    assert (variant["rows"], variant["passed"], variant.get("pending", 0)) == (4, 4, 0)
+
+
+def test_a_judged_row_takes_two_checkpoint_lines_its_answer_and_its_verdict(sim, runner, tmp_path: Path) -> None:
+    """The answer is kept before the judge is asked; the last vote writes the final line at once."""
+    server = sim()
+    source = write_jsonl(tmp_path / "in.jsonl", prompts([f"q{i}" for i in range(5)]))
+    out = tmp_path / "out.jsonl"
+    job = write_job(tmp_path / "job.toml", [rubric("Judge {output}", name="q")])
+
+    # --limit keeps the checkpoint whole (a pilot), so its lines can be read after the run.
+    result = run(runner, [str(source), "-o", str(out), "--job", str(job), "--limit", "3"], env=connection_env(server))
+
+    assert result.exit_code == 0, result.stderr
+    lines = [json.loads(x) for x in (tmp_path / "out.jsonl.checkpoint" / "results.jsonl").read_text().splitlines()]
+    by_row: dict[int, list[dict[str, Any]]] = {}
+    for line in lines:
+        by_row.setdefault(line["index"], []).append(line)
+    assert sorted(by_row) == [0, 1, 2]
+    for row_lines in by_row.values():
+        held, final = row_lines
+        assert held["_judge_pending"] is True and held["_votes"] == {}
+        assert "_judge_pending" not in final and "_votes" not in final
+        assert failures(final) == []
+
+
+@pytest.mark.parametrize("text", ['Answer with {"pass": true} if {output} is fine', "Judge {0}", "Judge {}"])
+def test_a_rubric_with_bare_braces_is_refused_before_anything_is_sent(sim, runner, tmp_path: Path, text: str) -> None:
+    server = sim()
+    source = write_jsonl(tmp_path / "in.jsonl", prompts(["one"]))
+    job = write_job(tmp_path / "job.toml", [rubric(text)])
+
+    result = run(
+        runner, [str(source), "-o", str(tmp_path / "out.jsonl"), "--job", str(job)], env=connection_env(server)
+    )
+
+    assert result.exit_code == 2, result.stderr
+    assert "[[assert]] #1 (llm-rubric): the rubric is not a valid template" in result.stderr
+    assert "{{ and }}" in result.stderr
+    assert server.stats.requests == 0

@@ -424,10 +424,18 @@ def test_a_column_the_row_lacks_is_a_problem_naming_it() -> None:
 
 def test_the_request_is_the_items_slot_with_the_vote_as_its_sample() -> None:
     judge = Judge((rubric(1, name="a"), rubric(2, name="b")), repeat=3, default_model="m")
-    source = item()
+    source = item()  # answer sample 2
     request = judge.request(source, "x", 1, 2)
     assert isinstance(request, Request)
-    assert request.sample == 2
+    # Each vote of each answer sample is its own cached sample: answer sample 2, vote 2 of 3.
+    assert request.sample == 2 * 3 + 2
+    samples = {
+        r.sample
+        for s in range(3)
+        for k in range(3)
+        if isinstance(r := judge.request(item(sample=s), "x", 1, k), Request)
+    }
+    assert samples == set(range(9))
     assert (request.id, request.index, request.line, request.slot, request.variant) == (
         source.id,
         source.index,
@@ -438,7 +446,7 @@ def test_the_request_is_the_items_slot_with_the_vote_as_its_sample() -> None:
     assert request.run_format is True
     assert request.keep == {}
     other = judge.request(source, "x", 1, 0)
-    assert isinstance(other, Request) and other.sample == 0
+    assert isinstance(other, Request) and other.sample == 2 * 3 + 0
     assert other.body == request.body  # the votes differ only by their sample (each its own cache entry)
 
 

@@ -61,6 +61,12 @@ def open_checkpoint(cfg: RunConfig) -> Checkpoint:
             "(possibly billed); they are sent again",
             resumed.in_doubt,
         )
+    if checkpoint.judge_pending:
+        log.warning(
+            "resume: %d answered row(s) were waiting for the judge when the last run stopped; their judge calls "
+            "then in flight may have been billed, and are asked again (the answers are not)",
+            len(checkpoint.judge_pending),
+        )
     return checkpoint
 
 

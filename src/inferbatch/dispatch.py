@@ -164,9 +164,9 @@ def _failure(
     # (A 403 for a model only this row names is that row's error: the run goes on.)
     if request.run_format and exc.status == 400 and _REFUSED.search(exc.message) and "response_format" in exc.message:
         return StructuredOutputRefused(
-            f"the server does not take the run's response_format ({exc.message}); with --schema, rerun with "
-            "--schema-mode prompt (the schema in the system message) or json-object (llama.cpp's server); "
-            "a response_format in --param or [params]: leave it out, and give the schema with --schema"
+            f"the server does not take the run's response_format ({exc.message}); with --schema or an llm-rubric "
+            "judge, rerun with --schema-mode prompt (the schema in the system message) or json-object (llama.cpp's "
+            "server); a response_format in --param or [params]: leave it out, and give the schema with --schema"
         )
     result = Result.failed(request.id, request.index, exc, attempts=attempts, kept=request.keep)
     answered_by = mismatch.model if mismatch is not None else None

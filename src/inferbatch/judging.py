@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from inferbatch.evaluation import RUBRIC, Assertion
-from inferbatch.results import Result, Status
+from inferbatch.results import JUDGE_PENDING, Result, Status
 from inferbatch.shaping import Request, _TemplateValues, _with_instruction
 from inferbatch.structured import response_format_for, schema_expectation, schema_instruction
 
@@ -41,7 +41,7 @@ SYSTEM = (
     "meets the rubric) and reason (one or two sentences)."
 )
 MAX_TOKENS = 1024  # a verdict is a few dozen tokens; the cap keeps the budget's reservation small
-FAILED, ERROR, PENDING = RUBRIC, f"{RUBRIC}:error", f"{RUBRIC}:pending"
+FAILED, ERROR, PENDING = RUBRIC, f"{RUBRIC}:error", JUDGE_PENDING
 _EXPECTATION = schema_expectation(JUDGE_SCHEMA)
 _USAGE = ("requests", "prompt_tokens", "completion_tokens", "cached_tokens")
 
@@ -52,8 +52,8 @@ def rubric_fields(rubric: str) -> tuple[str, ...]:
     for _, name, _, _ in string.Formatter().parse(rubric):
         if name is not None:
             base = name.split(".")[0].split("[")[0]
-            if not base:
-                raise ValueError("a field needs a name: {output} or {column}")
+            if not base or base.isdigit() or any(c in base for c in "\"' \t\n{"):
+                raise ValueError(f"{{{name}}} is not a column name: {{output}} or {{column}}")
             if base not in names:
                 names.append(base)
     return tuple(names)
@@ -131,7 +131,7 @@ class Judge:
             run_format=True,
             slot=item.slot,
             variant=item.variant,
-            sample=vote,  # each vote its own cached sample
+            sample=item.sample * self.repeat + vote,  # each vote (of each answer sample) its own cached sample
         )
 
     def model_for(self, rubric: int, item: Request) -> str | None:

@@ -34,7 +34,7 @@ import orjson
 
 from inferbatch.bits import Bits
 from inferbatch.pricing import Pricing
-from inferbatch.results import JUDGE, Status, error_type, judge_entries, row_usage
+from inferbatch.results import JUDGE, JUDGE_PENDING, Status, error_type, judge_entries, row_usage
 
 _BUCKET_BASE = 1.01
 _BUCKET_MIN_MS = 0.01
@@ -144,6 +144,7 @@ class VariantStats:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     cached: int = 0
+    pending: int = 0  # rows whose judge verdict a stop left for the next run: out of the pass rate
     judge: JudgeBill | None = None
 
     def as_dict(self) -> dict[str, Any]:
@@ -166,6 +167,7 @@ class VariantStats:
             "completion_tokens": self.completion_tokens,
             "cost_usd": round(self.cost_usd, 4),
             "cached": self.cached,
+            **({"pending": self.pending} if self.pending else {}),
             **({"judge": self.judge.as_dict()} if self.judge is not None else {}),
         }
 
@@ -206,6 +208,7 @@ class Summary:
     cache_stores: int = 0
     variants: dict[str, VariantStats] = field(default_factory=dict)
     judge: JudgeBill | None = None  # set once a row has a ``judge`` column (SPEC §8.44)
+    judge_pending_rows: int = 0  # answered rows whose verdicts a stop left pending: unfinished
     disagreements: int = 0
     disagreeing_ids: list[str] = field(default_factory=list)
     _first_variant: str | None = None
@@ -277,18 +280,23 @@ class Summary:
     def _add_evaluation(self, record: dict[str, Any], prompt: int, completion: int, latency: float | None) -> None:
         name = record.get("variant") or "default"
         stats = self.variants.setdefault(name, VariantStats())
-        stats.rows += 1
-        passed = bool(record.get("passed"))
-        stats.passed += passed
-        failures = record.get("failures") or "[]"
-        for kind in orjson.loads(failures) if isinstance(failures, str) else failures:
-            stats.failed_types[kind] += 1
         if latency is not None:
             stats.latency.add(latency)
         stats.prompt_tokens += prompt
         stats.completion_tokens += completion
         stats.cost_usd += self.pricing.cost(record.get("model") or self.default_model, prompt, completion) or 0.0
         stats.cached += bool(record.get("cached"))
+        failures = record.get("failures") or "[]"
+        kinds = orjson.loads(failures) if isinstance(failures, str) else failures
+        if JUDGE_PENDING in kinds:  # answered, but its verdict is still to come: not a pass, not a fail
+            stats.pending += 1
+            self.judge_pending_rows += 1
+            return
+        stats.rows += 1
+        passed = bool(record.get("passed"))
+        stats.passed += passed
+        for kind in kinds:
+            stats.failed_types[kind] += 1
         # Rows come variant by variant: remember the first variant's verdicts (a bit a row and sample),
         # and compare every other variant's with them.
         index, sample = int(record.get("index") or 0), int(record.get("sample") or 0)
@@ -431,6 +439,7 @@ class Summary:
                     verdicts=j["verdicts"],
                     passed=j["passed"],
                     errors=j["errors"],
+                    pending=j["pending"],
                     cached=j["cached"],
                     agreement=j["agreement"],
                 )

@@ -35,6 +35,7 @@ class Recorder:
         self.abort_after = cfg.abort_after
         self.finished = 0
         self.consecutive_errors = 0
+        self.consecutive_judge_errors = 0
         self.max_latency_ms = 0.0
 
     def record(self, result: Result, item: Request | Invalid) -> InferbatchError | None:
@@ -73,11 +74,22 @@ class Recorder:
         self._judged_line(record, item, votes, final=False)
 
     def judged(self, record: dict[str, Any], item: Request, votes: dict[str, Any]) -> InferbatchError | None:
-        """Every vote is in: the row's verdicts are final (see ``record`` for what it returns)."""
-        self._judged_line(record, item, votes, final=True)
-        return self._finished(Status(record["status"]), record.get("total_tokens"), record.get("latency_ms"), None)
+        """Every vote is in: the row's verdicts are final (see ``record`` for what it returns; besides, a judge
+        that failed ``--abort-after`` rows in a row stops the run: a wrong judge_model must not cost every answer)."""
+        entries = self._judged_line(record, item, votes, final=True)
+        stop = self._finished(Status(record["status"]), record.get("total_tokens"), record.get("latency_ms"), None)
+        failed = [e["error"] for e in entries if e.get("error") is not None]
+        self.consecutive_judge_errors = self.consecutive_judge_errors + 1 if failed else 0
+        if stop is None and failed and self.abort_after and self.consecutive_judge_errors >= self.abort_after:
+            stop = TooManyFailures(
+                f"the judge failed on {self.consecutive_judge_errors} rows in a row (last: {failed[-1]}); check "
+                "judge_model and the rubric, then rerun (with --restart and --cache the answers are not paid again)"
+            )
+        return stop
 
-    def _judged_line(self, record: dict[str, Any], item: Request, votes: dict[str, Any], *, final: bool) -> None:
+    def _judged_line(
+        self, record: dict[str, Any], item: Request, votes: dict[str, Any], *, final: bool
+    ) -> list[dict[str, Any]]:
         assert self.judge is not None and self.assertions is not None
         entries, judge_failures = self.judge.verdicts(votes)
         failures = [*check(self.assertions, record, item.expect), *judge_failures]
@@ -91,6 +103,7 @@ class Recorder:
             record[JUDGE_PENDING_KEY] = True
             record[VOTES_KEY] = votes
         self.checkpoint.record(item.slot, dumps_line(record), record["status"])
+        return entries
 
     def _finished(
         self, status: Status, tokens: int | None, latency: float | None, error: str | None

@@ -46,6 +46,7 @@ COLUMNS = (
 PARSED = "parsed"  # present when the run (or the row) asks for structured answers (SPEC §3, §8.42)
 EVAL_COLUMNS = ("variant", "sample", "passed", "failures", "cached")
 JUDGE = "judge"  # an evaluation run with an llm-rubric assertion: the judge's verdicts, JSON text (SPEC §8.44)
+JUDGE_PENDING = "llm-rubric:pending"  # the failure of a row whose verdicts a stop left for the next run to ask
 BODY_KEY = "_body"  # the raw response body, kept only for --output-format openai-batch
 PARQUET_BATCH_ROWS = 4096
 

@@ -159,7 +159,10 @@ def _finish(cfg: RunConfig, run: _Run, checkpoint: Checkpoint) -> RunReport:
     unjudged = summary.judge is not None and summary.judge.pending > 0
     complete = run.stop is None and run.fed_all and run.unfinished == 0 and checkpoint.failure is None and not unjudged
     total = run.progress.total
-    summary.unfinished = max(0, total - summary.rows) if total is not None else run.unfinished
+    # Rows answered but not yet judged are in the output, and unfinished all the same.
+    summary.unfinished = (
+        max(0, total - summary.rows) + summary.judge_pending_rows if total is not None else run.unfinished
+    )
     if checkpoint.ephemeral:
         checkpoint.remove()
     elif complete and summary.error == 0 and summary.invalid == 0 and completion.covers_whole_input(cfg):
@@ -366,6 +369,16 @@ class _Run:
         assert self.judge is not None
         judge = self.judge
         votes: dict[str, Any] = dict(record.get(VOTES_KEY) or {})
+        settled = False
+
+        def keep() -> None:
+            """Checkpoint the votes in: the last one makes the row final at once (one line, not two)."""
+            nonlocal settled
+            if judge.missing(votes):
+                self.recorder.votes(record, request, votes)
+            elif not settled:
+                settled = True
+                self._stop_for(self.recorder.judged(record, request, votes))
 
         async def one(rubric: int, vote: int) -> None:
             key = judging.vote_key(rubric, vote)
@@ -373,6 +386,7 @@ class _Run:
             asked = judge.request(request, record.get("content") or record.get("tool_calls"), rubric, vote)
             if isinstance(asked, str):
                 votes[key] = judging.problem_vote(asked, judge.model_for(rubric, request))
+                keep()
                 return
             try:
                 result = await dispatch.send(asked, ctx)
@@ -380,7 +394,7 @@ class _Run:
                 result = stopped.result
                 self.request_stop(stopped.stop)
             votes[key] = judging.vote_of(result, asked.body.get("model"), votes.get(key))
-            self.recorder.votes(record, request, votes)
+            keep()
             if self.cache is not None and not result.resend:
                 await dispatch.remember(asked, result, self.cache)
 
@@ -390,13 +404,13 @@ class _Run:
                 self.request_stop(outcome)
             elif isinstance(outcome, BaseException) and not isinstance(outcome, Stopped):
                 raise outcome  # a bug
-        if not judge.missing(votes):
-            stop = self.recorder.judged(record, request, votes)
-            if stop is not None:
-                self.request_stop(stop)
+        if not judge.missing(votes) and not settled:  # nothing was left to ask (a line from an older run)
+            keep()
 
     def _record(self, result: Result, item: Request | Invalid) -> None:
-        stop = self.recorder.record(result, item)
+        self._stop_for(self.recorder.record(result, item))
+
+    def _stop_for(self, stop: InferbatchError | None) -> None:
         if stop is not None:
             self.request_stop(stop)
 
