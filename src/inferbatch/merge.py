@@ -25,6 +25,7 @@ from inferbatch.errors import ConfigError, InputError, OutputError
 from inferbatch.results import (
     COLUMNS,
     EVAL_COLUMNS,
+    FROM_BATCH_KEY,
     JUDGE,
     PARSED,
     OutputWriter,
@@ -43,6 +44,11 @@ def _records(path: str) -> Iterator[dict[str, Any]]:
         for record in read_output(path):
             if not isinstance(record, dict) or "index" not in record or "id" not in record or "status" not in record:
                 raise InputError(f"{path}: not an inferbatch result file (no id/index/status)")
+            if record.get(FROM_BATCH_KEY):
+                raise InputError(
+                    f"{path}: an openai-batch output has no row positions to merge by; run the shards with "
+                    "--output-format jsonl or parquet, merge those, and convert after"
+                )
             index, sample = record["index"], record.get("sample") or 0
             if type(index) is not int or index < 0 or type(sample) is not int:
                 raise InputError(f"{path}: not an inferbatch result file (index {index!r} is not a row position)")

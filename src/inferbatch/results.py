@@ -108,7 +108,8 @@ RESEND_KEY = "_resend"
 # kept with it, and the next run asks the judge for the rest without sending the answer again.
 JUDGE_PENDING_KEY = "_judge_pending"
 VOTES_KEY = "_votes"
-INTERNAL_KEYS = (BODY_KEY, CODE_KEY, RESEND_KEY, JUDGE_PENDING_KEY, VOTES_KEY)
+FROM_BATCH_KEY = "_from_batch"  # a record read back from an openai-batch output line (``from_openai_batch``)
+INTERNAL_KEYS = (BODY_KEY, CODE_KEY, RESEND_KEY, JUDGE_PENDING_KEY, VOTES_KEY, FROM_BATCH_KEY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +366,52 @@ def openai_batch_line(record: dict[str, Any]) -> dict[str, Any]:
     return {"id": f"batch_req_{record['id']}", "custom_id": record["id"], "response": response, "error": error}
 
 
+def from_openai_batch(line: dict[str, Any], position: int) -> dict[str, Any]:
+    """An openai-batch output line (``openai_batch_line``) read back as a result record, for the summary of such
+    an output (``report``, an already complete job): what the line keeps; latency and attempts it does not."""
+    response = _object(line.get("response"))
+    body = _object(response.get("body"))
+    error = line.get("error") if isinstance(line.get("error"), dict) else None
+    choices = body.get("choices")
+    choice = _object(choices[0]) if isinstance(choices, list) and choices else {}
+    message = _object(choice.get("message"))
+    usage = _object(body.get("usage"))
+    code = error.get("code") if error is not None else None
+    record: dict[str, Any] = {
+        "id": line.get("custom_id"),
+        "index": position,
+        "status": Status.OK.value
+        if error is None
+        else (Status.INVALID if code == "invalid_row" else Status.ERROR).value,
+        "status_code": response.get("status_code"),
+        "content": message.get("content") if isinstance(message.get("content"), str) else None,
+        "finish_reason": choice.get("finish_reason"),
+        "model": body.get("model"),
+        "prompt_tokens": _int(usage.get("prompt_tokens")),
+        "completion_tokens": _int(usage.get("completion_tokens")),
+        "total_tokens": _int(usage.get("total_tokens")),
+        "attempts": None,
+        "latency_ms": None,
+        "error": error.get("message") if error is not None else None,
+        "tool_calls": orjson.dumps(message["tool_calls"]).decode() if message.get("tool_calls") else None,
+        "request_id": response.get("request_id"),
+        "cached_tokens": _int(_detail(usage, "prompt_tokens_details", "cached_tokens")),
+        "reasoning_tokens": _int(_detail(usage, "completion_tokens_details", "reasoning_tokens")),
+    }
+    if isinstance(code, str):
+        record[CODE_KEY] = code
+    record[FROM_BATCH_KEY] = True  # its index is its place in the file, not a row position `merge` can use
+    return record
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _is_openai_batch(record: dict[str, Any]) -> bool:
+    return "custom_id" in record and "response" in record and "status" not in record
+
+
 def error_code(record: Mapping[str, Any]) -> str | None:
     """SPEC §8.25, from the code the failure carried; a line written before codes were kept gets
     ``invalid_row``, ``http_<status>`` or ``connection_error``."""
@@ -562,7 +609,8 @@ def _umask() -> int:
 
 
 def read_output(path: str) -> Iterator[dict[str, Any]]:
-    """Rows of a result file (JSONL or Parquet, local or s3://), for ``report`` and ``merge``."""
+    """Rows of a result file (JSONL or Parquet, local or s3://), for ``report`` and ``merge``; the lines of an
+    openai-batch output come back as result records (``from_openai_batch``)."""
     remote = path.startswith("s3://")
     if path.lower().endswith(".parquet"):
         import pyarrow.parquet as pq
@@ -583,6 +631,10 @@ def read_output(path: str) -> Iterator[dict[str, Any]]:
     else:
         handle = open(path, "rb")  # noqa: SIM115 - the `with` below closes either handle
     with handle:
+        position = 0
         for line in handle:
             if line.strip():
-                yield orjson.loads(line)
+                record = orjson.loads(line)
+                # An --output-format openai-batch output, read back as result records in file order.
+                yield from_openai_batch(record, position) if _is_openai_batch(record) else record
+                position += 1
