@@ -408,8 +408,8 @@ def _object(value: Any) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _is_openai_batch(record: dict[str, Any]) -> bool:
-    return "custom_id" in record and "response" in record and "status" not in record
+def _is_openai_batch(record: Any) -> bool:
+    return isinstance(record, dict) and "custom_id" in record and "response" in record and "status" not in record
 
 
 def error_code(record: Mapping[str, Any]) -> str | None:
