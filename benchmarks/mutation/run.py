@@ -68,6 +68,7 @@ TARGETS: dict[str, list[str] | None] = {
     "window.py": None,
     "bits.py": None,
     "structured.py": None,
+    "judging.py": None,
 }
 # Run when --module is not given (checkpoint_s3 is optional: its tests start a moto server and are slow).
 DEFAULT_MODULES = [
@@ -84,6 +85,7 @@ DEFAULT_MODULES = [
     "window.py",
     "bits.py",
     "structured.py",
+    "judging.py",
 ]
 
 # Which test files run against a module's mutants, in this order (pytest -x stops at the first failure, so cheap
@@ -91,6 +93,7 @@ DEFAULT_MODULES = [
 # plus the files that drive `inferbatch run` through the path the module sits on (`--discover` prints the grep
 # view to compare with). Files that do not exist (yet, or at --tests-from REV) are skipped with a note.
 TEST_MAP: dict[str, list[str]] = {
+    "judging.py": ["tests/test_judging_units.py", "tests/test_judge.py", "tests/test_report_html_judge.py"],
     "checkpoint.py": [
         "tests/test_completion.py",
         "tests/test_budget.py",
