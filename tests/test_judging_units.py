@@ -1038,3 +1038,64 @@ def test_summary_lines_have_a_summary_judge_line() -> None:
     for field in ("requests=7", "prompt=10000", "completion=1000", "verdicts=4", "passed=2", "errors=1", "cached=1"):
         assert f" {field}" in line, (field, line)
     assert "cost_usd=0.015" in line
+
+
+# --- pinned by the mutation run (benchmarks/mutation, judging.py) ----------------------------------------------------
+
+
+def test_a_problem_vote_sent_nothing_and_cost_nothing() -> None:
+    from inferbatch.judging import problem_vote
+
+    assert problem_vote("the rubric needs column(s) q which the row lacks", "judge-m") == {
+        "model": "judge-m",
+        "requests": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "cached_tokens": 0,
+        "cached": False,
+        "error": "judge: the rubric needs column(s) q which the row lacks",
+    }
+
+
+def test_the_judge_models_are_each_rubrics_own_else_the_runs() -> None:
+    named = Judge((rubric(1, judge_model="j1"), rubric(2)), default_model="run-m")
+    assert named.models() == {"j1", "run-m"}
+    assert Judge((rubric(1, judge_model="j1"),), default_model=None).models() == {"j1"}
+
+
+def test_a_rubric_that_cannot_be_filled_for_a_row_is_a_problem_not_a_crash() -> None:
+    judge = Judge((rubric(rubric="Is {output} about {question[0]}?"),), default_model="m")
+    problem = judge.request(item(expect={"question": 5}), "x", 0, 0)  # 5[0]: not subscriptable
+    assert isinstance(problem, str) and problem.startswith("the rubric could not be filled (")
+
+
+def test_the_judges_own_pass_is_the_strict_majority_of_its_votes_too() -> None:
+    judge = Judge((rubric(threshold=0.0),), repeat=2, default_model="m")
+    split = {vote_key(0, 0): good(True, 0.9), vote_key(0, 1): good(False, 0.9)}
+    entry, _ = one_entry(judge, split)
+    assert entry["pass"] is False  # one of two is no majority
+
+
+def test_an_earlier_resend_vote_missing_a_count_adds_nothing_for_it() -> None:
+    earlier = {"model": "judge-m", "requests": 2, "prompt_tokens": 10, "resend": True}  # no completion/cached counts
+    answer = Result(
+        "row-7",
+        7,
+        Status.OK,
+        200,
+        content='{"pass":true,"score":0.9,"reason":"ok"}',
+        prompt_tokens=5,
+        completion_tokens=3,
+        cached_tokens=1,
+        attempts=1,
+        parsed='{"pass":true,"score":0.9,"reason":"ok"}',
+    )
+    vote = vote_of(answer, "judge-m", earlier)
+    counts = (vote["requests"], vote["prompt_tokens"], vote["completion_tokens"], vote["cached_tokens"])
+    assert counts == (3, 15, 3, 1)
+
+
+def test_the_judge_asks_for_at_most_1024_completion_tokens() -> None:
+    """The budget reserves this much per judge call before it is sent: a larger cap stops runs sooner."""
+    request = Judge((rubric(),), default_model="m").request(item(), "x", 0, 0)
+    assert isinstance(request, Request) and request.body["max_tokens"] == MAX_TOKENS == 1024
