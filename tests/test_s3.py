@@ -379,3 +379,21 @@ def test_worker_on_s3_names_outputs_by_the_whole_key_and_resumes_an_old_checkpoi
 
     again = invoke(runner, args, env=connection_env(server))
     assert again.exit_code == 0 and server.stats.requests == sent_before + 5
+
+
+def test_a_damaged_manifest_on_s3_is_one_line_and_restart_starts_over(sim, runner, bucket: str) -> None:
+    """Its error says "rerun with --restart": that must work (it read the damaged manifest first, and failed)."""
+    server = sim()
+    put(f"s3://{bucket}/in/p.jsonl", jsonl_bytes(chat_rows(5)))
+    put(f"s3://{bucket}/out/r.jsonl.checkpoint/manifest.json", b'{"input": {"size": 1')  # cut short
+    args = ["run", f"s3://{bucket}/in/p.jsonl", "-o", f"s3://{bucket}/out/r.jsonl"]
+
+    refused = invoke(runner, args, env=connection_env(server))
+    restarted = invoke(runner, [*args, "--restart"], env=connection_env(server))
+
+    assert refused.exit_code == 2, refused.stderr
+    assert "manifest.json is damaged; rerun with --restart" in refused.stderr
+    assert "Traceback" not in refused.output
+    assert restarted.exit_code == 0, restarted.stderr
+    rows = [json.loads(line) for line in (get(f"s3://{bucket}/out/r.jsonl") or b"").splitlines()]
+    assert [r["status"] for r in rows] == ["ok"] * 5

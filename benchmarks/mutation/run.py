@@ -150,6 +150,9 @@ TEST_MAP: dict[str, list[str]] = {
         "tests/test_resume.py",
     ],
     "recording.py": [
+        "tests/test_judging_units.py",
+        "tests/test_judge.py",
+        "tests/test_progress.py",
         "tests/test_evaluation.py",
         "tests/test_safety.py",
         "tests/test_cli_run.py",
@@ -157,6 +160,7 @@ TEST_MAP: dict[str, list[str]] = {
     ],
     "completion.py": [
         "tests/test_completion.py",
+        "tests/test_judge.py",
         "tests/test_side_outputs.py",
         "tests/test_resume.py",
         "tests/test_cli_run.py",

@@ -156,7 +156,8 @@ class Checkpoint:
         directory.mkdir(parents=True, exist_ok=True)
         checkpoint._lock(output)
         try:
-            existing = checkpoint._read_manifest()
+            # --restart starts over whatever is there: a damaged manifest too (its error says to use --restart).
+            existing = None if restart else checkpoint._read_manifest()
             if existing is not None and not restart:
                 refuse_mismatch(str(directory), existing, manifest)
                 checkpoint.completion = existing.get("complete")

@@ -58,8 +58,12 @@ class S3Checkpoint(Checkpoint):
         checkpoint = cls(output + ".checkpoint", local, interval, layout)
         try:
             checkpoint._take_lease(output)
-            existing_raw = storage.read_bytes(f"{checkpoint.prefix}/manifest.json")
-            existing = orjson.loads(existing_raw) if existing_raw else None
+            # --restart starts over whatever is there, a damaged manifest too.
+            existing_raw = None if restart else storage.read_bytes(f"{checkpoint.prefix}/manifest.json")
+            try:
+                existing = orjson.loads(existing_raw) if existing_raw else None
+            except orjson.JSONDecodeError:
+                raise CheckpointError(f"{checkpoint.prefix}/manifest.json is damaged; rerun with --restart") from None
             if existing is not None and not restart:
                 refuse_mismatch(checkpoint.prefix, existing, manifest)
                 checkpoint.completion = existing.get("complete")
