@@ -150,6 +150,7 @@ TEST_MAP: dict[str, list[str]] = {
         "tests/test_resume.py",
     ],
     "recording.py": [
+        "tests/test_recording_completion_mutants.py",
         "tests/test_judging_units.py",
         "tests/test_judge.py",
         "tests/test_progress.py",
@@ -159,6 +160,7 @@ TEST_MAP: dict[str, list[str]] = {
         "tests/test_resume.py",
     ],
     "completion.py": [
+        "tests/test_recording_completion_mutants.py",
         "tests/test_completion.py",
         "tests/test_judge.py",
         "tests/test_side_outputs.py",
