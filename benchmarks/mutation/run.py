@@ -95,6 +95,9 @@ DEFAULT_MODULES = [
 TEST_MAP: dict[str, list[str]] = {
     "judging.py": ["tests/test_judging_units.py", "tests/test_judge.py", "tests/test_report_html_judge.py"],
     "checkpoint.py": [
+        "tests/test_checkpoint_mutants.py",
+        "tests/test_checkpoint_units.py",
+        "tests/test_judging_units.py",
         "tests/test_completion.py",
         "tests/test_budget.py",
         "tests/test_stops.py",
@@ -118,6 +121,7 @@ TEST_MAP: dict[str, list[str]] = {
         "tests/test_ratelimit_e2e.py",
     ],
     "client.py": [
+        "tests/test_client_mutants.py",
         "tests/test_client.py",
         "tests/test_adversarial_http.py",
         "tests/test_retry.py",
@@ -127,9 +131,17 @@ TEST_MAP: dict[str, list[str]] = {
         "tests/test_cli_run.py",
         "tests/test_ratelimit_e2e.py",
     ],
-    "limits.py": ["tests/test_limits.py", "tests/test_cli_run.py", "tests/test_ratelimit_e2e.py"],
+    "limits.py": [
+        "tests/test_limits_mutants.py",
+        "tests/test_limits.py",
+        "tests/test_cli_run.py",
+        "tests/test_ratelimit_e2e.py",
+    ],
     "budget.py": ["tests/test_budget.py", "tests/test_library.py", "tests/test_cli_run.py"],
     "results.py": [
+        "tests/test_results_mutants.py",
+        "tests/test_results_units.py",
+        "tests/test_openai_batch_readback.py",
         "tests/test_report_html.py",
         "tests/test_cli_validate_report.py",
         "tests/test_completion.py",

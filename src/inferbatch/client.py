@@ -254,10 +254,6 @@ class Client:
         reset, source = max(resets)
         return f"{text}; it resets {describe_reset(reset)} ({source})"
 
-    def redact(self, text: str) -> str:
-        """Every piece of the key (8+ characters) in ``text`` replaced by ``[REDACTED]``."""
-        return self.redactor.scrub(text)
-
 
 def _exhausted(headers: Mapping[str, str]) -> list[tuple[str, float]]:
     """``(kind, seconds to reset)`` for each of requests/tokens the headers say are at 0 with a readable reset."""
