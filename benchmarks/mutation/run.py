@@ -184,6 +184,8 @@ TEST_MAP: dict[str, list[str]] = {
     "bits.py": ["tests/test_checkpoint_units.py", "tests/test_resume.py", "tests/test_evaluation.py"],
     "structured.py": ["tests/test_structured.py", "tests/test_schema_fastpath.py", "tests/test_evaluation.py"],
     "runner.py": [
+        "tests/test_runner_mutants.py",
+        "tests/test_judge.py",
         "tests/test_completion.py",
         "tests/test_budget.py",
         "tests/test_stops.py",
