@@ -290,9 +290,11 @@ def client_table(by_client: dict[str, list[dict[str, Any]]]) -> str:
 
 
 def ratio(by_client: dict[str, list[dict[str, Any]]], a: str, b: str, key: str) -> float:
-    """Median over rounds of a[key]/b[key], each ratio taken within one round."""
+    """Median over rounds of a[key]/b[key], each ratio taken within one round; NaN when ``b`` never ran (the
+    openai SDK not installed: ``pip install -r benchmarks/requirements.txt``), so the table still prints."""
     pairs = zip(by_client[a], by_client[b], strict=True)
-    return statistics.median(x[key] / y[key] for x, y in pairs if y[key])
+    ratios = [x[key] / y[key] for x, y in pairs if y[key] and y.get("ok", 1)]
+    return statistics.median(ratios) if ratios else float("nan")
 
 
 def verdict(ok: bool) -> str:
