@@ -21,7 +21,7 @@ import orjson
 
 from inferbatch.evaluation import RUBRIC, Assertion
 from inferbatch.results import JUDGE_PENDING, Result, Status
-from inferbatch.shaping import Request, _TemplateValues, _with_instruction
+from inferbatch.shaping import Request, TemplateValues, with_instruction
 from inferbatch.structured import response_format_for, schema_expectation, schema_instruction
 
 SCHEMA_NAME = "judge_verdict"
@@ -106,7 +106,7 @@ class Judge:
             return f"the rubric needs column(s) {', '.join(absent)} which the row lacks"
         values["output"] = content or ""
         try:
-            text = template.format_map(_TemplateValues(values))
+            text = template.format_map(TemplateValues(values))
         except (KeyError, IndexError, AttributeError, TypeError, ValueError) as exc:
             return f"the rubric could not be filled ({exc})"
         if "output" not in fields:  # a rubric that only states criteria: the answer follows it
@@ -116,7 +116,7 @@ class Judge:
         body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": MAX_TOKENS, "stream": False}
         response_format = response_format_for(SCHEMA_NAME, JUDGE_SCHEMA, self.schema_mode)
         if response_format is None:  # --schema-mode prompt: the schema stated in the system message
-            body["messages"] = _with_instruction(messages, schema_instruction(JUDGE_SCHEMA))
+            body["messages"] = with_instruction(messages, schema_instruction(JUDGE_SCHEMA))
         else:
             if response_format["type"] == "json_schema":  # every key required, no others: strict mode's rules
                 response_format["json_schema"]["strict"] = True

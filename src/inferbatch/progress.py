@@ -34,7 +34,7 @@ import orjson
 
 from inferbatch.bits import Bits
 from inferbatch.pricing import Pricing
-from inferbatch.results import JUDGE, JUDGE_PENDING, Status, error_type, judge_entries, row_usage
+from inferbatch.results import JUDGE, JUDGE_PENDING, Status, error_type, judge_entries, row_usage, whole_count
 
 _BUCKET_BASE = 1.01
 _BUCKET_MIN_MS = 0.01
@@ -84,9 +84,9 @@ class JudgeBill:
     agreement_n: int = 0
 
     def add(self, entry: dict[str, Any], pricing: Pricing, default_model: str | None) -> None:
-        prompt, completion = _whole(entry.get("prompt_tokens")), _whole(entry.get("completion_tokens"))
-        cached_tokens = _whole(entry.get("cached_tokens"))
-        self.requests += _whole(entry.get("requests"))
+        prompt, completion = whole_count(entry.get("prompt_tokens")), whole_count(entry.get("completion_tokens"))
+        cached_tokens = whole_count(entry.get("cached_tokens"))
+        self.requests += whole_count(entry.get("requests"))
         self.prompt_tokens += prompt
         self.completion_tokens += completion
         self.cached_tokens += cached_tokens
@@ -128,10 +128,6 @@ class JudgeBill:
             "cost_usd": round(self.cost_usd, 4) if self.cost_known else None,
             "agreement": round(self.agreement_sum / self.agreement_n, 4) if self.agreement_n else None,
         }
-
-
-def _whole(value: Any) -> int:
-    return value if type(value) is int and value > 0 else 0
 
 
 @dataclass

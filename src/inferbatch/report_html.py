@@ -65,7 +65,7 @@ import orjson
 
 from inferbatch.evaluation import wilson
 from inferbatch.progress import Summary
-from inferbatch.results import Status
+from inferbatch.results import Status, whole_count
 
 __all__ = ["Bins", "ReportCollector", "render_html", "write_html"]
 
@@ -361,9 +361,9 @@ class ReportCollector:
         self._add_judge_bill(stats, entry)
 
     def _add_judge_bill(self, stats: _JudgeVariant, entry: dict[str, Any]) -> None:
-        prompt, completion = _count(entry.get("prompt_tokens")), _count(entry.get("completion_tokens"))
-        cached = _count(entry.get("cached_tokens"))
-        stats.requests += _count(entry.get("requests"))
+        prompt, completion = whole_count(entry.get("prompt_tokens")), whole_count(entry.get("completion_tokens"))
+        cached = whole_count(entry.get("cached_tokens"))
+        stats.requests += whole_count(entry.get("requests"))
         stats.prompt_tokens += prompt
         stats.completion_tokens += completion
         stats.cached_tokens += cached
@@ -1166,10 +1166,6 @@ def _number(value: Any) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
-
-
-def _count(value: Any) -> int:
-    return value if type(value) is int and value > 0 else 0
 
 
 def _truncate(text: str, limit: int) -> str:

@@ -128,10 +128,10 @@ class Usage:
         if not isinstance(usage, dict):
             return cls()
         return cls(
-            _count(usage.get("prompt_tokens")),
-            _count(usage.get("completion_tokens")),
-            _count(_detail(usage, "prompt_tokens_details", "cached_tokens")),
-            _count(_detail(usage, "completion_tokens_details", "reasoning_tokens")),
+            whole_count(usage.get("prompt_tokens")),
+            whole_count(usage.get("completion_tokens")),
+            whole_count(_detail(usage, "prompt_tokens_details", "cached_tokens")),
+            whole_count(_detail(usage, "completion_tokens_details", "reasoning_tokens")),
         )
 
     def __add__(self, other: Usage) -> Usage:
@@ -151,7 +151,8 @@ def _detail(usage: Mapping[str, Any], group: str, key: str) -> Any:
     return details.get(key) if isinstance(details, dict) else None
 
 
-def _count(value: Any) -> int:
+def whole_count(value: Any) -> int:
+    """A token or request count as written in a row: a non-negative int, else 0."""
     return value if type(value) is int and value >= 0 else 0
 
 
@@ -476,10 +477,10 @@ def _has_internal(record: dict[str, Any]) -> bool:
 def row_usage(record: Mapping[str, Any]) -> Usage:
     """What a result row was billed for, from its token columns (every attempt of it: ``Result.plus``)."""
     return Usage(
-        _count(record.get("prompt_tokens")),
-        _count(record.get("completion_tokens")),
-        _count(record.get("cached_tokens")),
-        _count(record.get("reasoning_tokens")),
+        whole_count(record.get("prompt_tokens")),
+        whole_count(record.get("completion_tokens")),
+        whole_count(record.get("cached_tokens")),
+        whole_count(record.get("reasoning_tokens")),
     )
 
 
@@ -499,9 +500,9 @@ def judge_usage(record: Mapping[str, Any]) -> list[tuple[str, int, int, int]]:
     return [
         (
             str(e.get("model") or ""),
-            _count(e.get("prompt_tokens")),
-            _count(e.get("completion_tokens")),
-            _count(e.get("cached_tokens")),
+            whole_count(e.get("prompt_tokens")),
+            whole_count(e.get("completion_tokens")),
+            whole_count(e.get("cached_tokens")),
         )
         for e in judge_entries(record)
     ]

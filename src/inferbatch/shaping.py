@@ -307,7 +307,7 @@ class Shaper:
         if self.system is not None and not any(m.get("role") in ("system", "developer") for m in messages):
             messages = [{"role": "system", "content": self.system}, *messages]
         if self._instruction is not None and "response_format" not in body:
-            messages = _with_instruction(messages, self._instruction)
+            messages = with_instruction(messages, self._instruction)
         body["messages"] = messages
         if not body.get("model"):
             if not self.model:
@@ -329,7 +329,7 @@ class Shaper:
         if missing:
             raise RowProblem(f"template needs column(s) {', '.join(missing)} which the row lacks")
         try:
-            return self.template.format_map(_TemplateValues(data))  # type: ignore[union-attr]
+            return self.template.format_map(TemplateValues(data))  # type: ignore[union-attr]
         except (KeyError, IndexError, AttributeError, TypeError, ValueError) as exc:
             raise RowProblem(f"template could not be filled ({exc})") from None
 
@@ -342,7 +342,7 @@ class NoModel(RowProblem):
     """The row names no model and none is configured."""
 
 
-class _TemplateValues(dict):  # type: ignore[type-arg]
+class TemplateValues(dict):  # type: ignore[type-arg]
     """Row values for str.format_map: None shows as an empty string, not 'None'; objects and lists as JSON."""
 
     def __getitem__(self, key: str) -> Any:
@@ -404,7 +404,7 @@ def _messages_from_json_text(text: str) -> Any:
         raise RowProblem("`messages` is a string but not JSON") from None
 
 
-def _with_instruction(messages: list[dict[str, Any]], instruction: str) -> list[dict[str, Any]]:
+def with_instruction(messages: list[dict[str, Any]], instruction: str) -> list[dict[str, Any]]:
     """``--schema-mode prompt``: the schema stated at the end of the first system message (one system
     message: some servers take no second one), or in a new one."""
     first = messages[0]
